@@ -1,0 +1,132 @@
+"""SMS through Twilio: verify inbound webhooks, parse them channel-neutrally, send and delete.
+
+Of an inbound message we keep exactly: `MessageSid` (for dedupe and deletion, never in clear),
+`From` (the return address, handed to intake which pseudonymises and encrypts it), `Body`,
+`NumMedia` and `OptOutType`. Everything else Twilio sends, notably the carrier's guess of the
+sender's location (`FromCity`, `FromState`, `FromZip`, `FromCountry`), is dropped here, so the
+core never sees it. Nothing here logs a number, a body or an id.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from xml.sax.saxutils import escape
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from tipline.channels import ChannelError, InboundMessage, Sent
+from tipline.config import TwilioSettings
+from tipline.conversation import Intent
+
+CHANNEL = "sms"
+MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+PHONE = re.compile(r"^\+?[0-9]{3,15}$")  # E.164, or a short code
+OPT_OUT_TYPES = {"STOP": Intent.STOP, "START": Intent.START, "HELP": Intent.HELP}
+# Twilio error codes that mean "this number will never get our messages".
+RECIPIENT_GONE = {21610, 21614, 21211}
+RETRYABLE = {20009, 20429, 30001}
+
+
+class MalformedWebhook(ValueError):
+    """The webhook lacks a required field or has an impossible value. The message names the field only."""
+
+
+def clean_text(text: str) -> str:
+    """Normalise a message body: NFC, no control characters except newlines and tabs."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C" or ch == "\u200d")
+
+
+def verify(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> bool:
+    """Check `X-Twilio-Signature` with the twilio package's own validator."""
+    if not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
+    sid = form.get("MessageSid", "")
+    if not MESSAGE_SID.match(sid):
+        raise MalformedWebhook("MessageSid is missing or malformed")
+    sender = form.get("From", "")
+    if not PHONE.match(sender):
+        raise MalformedWebhook("From is missing or not a phone number")
+    try:
+        media = int(form.get("NumMedia", "0") or "0")
+    except ValueError:
+        raise MalformedWebhook("NumMedia is not a number") from None
+    if not 0 <= media <= 10:
+        raise MalformedWebhook("NumMedia is out of range")
+    return InboundMessage(
+        channel=CHANNEL,
+        address=sender,
+        delivery_id=sid,
+        text=clean_text(form.get("Body", "")),
+        media_count=media,
+        provider_intent=OPT_OUT_TYPES.get(form.get("OptOutType", "").upper()),
+        provider_message_id=sid,
+    )
+
+
+def twiml(replies: tuple[str, ...] | list[str]) -> str:
+    """The TwiML answer: one <Message> per reply, or an empty <Response/>."""
+    body = "".join(f"<Message>{escape(r)}</Message>" for r in replies)
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
+
+
+class TwilioSms:
+    """The SMS channel: sends and deletes through Twilio's REST API with the real `twilio` client."""
+
+    name = CHANNEL
+    deletes_provider_copies = True
+
+    def __init__(self, settings: TwilioSettings, status_callback: str | None = None):
+        self.settings = settings
+        self.status_callback = status_callback
+        # environment= non-empty so TWILIO_REGION/TWILIO_EDGE in the process environment cannot
+        # silently rewrite the host (the client reads os.environ when given a falsy mapping).
+        self.client = Client(
+            settings.account_sid, settings.auth_token,
+            http_client=TwilioHttpClient(timeout=15), environment={"TIPLINE": "1"},
+        )
+        self.client.api.base_url = settings.api_base_url
+
+    def send(self, address: str, text: str) -> Sent:
+        kwargs: dict[str, str] = {"to": address, "body": text}
+        if self.settings.messaging_service_sid:
+            kwargs["messaging_service_sid"] = self.settings.messaging_service_sid
+        else:
+            assert self.settings.from_number
+            kwargs["from_"] = self.settings.from_number
+        if self.status_callback:
+            kwargs["status_callback"] = self.status_callback
+        try:
+            message = self.client.messages.create(**kwargs)
+        except TwilioRestException as error:
+            raise _channel_error(error) from None
+        except requests.RequestException as error:
+            raise ChannelError(type(error).__name__, permanent=False) from None
+        return Sent(message.sid)
+
+    def delete(self, provider_message_id: str) -> None:
+        try:
+            self.client.messages(provider_message_id).delete()
+        except TwilioRestException as error:
+            if error.status == 404:
+                return  # already gone
+            raise _channel_error(error) from None
+        except requests.RequestException as error:
+            raise ChannelError(type(error).__name__, permanent=False) from None
+
+
+def _channel_error(error: TwilioRestException) -> ChannelError:
+    # Only the numeric code and HTTP status leave this function: str(error) holds the request URI.
+    code = error.code or error.status
+    permanent = not (error.status >= 500 or error.status == 429 or code in RETRYABLE)
+    return ChannelError(str(code), permanent=permanent, recipient_gone=code in RECIPIENT_GONE)

@@ -1,0 +1,106 @@
+"""Fixtures: a fresh database (SQLite, or a PostgreSQL schema when TIPLINE_TEST_DATABASE_URL is
+set), a stand-in Twilio server, and the tip line initialised and served through its WSGI app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import fake_twilio
+from tests.support.harness import ACCOUNT_SID, AUTH_TOKEN, LINE_NUMBER, PUBLIC_URL, Harness
+from tipline.app import build_runtime, create_app
+from tipline.bootstrap import initialise
+from tipline.config import load_settings
+
+PG_URL = os.environ.get("TIPLINE_TEST_DATABASE_URL", "").strip()
+
+
+def pytest_report_header() -> str:
+    return f"tipline database: {'PostgreSQL (' + PG_URL + ')' if PG_URL else 'SQLite'}"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A database nobody else uses: SQLite in the data directory, or a fresh PostgreSQL schema."""
+    if not PG_URL:
+        yield ""  # the default: SQLite inside TIPLINE_DATA_DIR
+        return
+    url = make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    schema = "t_" + secrets.token_hex(6)
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def twilio_server() -> Iterator[fake_twilio.FakeTwilio]:
+    fake, server = fake_twilio.start(ACCOUNT_SID, AUTH_TOKEN)
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str, twilio_server: fake_twilio.FakeTwilio, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in ("TWILIO_REGION", "TWILIO_EDGE"):
+        monkeypatch.delenv(name, raising=False)
+    values = {
+        "TIPLINE_DATA_DIR": str(tmp_path / "var"),
+        "TIPLINE_PUBLIC_URL": PUBLIC_URL,
+        "TIPLINE_AGENCY_NAME": "Example City Police",
+        "TIPLINE_NON_EMERGENCY_NUMBER": "555-0199",
+        "TIPLINE_SANDBOX": "1",
+        "TIPLINE_PROVIDER_DELETE_DELAY_SECONDS": "0",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_FROM_NUMBER": LINE_NUMBER,
+        "TWILIO_API_BASE_URL": twilio_server.url,
+    }
+    if database_url:
+        values["TIPLINE_DATABASE_URL"] = database_url
+    return values
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    """Every log record of every logger, at every level, captured to a file for the anonymity scan."""
+    path = tmp_path / "logs" / "all.log"
+    path.parent.mkdir()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    handler.close()
+
+
+def make_harness(env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: Path) -> Harness:
+    settings = load_settings(env)
+    initialise(settings)
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file)
+
+
+@pytest.fixture
+def tipline(env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file: Path) -> Iterator[Harness]:
+    harness = make_harness(env, twilio_server, log_file)
+    yield harness
+    harness.runtime.close()

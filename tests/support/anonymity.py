@@ -1,0 +1,60 @@
+"""Search every byte the program wrote for things that must never be there in plaintext."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, MetaData, select
+
+
+def phone_formats(e164: str) -> list[str]:
+    """A North American number in the forms people and systems write it."""
+    digits = e164.lstrip("+")
+    national = digits[1:] if digits.startswith("1") and len(digits) == 11 else digits
+    area, exchange, line = national[:3], national[3:6], national[6:]
+    return [
+        e164, digits, national, f"{area}-{exchange}-{line}", f"({area}) {exchange}-{line}",
+        f"{area} {exchange} {line}", f"{area}.{exchange}.{line}", f"+1 {area} {exchange} {line}",
+        f"+1-{area}-{exchange}-{line}", f"{exchange}-{line}",
+    ]
+
+
+def _variants(needle: str) -> list[bytes]:
+    forms = {needle, needle.lower(), needle.upper()}
+    out = []
+    for form in forms:
+        out.append(form.encode("utf-8"))
+        out.append(form.encode("utf-16-le"))
+    return out
+
+
+def scan_files(root: Path, needles: list[str], extra_files: list[Path] = ()) -> list[tuple[str, str]]:
+    """Every (file, needle) pair where a needle occurs in a file under root (or in extra_files)."""
+    hits = []
+    files = [p for p in root.rglob("*") if p.is_file()] + list(extra_files)
+    assert files, f"nothing to scan under {root}"
+    for path in files:
+        data = path.read_bytes()
+        for needle in needles:
+            if any(v in data for v in _variants(needle)):
+                hits.append((str(path), needle))
+    return hits
+
+
+def scan_database(engine: Engine, needles: list[str]) -> list[tuple[str, str]]:
+    """Every (table.column, needle) pair where a needle occurs in a stored value (any database)."""
+    metadata = MetaData()
+    metadata.reflect(engine)
+    hits = []
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            for row in connection.execute(select(table)):
+                for column, value in zip(table.columns, row, strict=True):
+                    if value is None:
+                        continue
+                    data = value if isinstance(value, bytes | memoryview) else str(value).encode()
+                    data = bytes(data)
+                    for needle in needles:
+                        if any(v in data for v in _variants(needle)):
+                            hits.append((f"{table.name}.{column.name}", needle))
+    return hits

@@ -1,0 +1,64 @@
+"""The contract between channel adapters and the core.
+
+An adapter turns provider traffic into an `InboundMessage` (dropping everything identifying except
+the return address, which only the intake sees and immediately pseudonymises and encrypts), and
+implements `Channel` to send texts and delete its provider's copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from tipline.conversation import Intent
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A tipster's message, channel-neutral. Its repr never shows the address, ids or text."""
+
+    channel: str
+    address: str  # where replies go (phone number, chat id, sandbox token): never stored in clear
+    delivery_id: str  # the provider's id of this delivery, for processing it once
+    text: str
+    media_count: int = 0
+    provider_intent: Intent | None = None
+    language_hint: str | None = None
+    provider_message_id: str | None = None  # our copy at the provider, deleted once stored (G5)
+
+    def __repr__(self) -> str:
+        return (
+            f"InboundMessage(channel={self.channel!r}, text=<{len(self.text)} chars>, "
+            f"media_count={self.media_count}, provider_intent={self.provider_intent})"
+        )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The provider accepted a message; its id lets status callbacks find it."""
+
+    provider_message_id: str | None
+
+
+class ChannelError(Exception):
+    """A provider refused or failed. `code` is the provider's error code, safe to store and log."""
+
+    def __init__(self, code: str, *, permanent: bool, recipient_gone: bool = False, retry_after: float | None = None):
+        super().__init__(code)
+        self.code = code
+        self.permanent = permanent
+        # The recipient can never be reached again (opted out at the carrier, blocked the bot).
+        self.recipient_gone = recipient_gone
+        self.retry_after = retry_after
+
+
+class Channel(Protocol):
+    """What the outbox dispatcher needs of a channel."""
+
+    name: str
+    # Whether the provider keeps copies that we can delete (Twilio yes, Telegram no).
+    deletes_provider_copies: bool
+
+    def send(self, address: str, text: str) -> Sent: ...
+
+    def delete(self, provider_message_id: str) -> None: ...

@@ -1,0 +1,247 @@
+"""The `tipline` command: set up, serve, dispatch, manage accounts and keys, purge.
+
+Settings come from the environment and a `.env` file in the working directory; a bad setting
+stops the command with one line naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from tipline import db, logs
+from tipline.config import ConfigError, Settings, environment, load_settings
+
+
+def _fail(message: str) -> None:
+    click.echo(f"tipline: {message}", err=True)
+    sys.exit(2)
+
+
+def with_settings(command: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            settings = load_settings(environment())
+        except ConfigError as error:
+            _fail(str(error))
+        logs.setup(settings.log_level)
+        return command(settings, *args, **kwargs)
+
+    return wrapper
+
+
+def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
+    from tipline.app import NotInitialised, build_runtime
+    from tipline.keys import KeyStoreError
+
+    try:
+        return build_runtime(settings)
+    except (NotInitialised, KeyStoreError) as error:
+        _fail(str(error))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """tipline: an anonymous tip line (SMS, Telegram, sandbox) with an encrypted store.
+
+    Settings are read from the environment and from ./.env (see .env.example).
+    """
+
+
+@cli.command()
+@with_settings
+def init(settings: Settings) -> None:
+    """Create or upgrade the schema, the data directory, the keys and the first admin. Idempotent."""
+    from tipline.bootstrap import initialise
+    from tipline.keys import KeyStoreError
+
+    try:
+        report = initialise(settings)
+    except KeyStoreError as error:
+        _fail(str(error))
+    click.echo(f"data directory: {settings.data_dir}")
+    click.echo(f"schema: up to date ({settings.database_url.split('://', 1)[0]})")
+    click.echo(f"keys: {'created ' + ', '.join(report.keys_created) if report.keys_created else 'present'}")
+    if report.admin_password:
+        click.echo("first admin account: admin")
+        click.echo(f"one-time password: {report.admin_password}   (shown once; you set your own at first sign-in)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads of the WSGI server.")
+@click.option("--no-dispatcher", is_flag=True, help="Do not send outbound messages from this process.")
+@with_settings
+def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher: bool) -> None:
+    """Serve webhooks, sandbox and /healthz with a production WSGI server (waitress)."""
+    import waitress
+
+    from tipline.app import create_app
+
+    runtime = _runtime(settings)
+    app = create_app(runtime)
+    stop = None
+    if not no_dispatcher:
+        _, stop = runtime.start_dispatcher()
+    channels = ", ".join(sorted(runtime.channels)) or "none (set TWILIO_* or TIPLINE_SANDBOX=1)"
+    click.echo(f"tipline serving on http://{host}:{port}  channels: {channels}")
+    if settings.sandbox:
+        click.echo(f"sandbox: http://{host}:{port}/sandbox")
+    try:
+        waitress.serve(app, host=host, port=port, threads=threads, ident="tipline", clear_untrusted_proxy_headers=True)
+    finally:
+        if stop is not None:
+            stop.set()
+        runtime.close()
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Perform what is due now, then exit.")
+@with_settings
+def dispatch(settings: Settings, once: bool) -> None:
+    """Run the outbound dispatcher alone (for several app servers on PostgreSQL)."""
+    runtime = _runtime(settings)
+    try:
+        if once:
+            runtime.maintain()
+            count = runtime.dispatcher.run_once()
+            click.echo(f"outbox rows attempted: {count}")
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        click.echo(f"dispatching for channels: {', '.join(sorted(runtime.channels)) or 'none'}")
+        try:
+            runtime.dispatcher.run_forever(stop)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        runtime.close()
+
+
+@cli.command()
+@with_settings
+def purge(settings: Settings) -> None:
+    """Apply retention now: submit idle drafts, erase expired return addresses, forget old ids."""
+    runtime = _runtime(settings)
+    try:
+        for line in runtime.maintain().lines():  # type: ignore[attr-defined]
+            click.echo(line)
+    finally:
+        runtime.close()
+
+
+@cli.group()
+def users() -> None:
+    """Manage console accounts."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["detective", "admin"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of generating one.")
+@with_settings
+def users_add(settings: Settings, username: str, role: str, password_stdin: bool) -> None:
+    """Create an account; prints a one-time password unless --password-stdin."""
+    from tipline.users import UserError, add_user, generate_password
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
+    runtime = _runtime(settings)
+    try:
+        add_user(runtime.factory, username, role, password, must_change=not password_stdin)
+    except UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"created {role} {username.strip().lower()}")
+    if not password_stdin:
+        click.echo(f"one-time password: {password}")
+
+
+@users.command("list")
+@with_settings
+def users_list(settings: Settings) -> None:
+    """List accounts with their role and state."""
+    from tipline.users import list_users
+
+    runtime = _runtime(settings)
+    try:
+        for user in list_users(runtime.factory):
+            state = "disabled" if user.disabled else "active"
+            totp = "2fa enrolled" if user.totp_secret_ct else "2fa not enrolled"
+            click.echo(f"{user.username:24} {user.role:10} {state:9} {totp}")
+    finally:
+        runtime.close()
+
+
+@users.command("disable")
+@click.argument("username")
+@with_settings
+def users_disable(settings: Settings, username: str) -> None:
+    """Disable an account at once."""
+    from tipline.users import UserError, set_disabled
+
+    runtime = _runtime(settings)
+    try:
+        set_disabled(runtime.factory, username)
+    except UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"disabled {username}")
+
+
+@users.command("reset-2fa")
+@click.argument("username")
+@with_settings
+def users_reset_2fa(settings: Settings, username: str) -> None:
+    """Forget an account's TOTP secret; it enrols again at next sign-in."""
+    from tipline.users import UserError, reset_2fa
+
+    runtime = _runtime(settings)
+    try:
+        reset_2fa(runtime.factory, username)
+    except UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"2fa reset for {username}")
+
+
+@cli.group()
+def keys() -> None:
+    """Inspect encryption keys."""
+
+
+@keys.command("status")
+@with_settings
+def keys_status(settings: Settings) -> None:
+    """Every key purpose and version, which is primary, and how many rows each protects."""
+    from tipline.keys import key_status
+
+    runtime = _runtime(settings)
+    try:
+        for row in key_status(runtime.factory):
+            primary = "primary" if row["primary"] else ""
+            click.echo(f"{row['purpose']:10} v{row['version']:<3} {primary:8} created {row['created_at']:%Y-%m-%d}  rows {row['rows']}")
+    finally:
+        runtime.close()
+
+
+def main() -> None:
+    os.umask(0o077)  # keys, database and logs we create are readable by this account only
+    cli(prog_name="tipline")
+
+
+if __name__ == "__main__":
+    main()
+

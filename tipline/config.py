@@ -1,0 +1,214 @@
+"""Settings: parsed once from the environment (and an optional `.env` file) into typed values.
+
+`load_settings(env)` is a pure function of a mapping, so tests build settings without touching
+`os.environ`. Every bad value raises `ConfigError` naming the variable, and the command line prints
+that one line and stops: a tip line that starts half-configured is worse than one that refuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str
+    from_number: str | None
+    messaging_service_sid: str | None
+    api_base_url: str
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    bot_token: str
+    webhook_secret: str | None
+    api_base_url: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    # base64 text of the 32-byte master key, or None to use (or create) `<data_dir>/master.key`.
+    master_key: bytes | None
+    secret_key: str | None
+    public_url: str
+    agency_name: str
+    non_emergency_number: str
+    victim_services: str
+    sandbox: bool
+    twilio: TwilioSettings | None
+    telegram: TelegramSettings | None
+    # A draft idle this long is submitted as it stands (or discarded if it has no description).
+    draft_idle_minutes: int = 30
+    # Return addresses of tipsters silent this long are erased (PRODUCT G2).
+    retention_days: int = 90
+    # Delete our copy at the provider once a message is stored (PRODUCT G5).
+    provider_delete: bool = True
+    # Twilio refuses to delete a message that is not final yet (error 20009); wait this long first.
+    provider_delete_delay_seconds: int = 60
+    log_level: str = "INFO"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_TWILIO_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_MESSAGING_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_TELEGRAM_TOKEN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]{20,}$")
+_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (got {raw!r})")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number (got {raw!r})") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} (got {value})")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL such as {default} (got {raw!r})")
+    return raw.rstrip("/")
+
+
+def _master_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get("TIPLINE_MASTER_KEY", "").strip()
+    if not raw:
+        return None
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("TIPLINE_MASTER_KEY must be base64 (e.g. `openssl rand -base64 32`)") from None
+    if len(key) != 32:
+        raise ConfigError(f"TIPLINE_MASTER_KEY must decode to 32 bytes (got {len(key)})")
+    return key
+
+
+def _twilio(env: Mapping[str, str]) -> TwilioSettings | None:
+    sid = env.get("TWILIO_ACCOUNT_SID", "").strip()
+    token = env.get("TWILIO_AUTH_TOKEN", "").strip()
+    if not sid and not token:
+        return None  # the SMS channel is simply off
+    if not _TWILIO_SID.match(sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits")
+    if not token:
+        raise ConfigError("TWILIO_AUTH_TOKEN is required when TWILIO_ACCOUNT_SID is set")
+    from_number = env.get("TWILIO_FROM_NUMBER", "").strip() or None
+    service = env.get("TWILIO_MESSAGING_SERVICE_SID", "").strip() or None
+    if from_number and not _E164.match(from_number):
+        raise ConfigError("TWILIO_FROM_NUMBER must be in E.164 form, e.g. +15551234567")
+    if service and not _MESSAGING_SID.match(service):
+        raise ConfigError("TWILIO_MESSAGING_SERVICE_SID must look like MG followed by 32 hex digits")
+    if not from_number and not service:
+        raise ConfigError("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID is required to send SMS")
+    return TwilioSettings(
+        account_sid=sid,
+        auth_token=token,
+        from_number=from_number,
+        messaging_service_sid=service,
+        api_base_url=_url(env, "TWILIO_API_BASE_URL", "https://api.twilio.com"),
+    )
+
+
+def _telegram(env: Mapping[str, str]) -> TelegramSettings | None:
+    token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if not token:
+        return None
+    if not _TELEGRAM_TOKEN.match(token):
+        raise ConfigError("TELEGRAM_BOT_TOKEN must look like 123456:ABC... as BotFather gives it")
+    secret = env.get("TELEGRAM_WEBHOOK_SECRET", "").strip() or None
+    if secret and not _TELEGRAM_SECRET.match(secret):
+        raise ConfigError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z a-z 0-9 _ -")
+    return TelegramSettings(
+        bot_token=token,
+        webhook_secret=secret,
+        api_base_url=_url(env, "TELEGRAM_API_BASE_URL", "https://api.telegram.org"),
+    )
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from an environment mapping; raise ConfigError naming the first bad value."""
+    data_dir = Path(env.get("TIPLINE_DATA_DIR", "").strip() or "./var").expanduser().resolve()
+    database_url = env.get("TIPLINE_DATABASE_URL", "").strip()
+    if not database_url:
+        database_url = f"sqlite:///{data_dir / 'tipline.db'}"
+    elif database_url.startswith("postgresql://") or database_url.startswith("postgres://"):
+        # We ship psycopg 3; say so in the URL rather than let SQLAlchemy look for psycopg2.
+        database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
+    if not (database_url.startswith("sqlite:///") or database_url.startswith("postgresql+psycopg://")):
+        raise ConfigError(
+            "TIPLINE_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    log_level = env.get("TIPLINE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("TIPLINE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    secret_key = env.get("TIPLINE_SECRET_KEY", "").strip() or None
+    if secret_key is not None and len(secret_key) < 32:
+        raise ConfigError("TIPLINE_SECRET_KEY must be at least 32 characters")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        master_key=_master_key(env),
+        secret_key=secret_key,
+        public_url=_url(env, "TIPLINE_PUBLIC_URL", "http://127.0.0.1:8000"),
+        agency_name=env.get("TIPLINE_AGENCY_NAME", "").strip() or "the police department",
+        non_emergency_number=env.get("TIPLINE_NON_EMERGENCY_NUMBER", "").strip() or "311",
+        victim_services=env.get("TIPLINE_VICTIM_SERVICES", "").strip()
+        or "the National Center for Victims of Crime, 1-855-484-2846",
+        sandbox=_flag(env, "TIPLINE_SANDBOX", False),
+        twilio=_twilio(env),
+        telegram=_telegram(env),
+        draft_idle_minutes=_int(env, "TIPLINE_DRAFT_IDLE_MINUTES", 30, 1),
+        retention_days=_int(env, "TIPLINE_RETENTION_DAYS", 90, 1),
+        provider_delete=_flag(env, "TIPLINE_PROVIDER_DELETE", True),
+        provider_delete_delay_seconds=_int(env, "TIPLINE_PROVIDER_DELETE_DELAY_SECONDS", 60, 0),
+        log_level=log_level,
+    )
+
+
+def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The process environment over the values of a `.env` file (the environment wins)."""
+    from dotenv import dotenv_values
+
+    merged = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+    merged.update(os.environ)
+    return merged

@@ -1,0 +1,361 @@
+"""The tip-intake conversation: a pure state machine shared by every channel.
+
+`step(conversation, inbound, context)` returns the next conversation, the texts to send and the
+effects for the shell (intake.py) to apply. It reads no clock, no database and no randomness: the
+shell passes in what it needs (the tip's status, a fresh reference), so every path is a table test.
+
+    stateDiagram-v2
+        [*] --> new
+        new --> await_what: greeting
+        new --> await_where: description
+        await_what --> await_where: description
+        await_where --> await_when: place / SKIP
+        await_when --> submitted: time / SKIP
+        submitted --> submitted: follow-up
+        submitted --> await_what: NEW
+        await_where --> new: DISCARD
+        await_when --> new: DISCARD
+        await_what --> new: DISCARD
+        await_where --> submitted: idle (submitted as it stands)
+        await_when --> submitted: idle (submitted as it stands)
+        await_what --> new: idle
+
+Keywords work in every state and only as a whole message (case-insensitive), like carriers'.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+
+from tipline.catalog import DEFAULT_LANGUAGE, LANGUAGES, Text
+
+
+class State(enum.StrEnum):
+    NEW = "new"
+    AWAIT_WHAT = "await_what"
+    AWAIT_WHERE = "await_where"
+    AWAIT_WHEN = "await_when"
+    SUBMITTED = "submitted"
+
+
+class Intent(enum.StrEnum):
+    HELP = "help"
+    STOP = "stop"
+    START = "start"
+    NEW = "new"
+    DISCARD = "discard"
+    STATUS = "status"
+    FORGET = "forget"
+    SKIP = "skip"
+    DONE = "done"
+    ENGLISH = "en"
+    SPANISH = "es"
+    GREETING = "greeting"
+    TEXT = "text"
+
+
+# Carriers' opt-out words (Twilio's list, including Advanced Opt-Out's REVOKE/OPTOUT). CANCEL is one
+# of them, which is why dropping a draft is DISCARD.
+STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
+START_WORDS = frozenset({"start", "unstop", "yes"})
+KEYWORDS: dict[str, Intent] = {
+    **{w: Intent.STOP for w in STOP_WORDS},
+    **{w: Intent.START for w in START_WORDS},
+    "help": Intent.HELP, "info": Intent.HELP, "ayuda": Intent.HELP,
+    "new": Intent.NEW, "nuevo": Intent.NEW, "nueva": Intent.NEW,
+    "discard": Intent.DISCARD, "descartar": Intent.DISCARD,
+    "status": Intent.STATUS, "estado": Intent.STATUS,
+    "forget": Intent.FORGET, "olvidar": Intent.FORGET,
+    "skip": Intent.SKIP, "saltar": Intent.SKIP, "omitir": Intent.SKIP,
+    "done": Intent.DONE, "listo": Intent.DONE,
+    "en": Intent.ENGLISH, "english": Intent.ENGLISH, "ingles": Intent.ENGLISH,
+    "es": Intent.SPANISH, "espanol": Intent.SPANISH, "spanish": Intent.SPANISH,
+    "hi": Intent.GREETING, "hello": Intent.GREETING, "hey": Intent.GREETING, "tip": Intent.GREETING,
+    "hola": Intent.GREETING, "buenas": Intent.GREETING, "denuncia": Intent.GREETING,
+}
+SPANISH_GREETINGS = frozenset({"hola", "buenas", "denuncia", "ayuda"})
+
+# Words that suggest someone is in danger now. Matched on whole words, accents ignored.
+URGENT_WORDS = frozenset({
+    "weapon", "weapons", "gun", "guns", "knife", "shooting", "shot", "shots", "shooter", "stabbing",
+    "stabbed", "bleeding", "hostage", "kidnapped", "kidnapping", "bomb", "overdose", "dying", "rape",
+    "arma", "armas", "pistola", "cuchillo", "disparo", "disparos", "tiroteo", "balacera", "sangrando",
+    "apunalado", "rehen", "secuestro", "secuestrado", "bomba", "muriendo", "violacion",
+})
+URGENT_PHRASES = (
+    "right now", "happening now", "in danger", "going to kill", "gonna kill", "will kill",
+    "ahora mismo", "en peligro", "va a matar", "van a matar",
+)
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form used for matching keywords and urgency words."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def classify(text: str) -> Intent:
+    """Which intent a whole message expresses. Telegram-style `/command` forms count too."""
+    word = fold(text).strip().strip(".!¡¿?").strip()
+    word = word.removeprefix("/").split("@", 1)[0]  # "/start@SomeBot" in groups
+    intent = KEYWORDS.get(word)
+    if intent is not None:
+        return intent
+    if not any(ch.isalnum() for ch in text):
+        return Intent.GREETING  # "?" or an emoji is not a description yet
+    return Intent.TEXT
+
+
+def is_urgent(text: str) -> bool:
+    folded = fold(text)
+    words = set(re.findall(r"\w+", folded))
+    return bool(words & URGENT_WORDS) or any(p in folded for p in URGENT_PHRASES)
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    """What the tip line remembers of one sender's conversation."""
+
+    state: State = State.NEW
+    language: str = DEFAULT_LANGUAGE
+    tip_ref: str | None = None  # the draft being filled in, or the submitted tip follow-ups join
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A tipster's message after the adapter removed everything identifying."""
+
+    text: str
+    has_media: bool = False
+    # The provider already classified the message (Twilio's OptOutType): trust it over our parse.
+    provider_intent: Intent | None = None
+    language_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Facts the shell looked up for this step."""
+
+    opted_out: bool = False
+    tip_status: str | None = None  # status of conversation.tip_ref, if any
+    new_reference: str = ""  # a fresh, unused tip reference, in case this step creates a draft
+
+
+# Effects: what the shell must do, in order.
+@dataclass(frozen=True)
+class CreateDraft:
+    reference: str
+    what: str
+
+
+@dataclass(frozen=True)
+class SetField:
+    name: str  # "where" or "when"
+    text: str
+
+
+@dataclass(frozen=True)
+class Submit:
+    reference: str
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    reference: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FlagUrgent:
+    reference: str
+
+
+@dataclass(frozen=True)
+class DiscardDraft:
+    reference: str
+
+
+@dataclass(frozen=True)
+class OptOut:
+    pass
+
+
+@dataclass(frozen=True)
+class OptIn:
+    pass
+
+
+@dataclass(frozen=True)
+class Forget:
+    pass
+
+
+Effect = CreateDraft | SetField | Submit | FollowUp | FlagUrgent | DiscardDraft | OptOut | OptIn | Forget
+
+
+@dataclass(frozen=True)
+class Outcome:
+    conversation: ConversationState
+    replies: tuple[Text, ...] = ()
+    effects: tuple[Effect, ...] = field(default_factory=tuple)
+
+
+DRAFT_STATES = (State.AWAIT_WHERE, State.AWAIT_WHEN)
+PROMPTS = {
+    State.NEW: Text.of("ask_what"),
+    State.AWAIT_WHAT: Text.of("ask_what"),
+    State.AWAIT_WHERE: Text.of("ask_where"),
+    State.AWAIT_WHEN: Text.of("ask_when"),
+}
+STATUS_KEYS = {
+    "draft": "status_draft",
+    "new": "status_received",
+    "in_review": "status_review",
+    "actionable": "status_review",
+    "closed": "status_closed",
+}
+
+
+def _submit(conv: ConversationState, *extra: Text) -> Outcome:
+    assert conv.tip_ref is not None
+    return Outcome(
+        replace(conv, state=State.SUBMITTED),
+        (*extra, Text.of("submitted", ref=conv.tip_ref)),
+        (Submit(conv.tip_ref),),
+    )
+
+
+def _flush_draft(conv: ConversationState) -> tuple[tuple[Effect, ...], tuple[Text, ...]]:
+    """Before leaving a draft behind (NEW, STOP, FORGET), submit it: a tip is never lost."""
+    if conv.state in DRAFT_STATES and conv.tip_ref:
+        return (Submit(conv.tip_ref),), (Text.of("submitted_as_is", ref=conv.tip_ref),)
+    return (), ()
+
+
+def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    """A message that carries content, in whatever state the conversation is."""
+    urgent = is_urgent(text)
+    warn = (Text.of("urgent"),) if urgent else ()
+    if conv.state in (State.NEW, State.AWAIT_WHAT):
+        ref = ctx.new_reference
+        effects: tuple[Effect, ...] = (CreateDraft(ref, text),) + ((FlagUrgent(ref),) if urgent else ())
+        return Outcome(
+            replace(conv, state=State.AWAIT_WHERE, tip_ref=ref), (*warn, Text.of("ask_where")), effects
+        )
+    assert conv.tip_ref is not None
+    flag: tuple[Effect, ...] = (FlagUrgent(conv.tip_ref),) if urgent else ()
+    if conv.state is State.AWAIT_WHERE:
+        return Outcome(
+            replace(conv, state=State.AWAIT_WHEN), (*warn, Text.of("ask_when")), (SetField("where", text), *flag)
+        )
+    if conv.state is State.AWAIT_WHEN:
+        submitted = _submit(conv, *warn)
+        return replace(submitted, effects=(SetField("when", text), *flag, *submitted.effects))
+    return Outcome(
+        conv, (*warn, Text.of("followup_added", ref=conv.tip_ref)), (FollowUp(conv.tip_ref, text), *flag)
+    )
+
+
+def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Advance one sender's conversation by one inbound message."""
+    intent = msg.provider_intent or classify(msg.text)
+    if conv.state is State.NEW and conv.tip_ref is None and msg.language_hint in LANGUAGES:
+        conv = replace(conv, language=msg.language_hint)
+
+    if intent is Intent.STOP:
+        # Nothing more is sent (the carrier confirms the opt-out itself); an open draft is kept.
+        effects, _ = _flush_draft(conv)
+        new_state = State.SUBMITTED if effects else conv.state
+        return Outcome(replace(conv, state=new_state), (), (*effects, OptOut()))
+
+    if intent is Intent.START:
+        if ctx.opted_out:
+            prompt = (PROMPTS[conv.state],) if conv.state in PROMPTS else ()
+            return Outcome(conv, (Text.of("opted_in"), *prompt), (OptIn(),))
+        if fold(msg.text).strip().removeprefix("/") == "start":
+            intent = Intent.GREETING
+        else:
+            intent = Intent.TEXT  # "yes" from someone not opted out is just a word
+
+    if intent is Intent.HELP:
+        return Outcome(conv, (Text.of("help"),))
+
+    if intent in (Intent.ENGLISH, Intent.SPANISH):
+        conv = replace(conv, language=intent.value)
+        prompt = (PROMPTS[conv.state],) if conv.state in PROMPTS and conv.state is not State.NEW else ()
+        return Outcome(conv, (Text.of("language_set"), *prompt))
+
+    if intent is Intent.STATUS:
+        if conv.tip_ref is None or ctx.tip_status is None:
+            return Outcome(conv, (Text.of("status_none"),))
+        key = STATUS_KEYS.get(ctx.tip_status, "status_received")
+        return Outcome(conv, (Text.of("status", ref=conv.tip_ref, status_key=key),))
+
+    if intent is Intent.FORGET:
+        effects, notes = _flush_draft(conv)
+        if conv.tip_ref and (effects or conv.state is State.SUBMITTED):
+            reply = Text.of("forgotten", ref=conv.tip_ref)
+        else:
+            reply = Text.of("forgotten_no_tip")
+        return Outcome(ConversationState(language=conv.language), (*notes, reply), (*effects, Forget()))
+
+    if intent is Intent.NEW:
+        effects, notes = _flush_draft(conv)
+        return Outcome(
+            replace(conv, state=State.AWAIT_WHAT, tip_ref=None), (*notes, Text.of("new_tip")), effects
+        )
+
+    if intent is Intent.DISCARD:
+        if conv.state in DRAFT_STATES and conv.tip_ref:
+            return Outcome(
+                replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),), (DiscardDraft(conv.tip_ref),)
+            )
+        if conv.state is State.AWAIT_WHAT:
+            return Outcome(replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),))
+        return Outcome(conv, (Text.of("nothing_to_discard"),))
+
+    if intent is Intent.DONE:
+        if conv.state in DRAFT_STATES and conv.tip_ref:
+            return _submit(conv)
+        intent = Intent.SKIP
+
+    if intent is Intent.SKIP:
+        if conv.state is State.AWAIT_WHERE:
+            return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),))
+        if conv.state is State.AWAIT_WHEN:
+            return _submit(conv)
+        if conv.state in (State.NEW, State.AWAIT_WHAT):
+            return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("what_required"),))
+        return Outcome(conv, (Text.of("nothing_to_skip"),))
+
+    if intent is Intent.GREETING and conv.state in (State.NEW, State.AWAIT_WHAT):
+        if fold(msg.text).strip().strip("!.?¡¿") in SPANISH_GREETINGS and msg.language_hint is None:
+            conv = replace(conv, language="es")
+        return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
+
+    # Content: a description, a place, a time, or a follow-up.
+    text = msg.text.strip()
+    if not text:
+        if msg.has_media:
+            return Outcome(conv, (Text.of("media_unsupported"),))
+        return Outcome(conv, (Text.of("empty"),))
+    outcome = _content(conv, text, ctx)
+    if msg.has_media:
+        outcome = replace(outcome, replies=(Text.of("media_unsupported"), *outcome.replies))
+    return outcome
+
+
+def expire(conv: ConversationState) -> Outcome | None:
+    """An idle conversation: submit a draft as it stands, drop an empty one. None if nothing to do."""
+    if conv.state in DRAFT_STATES and conv.tip_ref:
+        return Outcome(
+            replace(conv, state=State.SUBMITTED),
+            (Text.of("submitted_as_is", ref=conv.tip_ref),),
+            (Submit(conv.tip_ref),),
+        )
+    if conv.state is State.AWAIT_WHAT:
+        return Outcome(replace(conv, state=State.NEW, tip_ref=None))
+    return None

@@ -1,0 +1,276 @@
+"""The shell around conversation.step(): dedupe, lock, persist, queue.
+
+One inbound message is one database transaction: the delivery is remembered (by keyed hash), the
+sender found by keyed pseudonym, the conversation advanced, the tip and its thread written
+encrypted, and outbound actions queued in the outbox. The webhook answers only after the commit,
+so an acknowledged tip survives a crash, and a redelivered one is recognised and not processed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tipline import conversation as conv_mod
+from tipline import outbox, store
+from tipline.catalog import render
+from tipline.channels import InboundMessage
+from tipline.config import Settings
+from tipline.conversation import ConversationState, State
+from tipline.keys import KeyStore
+from tipline.models import Contact, Conversation, ProcessedDelivery, Tip, to_minute, utcnow
+
+log = logging.getLogger(__name__)
+
+DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) to a day (Telegram)
+CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit)
+
+
+@dataclass(frozen=True)
+class Result:
+    replies: tuple[str, ...]
+    duplicate: bool = False
+
+
+class _Retry(Exception):
+    pass
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class Intake:
+    def __init__(
+        self, factory: sessionmaker[Session], keys: KeyStore, settings: Settings,
+        deletes_provider_copies: Callable[[str], bool] = lambda channel: False,
+        clock: Callable[[], dt.datetime] = utcnow, on_outbox: Callable[[], None] = lambda: None,
+    ):
+        self.factory = factory
+        self.keys = keys
+        self.settings = settings
+        self.deletes_provider_copies = deletes_provider_copies
+        self.clock = clock
+        self.on_outbox = on_outbox
+        self.defaults = {
+            "agency": settings.agency_name,
+            "non_emergency": settings.non_emergency_number,
+            "victim_services": settings.victim_services,
+        }
+
+    def receive(self, msg: InboundMessage) -> Result:
+        """Process one inbound message exactly once; returns the texts to answer with."""
+        for _attempt in range(5):
+            try:
+                return self._receive(msg)
+            except _Retry:
+                continue
+        raise RuntimeError("intake kept conflicting with concurrent writers")
+
+    def _receive(self, msg: InboundMessage) -> Result:
+        keyring = self.keys.keyring
+        now = self.clock()
+        _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
+        queued = False
+        try:
+            with self.factory.begin() as session:
+                session.add(ProcessedDelivery(key=delivery_key, expires_at=now + DELIVERY_MEMORY))
+                try:
+                    session.flush()
+                except IntegrityError:
+                    raise _Duplicate() from None
+                contact, contact_key, conversation = self._find_sender(session, msg, now)
+                tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
+                state = ConversationState(
+                    State(conversation.state), conversation.language, tip.reference if tip else None
+                )
+                context = conv_mod.Context(
+                    opted_out=contact.opted_out, tip_status=tip.status if tip else None,
+                    new_reference=store.new_reference(),
+                )
+                inbound = conv_mod.Inbound(
+                    text=msg.text, has_media=msg.media_count > 0,
+                    provider_intent=msg.provider_intent, language_hint=msg.language_hint,
+                )
+                outcome = conv_mod.step(state, inbound, context)
+                replies = self._apply(session, contact, contact_key, conversation, tip, outcome, msg.text, now)
+                if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
+                    store.store_address(contact, contact_key, msg.address)
+                if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
+                    due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
+                    outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
+                    queued = True
+                try:
+                    session.flush()
+                except IntegrityError:
+                    raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
+        except _Duplicate:
+            # Already processed, or processed right now by a concurrent copy whose commit we waited
+            # for. Nothing to do, and nothing to say twice.
+            log.info("%s delivery already processed", msg.channel)
+            return Result((), duplicate=True)
+        if queued:
+            self.on_outbox()
+        log.info("%s message processed: %s -> %s", msg.channel, state.state.value, outcome.conversation.state.value)
+        return Result(replies)
+
+    def _find_sender(self, session: Session, msg: InboundMessage, now: dt.datetime) -> tuple[Contact, bytes, Conversation]:
+        keyring = self.keys.keyring
+        contact = None
+        for version in keyring.pseudonym_versions():
+            _, pseudonym = keyring.pseudonym(msg.channel, msg.address, version)
+            contact = session.scalars(
+                select(Contact).where(Contact.pseudonym == pseudonym).with_for_update()
+            ).first()
+            if contact is not None:
+                break
+        if contact is None:
+            contact, contact_key = store.new_contact(keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now)
+            session.add(contact)
+            conversation = Conversation(
+                contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now)
+            )
+            session.add(conversation)
+            try:
+                session.flush()
+            except IntegrityError:
+                raise _Retry() from None
+            return contact, contact_key, conversation
+        contact.last_activity_at = to_minute(now)
+        conversation = session.get(Conversation, contact.id)
+        if conversation is None:
+            conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
+            session.add(conversation)
+        return contact, store.contact_dek(keyring, contact), conversation
+
+    def _apply(
+        self, session: Session, contact: Contact, contact_key: bytes, conversation: Conversation,
+        tip: Tip | None, outcome: conv_mod.Outcome, text: str, now: dt.datetime,
+    ) -> tuple[str, ...]:
+        """Carry out a step's effects; returns the rendered replies (none for an opted-out sender)."""
+        keyring = self.keys.keyring
+        tip_key = store.tip_dek(keyring, tip) if tip is not None else None
+        forgotten = False
+        for effect in outcome.effects:
+            match effect:
+                case conv_mod.CreateDraft(reference=reference, what=what):
+                    tip, tip_key = store.new_tip(keyring, reference, contact.channel, contact.id, now)
+                    session.add(tip)
+                    session.flush()
+                    store.set_tip_field(tip, tip_key, "what", what)
+                    store.append_message(session, tip, tip_key, "tipster", what, now)
+                case conv_mod.SetField(name=name, text=value):
+                    assert tip is not None and tip_key is not None
+                    store.set_tip_field(tip, tip_key, name, value)
+                    store.append_message(session, tip, tip_key, "tipster", value, now)
+                case conv_mod.FollowUp(text=value):
+                    assert tip is not None and tip_key is not None
+                    store.append_message(session, tip, tip_key, "tipster", value, now)
+                    tip.unread += 1
+                case conv_mod.Submit():
+                    assert tip is not None
+                    if tip.status == "draft":
+                        tip.status = "new"
+                        tip.submitted_at = to_minute(now)
+                case conv_mod.FlagUrgent():
+                    assert tip is not None
+                    tip.urgent = True
+                case conv_mod.DiscardDraft():
+                    if tip is not None and tip.status == "draft":
+                        conversation.tip_id = None
+                        session.delete(tip)
+                        tip = None
+                case conv_mod.OptOut():
+                    contact.opted_out = True
+                    store.erase_address(contact, "stop")
+                    outbox.cancel_sends(session, contact.id, "stop")
+                case conv_mod.OptIn():
+                    contact.opted_out = False
+                    contact.erased_reason = None
+                case conv_mod.Forget():
+                    # The tip stays; nothing links this sender to it any more.
+                    contact.pseudonym = None
+                    store.erase_address(contact, "forget")
+                    outbox.cancel_sends(session, contact.id, "forget")
+                    forgotten = True
+        if tip is not None:
+            tip.updated_at = to_minute(now)
+        new_state = outcome.conversation
+        if forgotten:
+            session.delete(conversation)
+        else:
+            conversation.state = new_state.state.value
+            conversation.language = new_state.language
+            conversation.tip_id = tip.id if tip is not None and new_state.tip_ref == tip.reference else None
+            conversation.updated_at = to_minute(now)
+        if contact.opted_out:
+            return ()
+        replies = tuple(render(t, new_state.language, self.defaults) for t in outcome.replies)
+        if tip is not None and tip_key is not None and any(isinstance(e, CONTENT_EFFECTS) for e in outcome.effects):
+            for reply in replies:
+                store.append_message(session, tip, tip_key, "bot", reply, now)
+        return replies
+
+    def expire_idle(self) -> int:
+        """Submit drafts left idle as they stand (or drop empty ones); returns how many changed."""
+        cutoff = to_minute(self.clock()) - dt.timedelta(minutes=self.settings.draft_idle_minutes)
+        with self.factory() as session:
+            ids = session.scalars(
+                select(Conversation.contact_id).where(
+                    Conversation.updated_at < cutoff,
+                    Conversation.state.in_([State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value]),
+                )
+            ).all()
+        changed = 0
+        for contact_id in ids:
+            if self._expire_one(contact_id, cutoff):
+                changed += 1
+        if changed:
+            self.on_outbox()
+        return changed
+
+    def _expire_one(self, contact_id: str, cutoff: dt.datetime) -> bool:
+        keyring = self.keys.keyring
+        now = self.clock()
+        with self.factory.begin() as session:
+            conversation = session.get(Conversation, contact_id, with_for_update=True)
+            if conversation is None or conversation.updated_at >= cutoff:
+                return False  # the tipster wrote meanwhile
+            tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
+            state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
+            outcome = conv_mod.expire(state)
+            if outcome is None:
+                return False
+            contact = session.get(Contact, contact_id)
+            assert contact is not None
+            contact_key = store.contact_dek(keyring, contact)
+            if tip is not None and tip.status == "draft" and any(isinstance(e, conv_mod.Submit) for e in outcome.effects):
+                tip.status = "new"
+                tip.submitted_at = to_minute(now)
+                tip.updated_at = to_minute(now)
+            conversation.state = outcome.conversation.state.value
+            conversation.tip_id = tip.id if tip is not None and outcome.conversation.tip_ref else None
+            conversation.updated_at = to_minute(now)
+            if not contact.opted_out and contact.address_ct is not None:
+                tip_key = store.tip_dek(keyring, tip) if tip is not None else None
+                for text in outcome.replies:
+                    body = render(text, outcome.conversation.language, self.defaults)
+                    message_id = None
+                    if tip is not None and tip_key is not None:
+                        message = store.append_message(session, tip, tip_key, "bot", body, now, delivery="queued")
+                        session.flush()
+                        message_id = message.id
+                    outbox.enqueue_send(session, contact, contact_key, body, now, message_id)
+        return True
+
+
+def forget_deliveries(session: Session, now: dt.datetime) -> int:
+    """Drop remembered delivery ids past their bounded lifetime."""
+    result = session.execute(delete(ProcessedDelivery).where(ProcessedDelivery.expires_at < now))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

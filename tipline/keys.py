@@ -1,0 +1,147 @@
+"""The key store: the master key on disk or in the environment, KEKs wrapped in the database.
+
+Start-up fails closed: a database whose keys the master key cannot open refuses to serve, and a
+missing key is never silently replaced by a new one (that would make every tip unreadable).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tipline import crypto
+from tipline.config import Settings
+from tipline.models import Contact, KeyVersion, Tip
+
+MASTER_KEY_FILE = "master.key"
+
+
+class KeyStoreError(Exception):
+    """The keys cannot be loaded; the message says what to do."""
+
+
+def master_key_path(settings: Settings) -> Path:
+    return settings.data_dir / MASTER_KEY_FILE
+
+
+def write_secret_file(path: Path, content: bytes) -> None:
+    """Create a 0600 file atomically (temp file, fsync, rename); never overwrite an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.link(tmp, path)  # fails if the file appeared meanwhile: never replace a key
+    os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_master_key(settings: Settings, create: bool = False) -> bytes:
+    if settings.master_key is not None:
+        return settings.master_key
+    path = master_key_path(settings)
+    if not path.exists():
+        if not create:
+            raise KeyStoreError(f"no master key: set TIPLINE_MASTER_KEY or run `tipline init` to create {path}")
+        write_secret_file(path, base64.b64encode(crypto.new_key()) + b"\n")
+    try:
+        key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except ValueError:
+        raise KeyStoreError(f"{path} is not a base64 master key") from None
+    if len(key) != crypto.KEY_BYTES:
+        raise KeyStoreError(f"{path} must hold a base64 32-byte key")
+    return key
+
+
+def ensure_keys(session: Session, master: bytes) -> list[str]:
+    """Create version 1 of every purpose that has no key yet; returns the purposes created."""
+    existing = set(session.scalars(select(KeyVersion.purpose)).all())
+    if existing:
+        load_keyring(session, master)  # prove the master key opens what is there before adding
+    created = []
+    for purpose in crypto.PURPOSES:
+        if purpose not in existing:
+            kek = crypto.new_key()
+            session.add(
+                KeyVersion(purpose=purpose, version=1, wrapped_key=crypto.wrap_kek(master, purpose, 1, kek), is_primary=True)
+            )
+            created.append(purpose)
+    return created
+
+
+def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
+    keks: dict[tuple[str, int], bytes] = {}
+    primary: dict[str, int] = {}
+    for row in session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None))):
+        try:
+            keks[(row.purpose, row.version)] = crypto.unwrap_kek(master, row.purpose, row.version, row.wrapped_key)
+        except crypto.IntegrityError:
+            raise KeyStoreError(
+                f"the master key does not open the {row.purpose} key v{row.version}: wrong TIPLINE_MASTER_KEY or master.key"
+            ) from None
+        if row.is_primary:
+            primary[row.purpose] = row.version
+    missing = [p for p in crypto.PURPOSES if p not in primary]
+    if missing:
+        raise KeyStoreError(f"no primary key for {', '.join(missing)}: run `tipline init`")
+    return crypto.Keyring(keks=keks, primary=primary)
+
+
+class KeyStore:
+    """The process's current keyring, reloadable when another process rotates keys."""
+
+    def __init__(self, factory: sessionmaker[Session], master: bytes):
+        self._factory = factory
+        self._master = master
+        self._lock = threading.Lock()
+        self._keyring = self._load()
+
+    def _load(self) -> crypto.Keyring:
+        with self._factory() as session:
+            return load_keyring(session, self._master)
+
+    @property
+    def keyring(self) -> crypto.Keyring:
+        return self._keyring
+
+    def reload(self) -> crypto.Keyring:
+        with self._lock:
+            self._keyring = self._load()
+            return self._keyring
+
+
+def key_status(factory: sessionmaker[Session]) -> list[dict[str, object]]:
+    """Rows per key purpose and version: the proof an auditor asks for."""
+    with factory() as session:
+        counts: dict[tuple[str, int], int] = {}
+        for purpose, column, where in (
+            (crypto.PURPOSE_TIPS, Tip.kek_version, None),
+            (crypto.PURPOSE_CONTACTS, Contact.kek_version, None),
+            (crypto.PURPOSE_PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
+        ):
+            query = select(column, func.count()).group_by(column)
+            if where is not None:
+                query = query.where(where)
+            for version, count in session.execute(query):
+                counts[(purpose, version)] = count
+        rows = session.scalars(select(KeyVersion).order_by(KeyVersion.purpose, KeyVersion.version)).all()
+        return [
+            {
+                "purpose": row.purpose, "version": row.version, "primary": row.is_primary,
+                "created_at": row.created_at, "retired": row.retired_at is not None,
+                "rows": counts.get((row.purpose, row.version), 0),
+            }
+            for row in rows
+        ]

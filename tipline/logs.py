@@ -1,0 +1,41 @@
+"""Logging that is useful to an operator and says nothing about tipsters.
+
+Our own log lines never carry a number, id, name or message body. Third-party clients are less
+careful (the twilio client logs request parameters at INFO, urllib3 logs URLs that contain message
+ids at DEBUG), so their loggers are held at WARNING whatever level the operator chooses, and a
+last-line filter masks anything that looks like a phone number.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+NOISY = ("alembic.runtime.plugins", "twilio", "urllib3", "requests", "sqlalchemy.engine", "werkzeug", "httpx", "httpcore", "telegram")
+PHONE_LIKE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+
+
+class RedactPhoneNumbers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if PHONE_LIKE.search(message):
+            record.msg = PHONE_LIKE.sub("[redacted]", message)
+            record.args = None
+        return True
+
+
+def quiet_third_parties() -> None:
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def setup(level: str = "INFO") -> None:
+    quiet_third_parties()
+    root = logging.getLogger()
+    if not any(getattr(h, "_tipline", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactPhoneNumbers())
+        handler._tipline = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,54 @@
+"""Periodic upkeep: idle drafts, retention, and forgetting what we no longer need.
+
+Run by the dispatcher every minute and on demand by `tipline purge`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+
+from tipline import outbox, store
+from tipline.intake import Intake, forget_deliveries
+from tipline.models import Contact, OutboxItem, utcnow
+
+FINISHED_OUTBOX_KEPT = dt.timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    drafts_expired: int
+    addresses_erased: int
+    deliveries_forgotten: int
+    outbox_rows_deleted: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"idle drafts submitted or dropped: {self.drafts_expired}",
+            f"return addresses erased (retention): {self.addresses_erased}",
+            f"remembered deliveries forgotten: {self.deliveries_forgotten}",
+            f"finished outbox rows deleted: {self.outbox_rows_deleted}",
+        ]
+
+
+def purge(intake: Intake, retention_days: int, now: dt.datetime | None = None) -> PurgeReport:
+    now = now or utcnow()
+    drafts = intake.expire_idle()
+    cutoff = now - dt.timedelta(days=retention_days)
+    with intake.factory.begin() as session:
+        stale = session.scalars(
+            select(Contact).where(Contact.last_activity_at < cutoff, Contact.address_ct.is_not(None))
+        ).all()
+        for contact in stale:
+            store.erase_address(contact, "retention")
+            outbox.cancel_sends(session, contact.id, "retention")
+        deliveries = forget_deliveries(session, now)
+        finished = session.execute(
+            delete(OutboxItem).where(
+                OutboxItem.status.in_(["done", "sent", "delivered", "undelivered", "failed", "cancelled", "read"]),
+                OutboxItem.created_at < now - FINISHED_OUTBOX_KEPT,
+            )
+        )
+    return PurgeReport(drafts, len(stale), deliveries, int(finished.rowcount or 0))  # type: ignore[attr-defined]

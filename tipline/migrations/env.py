@@ -1,0 +1,26 @@
+"""Alembic environment: runs migrations against TIPLINE's engine (with its SQLite pragmas)."""
+
+from alembic import context
+
+from tipline.db import make_engine
+from tipline.models import Base
+
+config = context.config
+
+
+def run() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run()

@@ -1,0 +1,184 @@
+"""The database schema, as SQLAlchemy 2 typed models. Alembic migrations in `migrations/` create it.
+
+Nothing that identifies a tipster is stored in plaintext: columns holding ciphertext or keyed
+hashes say so in their `comment`. Times a tipster caused are kept to the minute, which is all a
+detective needs and less for anyone correlating with carrier records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def to_minute(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+class KeyVersion(Base):
+    """One version of a key-encryption key (or of the pseudonym pepper), wrapped by the master key."""
+
+    __tablename__ = "key_versions"
+    __table_args__ = (UniqueConstraint("purpose", "version", name="uq_key_versions_purpose_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[bytes] = mapped_column(
+        LargeBinary, comment="AES-256-GCM under the master key, AAD names purpose and version"
+    )
+    is_primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Contact(Base):
+    """A sender as the tip line knows them: a keyed pseudonym and, while allowed, a return address."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    pseudonym: Mapped[str | None] = mapped_column(
+        String(64),
+        unique=True,
+        nullable=True,
+        comment="HMAC-SHA256(pepper, 'channel:address'); NULL once the tipster asked to be forgotten",
+    )
+    pseudonym_version: Mapped[int] = mapped_column(Integer)
+    kek_version: Mapped[int] = mapped_column(Integer, comment="version of the contacts KEK wrapping wrapped_dek")
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary, comment="this contact's data key, wrapped")
+    address_ct: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, comment="encrypted return address; NULL once erased"
+    )
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    erased_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_activity_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
+
+
+class Conversation(Base):
+    """Where a sender is in the intake conversation (see conversation.py)."""
+
+    __tablename__ = "conversations"
+
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(2))
+    tip_id: Mapped[int | None] = mapped_column(ForeignKey("tips.id", ondelete="SET NULL"), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
+
+
+class Tip(Base):
+    __tablename__ = "tips"
+    __table_args__ = (Index("ix_tips_status_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(String(12), unique=True, comment="random, e.g. T-7K3Q9X")
+    contact_id: Mapped[str | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    category: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    kek_version: Mapped[int] = mapped_column(Integer, comment="version of the tips KEK wrapping wrapped_dek")
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary, comment="this tip's data key, wrapped")
+    what_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted")
+    where_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted")
+    when_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted")
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    unread: Mapped[int] = mapped_column(Integer, default=0, comment="tipster messages since submission not yet viewed")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, comment="to the minute")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+
+
+class Message(Base):
+    """One entry of a tip's thread: from the tipster, the bot, the agency, or an internal note."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("tip_id", "seq", name="uq_messages_tip_id_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tip_id: Mapped[int] = mapped_column(ForeignKey("tips.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))
+    body_ct: Mapped[bytes] = mapped_column(LargeBinary, comment="encrypted under the tip's data key")
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    delivery: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+
+
+class OutboxItem(Base):
+    """A durable outbound action: a message to a tipster or a deletion at the provider."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16))
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
+    payload_ct: Mapped[bytes] = mapped_column(LargeBinary, comment="encrypted under the contact's data key")
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    provider_ref: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, comment="keyed hash of the provider's message id"
+    )
+    last_error: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="error code only")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ProcessedDelivery(Base):
+    """A provider delivery already handled, remembered by keyed hash only and for a bounded time."""
+
+    __tablename__ = "processed_deliveries"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True, comment="keyed hash of channel + delivery id")
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class User(Base):
+    """A console account (detective or admin)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255), comment="argon2id")
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_secret_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

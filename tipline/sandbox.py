@@ -1,0 +1,85 @@
+"""The sandbox: play tipster in a browser, through the same state machine as SMS.
+
+On only with TIPLINE_SANDBOX=1 (`make run` sets it). The browser's random token is the return
+address; agency replies are read back from the outbox once the dispatcher has "sent" them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, abort, current_app, jsonify, make_response, render_template, request
+from sqlalchemy import select
+
+from adapters import sandbox as channel
+from adapters.sms import clean_text
+from tipline import crypto, store
+from tipline.db import read_only
+from tipline.models import Contact, OutboxItem
+
+bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")
+COOKIE = "tipline_sandbox"
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{32}$")
+DELIVERY = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+MAX_TEXT = 1600
+
+
+def _token() -> str | None:
+    token = request.cookies.get(COOKIE, "")
+    return token if TOKEN.match(token) else None
+
+
+@bp.get("")
+def page() -> Response:
+    runtime = current_app.extensions["tipline"]
+    response = make_response(render_template("sandbox.html", agency=runtime.settings.agency_name))
+    if _token() is None:
+        response.set_cookie(COOKIE, channel.new_address(), httponly=True, samesite="Strict", path="/sandbox")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+    return response
+
+
+@bp.post("/messages")
+def send() -> Response:
+    runtime = current_app.extensions["tipline"]
+    token = _token()
+    if token is None:
+        abort(400, "open /sandbox first: it gives this browser a sandbox identity")
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        abort(400, 'send JSON like {"text": "..."}')
+    text = clean_text(payload["text"])
+    if len(text) > MAX_TEXT:
+        abort(400, f"messages are at most {MAX_TEXT} characters, as on SMS")
+    delivery = payload.get("id")
+    if not isinstance(delivery, str) or not DELIVERY.match(delivery):
+        delivery = store.new_id()
+    result = runtime.intake.receive(channel.inbound(token, text, delivery))
+    return jsonify(replies=list(result.replies), duplicate=result.duplicate)
+
+
+@bp.get("/inbox")
+def inbox() -> Response:
+    """Agency replies delivered to this browser, oldest first."""
+    runtime = current_app.extensions["tipline"]
+    token = _token()
+    if token is None:
+        return jsonify(messages=[])
+    keyring = runtime.keys.keyring
+    pseudonyms = [keyring.pseudonym(channel.CHANNEL, token, v)[1] for v in keyring.pseudonym_versions()]
+    messages = []
+    with read_only(runtime.factory) as session:
+        contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
+        if contact is not None:
+            key = store.contact_dek(keyring, contact)
+            rows = session.scalars(
+                select(OutboxItem)
+                .where(OutboxItem.contact_id == contact.id, OutboxItem.kind == "send", OutboxItem.status == "sent")
+                .order_by(OutboxItem.created_at)
+            ).all()
+            for row in rows[-50:]:
+                text = crypto.open_sealed(key, row.payload_ct, crypto.aad("outbox", "payload", row.id)).decode()
+                messages.append({"id": row.id, "text": text})
+    return jsonify(messages=messages)
