@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask, Response, jsonify
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
@@ -98,8 +99,15 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
 def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None) -> Runtime:
     """Connect to an initialised database and load the keys; NotInitialised or KeyStoreError otherwise."""
     logs.quiet_third_parties()
+    if settings.sqlite_path is not None and not settings.sqlite_path.exists():
+        raise NotInitialised(f"no database at {settings.sqlite_path}: run `tipline init`")
     engine = db.make_engine(settings.database_url)
-    if not inspect(engine).has_table("key_versions"):
+    try:
+        initialised = inspect(engine).has_table("key_versions")
+    except OperationalError as error:
+        engine.dispose()
+        raise NotInitialised(f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL") from None
+    if not initialised:
         engine.dispose()
         raise NotInitialised("the database has no tipline schema: run `tipline init`")
     factory = db.make_sessionmaker(engine)

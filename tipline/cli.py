@@ -64,10 +64,14 @@ def init(settings: Settings) -> None:
     from tipline.bootstrap import initialise
     from tipline.keys import KeyStoreError
 
+    from sqlalchemy.exc import OperationalError
+
     try:
         report = initialise(settings)
     except KeyStoreError as error:
         _fail(str(error))
+    except OperationalError as error:
+        _fail(f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL")
     click.echo(f"data directory: {settings.data_dir}")
     click.echo(f"schema: up to date ({settings.database_url.split('://', 1)[0]})")
     click.echo(f"keys: {'created ' + ', '.join(report.keys_created) if report.keys_created else 'present'}")

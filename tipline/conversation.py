@@ -261,6 +261,12 @@ def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
 
 def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
     """Advance one sender's conversation by one inbound message."""
+    if not msg.text.strip() and msg.provider_intent is None:
+        if msg.has_media:
+            return Outcome(conv, (Text.of("media_unsupported"),))
+        if conv.state is State.NEW:
+            return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
+        return Outcome(conv, (Text.of("empty"),))
     intent = msg.provider_intent or classify(msg.text)
     if conv.state is State.NEW and conv.tip_ref is None and msg.language_hint in LANGUAGES:
         conv = replace(conv, language=msg.language_hint)
@@ -337,12 +343,7 @@ def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
         return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
 
     # Content: a description, a place, a time, or a follow-up.
-    text = msg.text.strip()
-    if not text:
-        if msg.has_media:
-            return Outcome(conv, (Text.of("media_unsupported"),))
-        return Outcome(conv, (Text.of("empty"),))
-    outcome = _content(conv, text, ctx)
+    outcome = _content(conv, msg.text.strip(), ctx)
     if msg.has_media:
         outcome = replace(outcome, replies=(Text.of("media_unsupported"), *outcome.replies))
     return outcome

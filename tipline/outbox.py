@@ -162,11 +162,23 @@ class Dispatcher:
         return len(ids)
 
     def _perform(self, item_id: str) -> None:
+        try:
+            loaded = self._load(item_id)
+        except (crypto.IntegrityError, crypto.MissingKeyError) as error:
+            # A row that cannot be opened will never open: say so loudly, keep the others going.
+            log.error("outbox %s cannot be decrypted: %s", item_id[:8], type(error).__name__)
+            self._finish(item_id, "failed", "integrity")
+            return
+        if loaded is None:
+            return
+        self._deliver(item_id, *loaded)
+
+    def _load(self, item_id: str) -> tuple[str, str, str | None, str | None] | None:
         keyring = self.keys.keyring
         with self.factory() as session:
             item = session.get(OutboxItem, item_id)
             if item is None or item.status != "sending":
-                return
+                return None
             contact = session.get(Contact, item.contact_id)
             kind, channel_name = item.kind, item.channel
             contact_key = store.contact_dek(keyring, contact) if contact is not None else None
@@ -175,6 +187,10 @@ class Dispatcher:
             if contact is not None and contact.opted_out:
                 address = None
             session.rollback()
+        return kind, channel_name, payload, address
+
+    def _deliver(self, item_id: str, kind: str, channel_name: str, payload: str | None, address: str | None) -> None:
+        keyring = self.keys.keyring
         channel = self.channels[channel_name]
         if payload is None:
             self._finish(item_id, "cancelled", "no_contact")

@@ -1,0 +1,159 @@
+"""The `tipline` command as an operator uses it, and `tipline serve` as a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.anonymity import scan_files
+from tests.support.harness import REFERENCE
+from tipline import review
+from tipline.app import build_runtime
+from tipline.config import load_settings
+
+TIPLINE = [sys.executable, "-m", "tipline.cli"]
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
+    return subprocess.run([*TIPLINE, *args], env={**clean, **env}, input=stdin, capture_output=True, text=True, timeout=120,
+                          cwd=env["TIPLINE_DATA_DIR"].rsplit("/", 1)[0])
+
+
+@pytest.fixture
+def cli_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
+
+
+def test_init_is_idempotent_and_prints_the_first_admin_password_once(cli_env: dict[str, str]) -> None:
+    first = run(cli_env, "init")
+    assert first.returncode == 0, first.stderr
+    assert "first admin account: admin" in first.stdout
+    password = re.search(r"one-time password: (\S+)", first.stdout).group(1)
+    assert len(password) >= 12
+    second = run(cli_env, "init")
+    assert second.returncode == 0 and "one-time password" not in second.stdout and "keys: present" in second.stdout
+    listing = run(cli_env, "users", "list")
+    assert re.search(r"admin\s+admin\s+active", listing.stdout)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("TIPLINE_PUBLIC_URL", "tips.example.org", "TIPLINE_PUBLIC_URL must be an http(s) URL"),
+    ("TIPLINE_MASTER_KEY", "not-base64!", "TIPLINE_MASTER_KEY must be base64"),
+    ("TWILIO_ACCOUNT_SID", "AC123", "TWILIO_ACCOUNT_SID must look like"),
+    ("TIPLINE_SANDBOX", "maybe", "TIPLINE_SANDBOX must be 1 or 0"),
+    ("TIPLINE_DATABASE_URL", "mysql://x/y", "TIPLINE_DATABASE_URL must be"),
+])
+def test_a_bad_setting_stops_with_one_line_naming_it(cli_env: dict[str, str], name: str, value: str, message: str) -> None:
+    result = run({**cli_env, name: value}, "init")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_before_init_says_what_to_do(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "purge")
+    assert result.returncode == 2 and "tipline init" in result.stderr
+
+
+def test_users_add_list_disable(cli_env: dict[str, str]) -> None:
+    run(cli_env, "init")
+    short = run(cli_env, "users", "add", "dana", "--role", "detective", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 12" in short.stderr
+    added = run(cli_env, "users", "add", "dana", "--role", "detective", "--password-stdin", stdin="a long enough passphrase\n")
+    assert added.returncode == 0, added.stderr
+    assert run(cli_env, "users", "add", "dana", "--role", "detective").returncode == 2
+    assert run(cli_env, "users", "disable", "dana").returncode == 0
+    assert re.search(r"dana\s+detective\s+disabled", run(cli_env, "users", "list").stdout)
+
+
+def test_every_command_has_help(cli_env: dict[str, str]) -> None:
+    for args in (["--help"], ["init", "--help"], ["serve", "--help"], ["dispatch", "--help"], ["purge", "--help"],
+                 ["users", "add", "--help"], ["keys", "status", "--help"]):
+        result = run(cli_env, *args)
+        assert result.returncode == 0 and "Usage: tipline" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    assert run(cli_env, "init").returncode == 0
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
+    log = Path(cli_env["TIPLINE_DATA_DIR"]).parent / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*TIPLINE, "serve", "--port", str(port)], env={**clean, **cli_env, "TIPLINE_LOG_LEVEL": "DEBUG"},
+                                   stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        yield base, cli_env
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served: tuple[str, dict[str, str]]) -> None:
+    base, env = served
+    health = requests.get(base + "/healthz", timeout=5)
+    assert health.json() == {"status": "ok", "database": "ok", "channels": ["sandbox"]}
+    browser = requests.Session()
+    page = browser.get(base + "/sandbox", timeout=5)
+    assert page.status_code == 200 and "Tip line sandbox" in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+
+    def say(text: str) -> list[str]:
+        response = browser.post(base + "/sandbox/messages", json={"text": text}, timeout=5)
+        assert response.status_code == 200, response.text
+        return response.json()["replies"]
+
+    assert "anonymous" in say("hi")[0]
+    say("CANARY-SANDBOX a man sells stolen phones at the market")
+    say("skip")
+    reference = REFERENCE.search(say("skip")[0]).group(0)
+
+    # A detective replies from another process; the server's dispatcher delivers it to the page
+    settings = load_settings(env)
+    runtime = build_runtime(settings)
+    try:
+        review.reply(runtime.factory, runtime.keys.keyring, settings, reference, "Which market stall?")
+    finally:
+        runtime.close()
+    for _ in range(50):
+        inbox = browser.get(base + "/sandbox/inbox", timeout=5).json()["messages"]
+        if inbox:
+            break
+        time.sleep(0.2)
+    assert [m["text"] for m in inbox] == ["Example City Police: Which market stall?"]
+    # Another browser sees nothing of it
+    assert requests.get(base + "/sandbox/inbox", timeout=5).json() == {"messages": []}
+    data_dir = Path(env["TIPLINE_DATA_DIR"])
+    assert scan_files(data_dir.parent, ["CANARY-SANDBOX", "stolen phones", "Which market stall"]) == []
+
+
+def test_the_sandbox_refuses_nonsense(served: tuple[str, dict[str, str]]) -> None:
+    base, _ = served
+    browser = requests.Session()
+    assert browser.post(base + "/sandbox/messages", json={"text": "hi"}, timeout=5).status_code == 400  # no identity yet
+    browser.get(base + "/sandbox", timeout=5)
+    assert browser.post(base + "/sandbox/messages", data="not json", timeout=5).status_code == 400
+    assert browser.post(base + "/sandbox/messages", json={"text": ["x"]}, timeout=5).status_code == 400
+    assert browser.post(base + "/sandbox/messages", json={"text": "x" * 1601}, timeout=5).status_code == 400

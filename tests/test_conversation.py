@@ -1,0 +1,235 @@
+"""The intake conversation as a pure function: every keyword, in every state it matters."""
+
+from __future__ import annotations
+
+import pytest
+
+from tipline import conversation as c
+from tipline.catalog import CATALOGS, Text, render
+from tipline.conversation import ConversationState, Context, Inbound, Intent, State
+
+REF = "T-ABCDEF"
+NEXT = "T-NEWREF"
+SETTINGS = {"agency": "Example City Police", "non_emergency": "555-0199",
+            "victim_services": "the National Center for Victims of Crime, 1-855-484-2846"}
+
+
+def run(state: State, text: str, tip_ref: str | None = REF, opted_out: bool = False, tip_status: str | None = None,
+        language: str = "en", **inbound: object) -> c.Outcome:
+    conv = ConversationState(state, language, tip_ref if state not in (State.NEW, State.AWAIT_WHAT) else None)
+    return c.step(conv, Inbound(text=text, **inbound), Context(opted_out=opted_out, tip_status=tip_status, new_reference=NEXT))
+
+
+def keys(outcome: c.Outcome) -> list[str]:
+    return [t.key for t in outcome.replies]
+
+
+@pytest.mark.parametrize("text", ["hi", "Hi!", "TIP", "start", "/start", "hello", "?", "👋"])
+def test_a_greeting_from_a_new_sender_gets_the_welcome(text: str) -> None:
+    outcome = run(State.NEW, text)
+    assert keys(outcome) == ["greeting"] and outcome.conversation.state is State.AWAIT_WHAT and not outcome.effects
+
+
+def test_a_substantive_first_message_becomes_the_description() -> None:
+    outcome = run(State.NEW, "Drug dealing at the corner of 5th and Main")
+    assert outcome.effects == (c.CreateDraft(NEXT, "Drug dealing at the corner of 5th and Main"),)
+    assert outcome.conversation == ConversationState(State.AWAIT_WHERE, "en", NEXT)
+    assert keys(outcome) == ["ask_where"]
+
+
+def test_the_full_path_what_where_when() -> None:
+    where = run(State.AWAIT_WHERE, "Behind the school")
+    assert where.effects == (c.SetField("where", "Behind the school"),) and where.conversation.state is State.AWAIT_WHEN
+    when = run(State.AWAIT_WHEN, "Last night around 11")
+    assert when.effects == (c.SetField("when", "Last night around 11"), c.Submit(REF))
+    assert when.conversation.state is State.SUBMITTED
+    assert when.replies == (Text.of("submitted", ref=REF),)
+
+
+@pytest.mark.parametrize("state,expected_state,expected_key,effects", [
+    (State.AWAIT_WHERE, State.AWAIT_WHEN, "ask_when", ()),
+    (State.AWAIT_WHEN, State.SUBMITTED, "submitted", (c.Submit(REF),)),
+    (State.AWAIT_WHAT, State.AWAIT_WHAT, "what_required", ()),
+    (State.NEW, State.AWAIT_WHAT, "what_required", ()),
+    (State.SUBMITTED, State.SUBMITTED, "nothing_to_skip", ()),
+])
+def test_skip(state: State, expected_state: State, expected_key: str, effects: tuple) -> None:
+    outcome = run(state, "SKIP")
+    assert outcome.conversation.state is expected_state and keys(outcome) == [expected_key] and outcome.effects == effects
+
+
+def test_done_submits_a_draft_at_once() -> None:
+    outcome = run(State.AWAIT_WHERE, "done")
+    assert outcome.effects == (c.Submit(REF),) and outcome.conversation.state is State.SUBMITTED
+
+
+def test_after_submission_every_message_is_a_follow_up() -> None:
+    outcome = run(State.SUBMITTED, "The car is a grey sedan")
+    assert outcome.effects == (c.FollowUp(REF, "The car is a grey sedan"),)
+    assert outcome.replies == (Text.of("followup_added", ref=REF),)
+
+
+def test_hi_after_submission_is_a_follow_up_not_a_new_conversation() -> None:
+    assert run(State.SUBMITTED, "hi").effects == (c.FollowUp(REF, "hi"),)
+
+
+@pytest.mark.parametrize("text", ["STOP", "stop", "Stop.", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"])
+def test_every_carrier_opt_out_word_opts_out_and_says_nothing(text: str) -> None:
+    outcome = run(State.SUBMITTED, text)
+    assert outcome.effects == (c.OptOut(),) and outcome.replies == ()
+
+
+def test_stop_in_the_middle_of_a_draft_keeps_the_tip() -> None:
+    outcome = run(State.AWAIT_WHEN, "STOP")
+    assert outcome.effects == (c.Submit(REF), c.OptOut())
+    assert outcome.replies == ()
+
+
+def test_the_provider_classification_wins() -> None:
+    # Twilio's Advanced Opt-Out may have custom keywords we do not know: OptOutType decides.
+    outcome = run(State.SUBMITTED, "arrêtez", provider_intent=Intent.STOP)
+    assert outcome.effects == (c.OptOut(),)
+
+
+def test_stop_is_only_a_keyword_as_the_whole_message() -> None:
+    outcome = run(State.SUBMITTED, "please stop the dealers")
+    assert outcome.effects == (c.FollowUp(REF, "please stop the dealers"),)
+
+
+def test_start_opts_back_in_and_reprompts() -> None:
+    outcome = run(State.AWAIT_WHERE, "START", opted_out=True)
+    assert outcome.effects == (c.OptIn(),) and keys(outcome) == ["opted_in", "ask_where"]
+
+
+def test_yes_from_someone_not_opted_out_is_just_a_word() -> None:
+    assert run(State.AWAIT_WHERE, "yes").effects == (c.SetField("where", "yes"),)
+
+
+def test_help_works_everywhere_and_changes_nothing() -> None:
+    for state in State:
+        outcome = run(state, "HELP")
+        assert keys(outcome) == ["help"] and not outcome.effects and outcome.conversation.state is state
+
+
+def test_new_submits_the_open_draft_then_starts_over() -> None:
+    outcome = run(State.AWAIT_WHERE, "NEW")
+    assert outcome.effects == (c.Submit(REF),)
+    assert keys(outcome) == ["submitted_as_is", "new_tip"]
+    assert outcome.conversation == ConversationState(State.AWAIT_WHAT, "en", None)
+
+
+def test_discard_drops_an_unsubmitted_draft() -> None:
+    outcome = run(State.AWAIT_WHEN, "DISCARD")
+    assert outcome.effects == (c.DiscardDraft(REF),) and outcome.conversation.state is State.NEW
+
+
+def test_discard_never_touches_a_submitted_tip() -> None:
+    outcome = run(State.SUBMITTED, "discard")
+    assert not outcome.effects and keys(outcome) == ["nothing_to_discard"]
+
+
+@pytest.mark.parametrize("status,word", [("new", "received"), ("in_review", "under review"),
+                                         ("actionable", "under review"), ("closed", "closed")])
+def test_status_says_received_under_review_or_closed_and_nothing_more(status: str, word: str) -> None:
+    outcome = run(State.SUBMITTED, "STATUS", tip_status=status)
+    assert render(outcome.replies[0], "en", SETTINGS) == f"Tip {REF}: {word}."
+
+
+def test_status_without_a_tip() -> None:
+    assert keys(run(State.NEW, "status")) == ["status_none"]
+
+
+def test_forget_erases_and_says_the_tip_stays() -> None:
+    outcome = run(State.SUBMITTED, "FORGET")
+    assert outcome.effects == (c.Forget(),)
+    assert outcome.replies == (Text.of("forgotten", ref=REF),)
+    assert outcome.conversation == ConversationState(State.NEW, "en", None)
+
+
+def test_forget_during_a_draft_submits_it_first() -> None:
+    outcome = run(State.AWAIT_WHERE, "forget")
+    assert outcome.effects == (c.Submit(REF), c.Forget())
+
+
+@pytest.mark.parametrize("text", [
+    "A man has a gun outside the bar", "someone was stabbed", "he is bleeding", "it is happening RIGHT NOW",
+    "hay un hombre con una pistola", "están disparando ahora mismo", "mi vecina está en peligro", "Tiroteo en la calle",
+])
+def test_danger_words_flag_urgent_and_remind_911_first(text: str) -> None:
+    outcome = run(State.NEW, text)
+    assert outcome.effects == (c.CreateDraft(NEXT, text), c.FlagUrgent(NEXT))
+    assert keys(outcome)[0] == "urgent"
+
+
+@pytest.mark.parametrize("text", ["graffiti on the wall", "my neighbor's dog barks", "the gunnery club is loud"])
+def test_ordinary_tips_are_not_urgent(text: str) -> None:
+    assert not any(isinstance(e, c.FlagUrgent) for e in run(State.NEW, text).effects)
+
+
+def test_a_follow_up_can_make_a_tip_urgent() -> None:
+    outcome = run(State.SUBMITTED, "now he has a knife")
+    assert c.FlagUrgent(REF) in outcome.effects and keys(outcome)[0] == "urgent"
+
+
+def test_language_switch_and_spanish_greeting() -> None:
+    outcome = run(State.AWAIT_WHERE, "ES")
+    assert outcome.conversation.language == "es" and keys(outcome) == ["language_set", "ask_where"]
+    assert run(State.NEW, "Hola").conversation.language == "es"
+    assert run(State.AWAIT_WHERE, "en", language="es").conversation.language == "en"
+
+
+def test_a_language_hint_sets_the_first_language_only() -> None:
+    assert run(State.NEW, "hi", language_hint="es").conversation.language == "es"
+    assert run(State.SUBMITTED, "hi", language_hint="es").conversation.language == "en"
+
+
+def test_media_is_refused_kindly_but_the_text_is_kept() -> None:
+    outcome = run(State.NEW, "photo of the car", has_media=True)
+    assert keys(outcome)[0] == "media_unsupported" and outcome.effects == (c.CreateDraft(NEXT, "photo of the car"),)
+    assert keys(run(State.NEW, "", has_media=True)) == ["media_unsupported"]
+
+
+def test_an_empty_message_asks_again() -> None:
+    assert keys(run(State.AWAIT_WHERE, "   ")) == ["empty"]
+
+
+@pytest.mark.parametrize("state,submits", [(State.AWAIT_WHERE, True), (State.AWAIT_WHEN, True)])
+def test_an_idle_draft_is_submitted_as_it_stands(state: State, submits: bool) -> None:
+    outcome = c.expire(ConversationState(state, "en", REF))
+    assert outcome is not None and outcome.effects == (c.Submit(REF),) and outcome.conversation.state is State.SUBMITTED
+
+
+def test_an_idle_greeting_is_dropped_and_settled_ones_are_left() -> None:
+    assert c.expire(ConversationState(State.AWAIT_WHAT)).conversation.state is State.NEW
+    assert c.expire(ConversationState(State.NEW)) is None
+    assert c.expire(ConversationState(State.SUBMITTED, "en", REF)) is None
+
+
+def test_the_diagram_in_the_docstring_names_every_state() -> None:
+    for state in State:
+        assert f" {state.value} " in c.__doc__ or f" {state.value}:" in c.__doc__ or f"> {state.value}" in c.__doc__
+
+
+# The catalog ------------------------------------------------------------------------------------
+
+def test_both_catalogs_have_the_same_texts_and_placeholders() -> None:
+    import string
+
+    en, es = CATALOGS["en"], CATALOGS["es"]
+    assert en.keys() == es.keys()
+    for key in en:
+        fields = lambda s: {f for _, f, _, _ in string.Formatter().parse(s) if f}  # noqa: E731
+        assert fields(en[key]) == fields(es[key]), key
+
+
+@pytest.mark.parametrize("language", ["en", "es"])
+def test_every_text_fits_in_two_sms_segments_worth_of_characters(language: str) -> None:
+    params = {**SETTINGS, "ref": REF, "status": "under review", "text": "x"}
+    for key, template in CATALOGS[language].items():
+        assert len(template.format(**params)) <= 320, key
+
+
+def test_the_greeting_says_anonymous_911_help_stop_and_spanish() -> None:
+    greeting = render(Text.of("greeting"), "en", SETTINGS)
+    for must in ("anonymous", "never see your number", "911", "HELP", "STOP", "ES para español"):
+        assert must in greeting

@@ -1,0 +1,163 @@
+"""The SMS webhook under forged, malformed, strange and repeated input: never a 500, never a lost tip."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_harness
+from tests.support.harness import Harness, inbound_form, new_sid, replies, sign
+from tipline.models import Message, ProcessedDelivery
+
+PATH = "/webhooks/twilio/sms"
+
+
+def count(harness: Harness, model: type) -> int:
+    with harness.runtime.factory() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_missing_signature_is_refused_and_nothing_is_written(tipline: Harness) -> None:
+    response = tipline.client.post(PATH, data=inbound_form("a tip"))
+    assert response.status_code == 403
+    assert count(tipline, ProcessedDelivery) == 0
+
+
+@pytest.mark.parametrize("forge", ["wrong token", "tampered body", "other path", "garbage"])
+def test_forged_signatures_are_refused(tipline: Harness, forge: str) -> None:
+    form = inbound_form("a tip")
+    signature = {
+        "wrong token": lambda: sign(PATH, form, token="not-the-token"),
+        "tampered body": lambda: sign(PATH, {**form, "Body": "something else"}),
+        "other path": lambda: sign("/webhooks/twilio/status", form),
+        "garbage": lambda: "!!not base64!!",
+    }[forge]()
+    response = tipline.client.post(PATH, data=form, headers={"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+    assert count(tipline, ProcessedDelivery) == 0
+
+
+@pytest.mark.parametrize("drop,bad", [
+    ("From", {}), ("MessageSid", {}), (None, {"From": "not-a-number"}), (None, {"MessageSid": "SM123"}),
+    (None, {"NumMedia": "lots"}), (None, {"NumMedia": "99"}),
+])
+def test_malformed_but_signed_webhooks_get_400(tipline: Harness, drop: str | None, bad: dict[str, str]) -> None:
+    form = inbound_form("a tip", **bad)
+    if drop:
+        form.pop(drop)
+    response = tipline.post_signed(PATH, form)
+    assert response.status_code == 400
+    assert "+1555" not in response.get_data(as_text=True)  # the error names the field, never echoes it
+
+
+def test_an_oversized_body_is_refused_before_anything_else(tipline: Harness) -> None:
+    form = inbound_form("x" * 300_000)
+    assert tipline.post_signed(PATH, form).status_code == 413
+
+
+@pytest.mark.parametrize("body", [
+    "\u202eRTL override\u202c and zero\u200bwidth",
+    "emoji 🚓🚨 and family 👨‍👩‍👧 and flags 🇺🇸",
+    "nul\x00byte and bell\x07",
+    "combining e\u0301 and Zalgo t̷̢̛e̸x̶t̵",
+    "ﷺ and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and \U0010ffff",
+    "x" * 1600,
+    "<script>alert(1)</script> & ]]> \" '",
+])
+def test_strange_unicode_is_stored_and_answered(tipline: Harness, body: str) -> None:
+    tipline.say("hi")
+    answer = replies(tipline.sms(body))
+    assert answer and "Where did it happen?" in answer[-1]
+
+
+def test_invalid_utf8_never_crashes(tipline: Harness) -> None:
+    raw = "MessageSid=SM" + "ab" * 16 + "&From=%2B15555550142&Body=%FF%FE%80bad&NumMedia=0"
+    response = tipline.client.post(PATH, data=raw, content_type="application/x-www-form-urlencoded",
+                                   headers={"X-Twilio-Signature": "forged"})
+    assert response.status_code in (400, 403)
+    # Signed over what Twilio would have sent: still answered, as text with replacement characters
+    form = inbound_form("\ufffd\ufffd\ufffdbad")
+    assert tipline.post_signed(PATH, form).status_code == 200
+
+
+def test_a_redelivered_message_is_processed_once(tipline: Harness) -> None:
+    sid = new_sid()
+    first = tipline.sms("Somebody is stealing catalytic converters on Oak Ave", sid=sid)
+    again = tipline.sms("Somebody is stealing catalytic converters on Oak Ave", sid=sid)
+    assert replies(first) and replies(again) == []
+    assert count(tipline, Message) == 2  # the tipster's message and the bot's question, once
+
+
+def test_concurrent_copies_of_one_delivery_are_processed_once(tipline: Harness) -> None:
+    sid = new_sid()
+    form = inbound_form("Shots fired near the park", sid=sid)
+    signature = sign(PATH, form)
+    statuses: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def deliver() -> None:
+        client = tipline.app.test_client()
+        barrier.wait()
+        statuses.append(client.post(PATH, data=form, headers={"X-Twilio-Signature": signature}).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 6
+    assert count(tipline, ProcessedDelivery) == 1
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == "tipster")) == 1
+
+
+def test_concurrent_first_messages_from_one_new_sender_make_one_contact(tipline: Harness) -> None:
+    forms = [inbound_form(f"message {i} about the break-in") for i in range(4)]
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def deliver(form: dict[str, str]) -> None:
+        client = tipline.app.test_client()
+        barrier.wait()
+        statuses.append(client.post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)}).status_code)
+
+    threads = [threading.Thread(target=deliver, args=(f,)) for f in forms]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 4
+    from tipline.models import Contact
+
+    assert count(tipline, Contact) == 1
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == "tipster")) == 4
+
+
+def test_the_sms_channel_is_off_without_credentials(env: dict[str, str], twilio_server, log_file) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
+    harness = make_harness(env, twilio_server, log_file)
+    try:
+        form = inbound_form("a tip")
+        assert harness.post_signed(PATH, form).status_code == 404
+        assert harness.client.get("/healthz").get_json() == {"status": "ok", "database": "ok", "channels": ["sandbox"]}
+    finally:
+        harness.runtime.close()
+
+
+def test_get_and_other_methods_are_not_accepted(tipline: Harness) -> None:
+    assert tipline.client.get(PATH).status_code == 405
+
+
+def test_status_callbacks_are_authenticated_and_validated(tipline: Harness) -> None:
+    assert tipline.client.post("/webhooks/twilio/status", data={"MessageSid": new_sid(), "MessageStatus": "delivered"}).status_code == 403
+    assert tipline.post_signed("/webhooks/twilio/status", {"MessageSid": new_sid(), "MessageStatus": "exploded"}).status_code == 400
+    # A status for a message we never sent is acknowledged and ignored
+    assert tipline.status_callback(new_sid(), "delivered").status_code == 200
+
+
+def test_healthz(tipline: Harness) -> None:
+    response = tipline.client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["database"] == "ok"
