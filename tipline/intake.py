@@ -22,6 +22,7 @@ from tipline import outbox, store
 from tipline.catalog import render
 from tipline.channels import InboundMessage
 from tipline.config import Settings
+from tipline.db import GroupCommitter
 from tipline.conversation import ConversationState, State
 from tipline.keys import KeyStore
 from tipline.models import Contact, Conversation, ProcessedDelivery, Tip, to_minute, utcnow
@@ -58,6 +59,8 @@ class Intake:
         self.deletes_provider_copies = deletes_provider_copies
         self.clock = clock
         self.on_outbox = on_outbox
+        # SQLite: concurrent messages share one durable commit (see db.GroupCommitter).
+        self.committer = GroupCommitter(factory) if factory.kw["bind"].dialect.name == "sqlite" else None
         self.defaults = {
             "agency": settings.agency_name,
             "non_emergency": settings.non_emergency_number,
@@ -74,42 +77,12 @@ class Intake:
         raise RuntimeError("intake kept conflicting with concurrent writers")
 
     def _receive(self, msg: InboundMessage) -> Result:
-        keyring = self.keys.keyring
-        now = self.clock()
-        _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
-        queued = False
         try:
-            with self.factory.begin() as session:
-                session.add(ProcessedDelivery(key=delivery_key, expires_at=now + DELIVERY_MEMORY))
-                try:
-                    session.flush()
-                except IntegrityError:
-                    raise _Duplicate() from None
-                contact, contact_key, conversation = self._find_sender(session, msg, now)
-                tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
-                state = ConversationState(
-                    State(conversation.state), conversation.language, tip.reference if tip else None
-                )
-                context = conv_mod.Context(
-                    opted_out=contact.opted_out, tip_status=tip.status if tip else None,
-                    new_reference=store.new_reference(),
-                )
-                inbound = conv_mod.Inbound(
-                    text=msg.text, has_media=msg.media_count > 0,
-                    provider_intent=msg.provider_intent, language_hint=msg.language_hint,
-                )
-                outcome = conv_mod.step(state, inbound, context)
-                replies = self._apply(session, contact, contact_key, conversation, tip, outcome, msg.text, now)
-                if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
-                    store.store_address(contact, contact_key, msg.address)
-                if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
-                    due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
-                    outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
-                    queued = True
-                try:
-                    session.flush()
-                except IntegrityError:
-                    raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
+            if self.committer is not None:
+                replies, queued, moved = self.committer.run(lambda session: self._process(session, msg))
+            else:
+                with self.factory.begin() as session:
+                    replies, queued, moved = self._process(session, msg)
         except _Duplicate:
             # Already processed, or processed right now by a concurrent copy whose commit we waited
             # for. Nothing to do, and nothing to say twice.
@@ -117,8 +90,43 @@ class Intake:
             return Result((), duplicate=True)
         if queued:
             self.on_outbox()
-        log.info("%s message processed: %s -> %s", msg.channel, state.state.value, outcome.conversation.state.value)
+        log.info("%s message processed: %s", msg.channel, moved)
         return Result(replies)
+
+    def _process(self, session: Session, msg: InboundMessage) -> tuple[tuple[str, ...], bool, str]:
+        """The unit of work for one inbound message, inside the caller's transaction."""
+        keyring = self.keys.keyring
+        now = self.clock()
+        _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
+        session.add(ProcessedDelivery(key=delivery_key, expires_at=now + DELIVERY_MEMORY))
+        try:
+            session.flush()
+        except IntegrityError:
+            raise _Duplicate() from None
+        contact, contact_key, conversation = self._find_sender(session, msg, now)
+        tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
+        state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
+        context = conv_mod.Context(
+            opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=store.new_reference(),
+        )
+        inbound = conv_mod.Inbound(
+            text=msg.text, has_media=msg.media_count > 0,
+            provider_intent=msg.provider_intent, language_hint=msg.language_hint,
+        )
+        outcome = conv_mod.step(state, inbound, context)
+        replies = self._apply(session, contact, contact_key, conversation, tip, outcome, msg.text, now)
+        if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
+            store.store_address(contact, contact_key, msg.address)
+        queued = False
+        if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
+            due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
+            outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
+            queued = True
+        try:
+            session.flush()
+        except IntegrityError:
+            raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
+        return replies, queued, f"{state.state.value} -> {outcome.conversation.state.value}"
 
     def _find_sender(self, session: Session, msg: InboundMessage, now: dt.datetime) -> tuple[Contact, bytes, Conversation]:
         keyring = self.keys.keyring

@@ -1,0 +1,205 @@
+"""Intake throughput and latency: `tipline serve` against a bare Flask app on the same WSGI server.
+
+Both servers run as separate processes on waitress with the same thread count. Each gets the
+same number of signed inbound-SMS webhooks from realistic conversations (greeting, description,
+place, SKIP, follow-up) from many senders with unique MessageSids, over 16 keep-alive
+connections. Printed: requests/s, p50 and p99 latency for each, and tipline's share of the
+baseline's throughput (the product's target: at least 0.5, with p99 under 50 ms on 2 cores).
+
+    python bench/intake.py [--senders 400] [--connections 16] [--threads 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import queue
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PUBLIC_URL = "https://tips.example.org"
+PATH = "/webhooks/twilio/sms"
+ACCOUNT_SID = "AC" + "5a" * 16
+AUTH_TOKEN = "bench-" + "3c" * 13
+FIXED_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Message>Thank you.</Message></Response>'
+CONVERSATION = [
+    "hi",
+    "A grey pickup has been parked outside the school every night this week, two men unload boxes into the garage",
+    "Corner of Elm Street and 5th, the house with the blue door",
+    "skip",
+    "They came back again tonight around 11",
+]
+
+
+def serve_baseline(port: int, threads: int) -> None:
+    """The floor: a Flask app that answers every webhook with fixed TwiML and does nothing else."""
+    import waitress
+    from flask import Flask, Response
+
+    app = Flask("baseline")
+
+    @app.post(PATH)
+    def sms() -> Response:
+        return Response(FIXED_TWIML, content_type="text/xml; charset=utf-8")
+
+    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def conversations(senders: int) -> list[list[tuple[bytes, str]]]:
+    """Signed request bodies, one list per sender, in conversation order."""
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(AUTH_TOKEN)
+    result = []
+    for n in range(senders):
+        sender = f"+1555{secrets.randbelow(10**7):07d}"
+        messages = []
+        for body in CONVERSATION:
+            sid = "SM" + secrets.token_hex(16)
+            form = {
+                "ToCountry": "US", "ToState": "NH", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "",
+                "FromZip": "00599", "SmsSid": sid, "FromState": "NH", "SmsStatus": "received", "FromCity": "BENCHVILLE",
+                "Body": body, "FromCountry": "US", "To": "+15555550100", "ToZip": "", "NumSegments": "1",
+                "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": sender, "ApiVersion": "2010-04-01",
+            }
+            messages.append((urlencode(form).encode(), validator.compute_signature(PUBLIC_URL + PATH, form)))
+        result.append(messages)
+    return result
+
+
+def load(port: int, work: list[list[tuple[bytes, str]]], connections: int) -> tuple[float, list[float], int]:
+    """Play every conversation over `connections` keep-alive connections; (seconds, latencies, errors)."""
+    todo: queue.Queue[list[tuple[bytes, str]]] = queue.Queue()
+    for conversation in work:
+        todo.put(conversation)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    barrier = threading.Barrier(connections + 1)
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        barrier.wait()
+        while True:
+            try:
+                conversation = todo.get_nowait()
+            except queue.Empty:
+                break
+            for body, signature in conversation:
+                start = time.perf_counter()
+                connection.request("POST", PATH, body, {
+                    "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature,
+                })
+                response = connection.getresponse()
+                response.read()
+                mine.append(time.perf_counter() - start)
+                if response.status != 200:
+                    with lock:
+                        errors[0] += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, latencies, errors[0]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def measure(name: str, command: list[str], env: dict[str, str], port: int, work: list, connections: int) -> dict[str, float]:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port, process)
+        load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
+        seconds, latencies, errors = load(port, work, connections)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    figures = {
+        "requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
+        "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+    }
+    print(f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
+          f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  errors {errors}", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--senders", type=int, default=400, help="conversations per server (5 messages each)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads, the same for both servers")
+    parser.add_argument("--database-url", default="", help="default: SQLite in a temporary data directory")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline, args.threads)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
+        env.update({
+            "TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_PUBLIC_URL": PUBLIC_URL, "TIPLINE_LOG_LEVEL": "WARNING",
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15555550100",
+            # Deletions at Twilio are due 60 s after each message, after this run: nothing is sent anywhere.
+            "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+        })
+        if args.database_url:
+            env["TIPLINE_DATABASE_URL"] = args.database_url
+        subprocess.run([sys.executable, "-m", "tipline.cli", "init"], env=env, check=True, capture_output=True, cwd=tmp)
+        work = conversations(args.senders)
+        print(f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "
+              f"waitress with {args.threads} threads, database {'SQLite (WAL, synchronous=FULL)' if not args.database_url else args.database_url}, "
+              f"{os.cpu_count()} CPUs", flush=True)
+        base_port, tip_port = free_port(), free_port()
+        baseline = measure("baseline", [sys.executable, __file__, "--serve-baseline", str(base_port), "--threads", str(args.threads)],
+                           env, base_port, work, args.connections)
+        tipline = measure("tipline", [sys.executable, "-m", "tipline.cli", "serve", "--port", str(tip_port), "--threads", str(args.threads)],
+                          env, tip_port, work, args.connections)
+        print(f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
+              f"tipline p99: {tipline['p99_ms']:.1f} ms (targets: ratio >= 0.5, p99 < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()

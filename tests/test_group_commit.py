@@ -1,0 +1,105 @@
+"""SQLite's group commit: many requests, one durable commit, failures isolated per request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.orm import Session
+
+from tests.support.harness import Harness
+from tipline.db import GroupCommitter
+from tipline.models import Conversation, ProcessedDelivery
+from tests.conftest import PG_URL
+
+
+def remember(key: str):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> str:
+        session.add(ProcessedDelivery(key=key, expires_at=dt.datetime(2030, 1, 1)))
+        session.flush()
+        return key
+    return work
+
+
+def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harness) -> None:
+    committer = GroupCommitter(tipline.runtime.factory)
+    commits = []
+    event.listen(tipline.runtime.engine, "commit", lambda conn: commits.append(1))
+    gate = threading.Event()
+
+    def slow(session: Session) -> str:
+        gate.wait(5)  # hold the first transaction open while the others queue up behind it
+        return remember("first")(session)
+
+    def broken(session: Session) -> str:
+        remember("broken")(session)
+        raise ValueError("this unit fails after writing")
+
+    results: dict[str, object] = {}
+
+    def submit(name: str, work) -> None:  # type: ignore[no-untyped-def]
+        try:
+            results[name] = committer.run(work)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            results[name] = error
+
+    threads = [threading.Thread(target=submit, args=("first", slow))]
+    threads[0].start()
+    threading.Event().wait(0.2)
+    for name, work in [("a", remember("a")), ("broken", broken), ("b", remember("b")), ("dup", remember("a"))]:
+        thread = threading.Thread(target=submit, args=(name, work))
+        thread.start()
+        threads.append(thread)
+    threading.Event().wait(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert results["first"] == "first" and results["a"] == "a" and results["b"] == "b"
+    assert isinstance(results["broken"], ValueError)
+    assert "IntegrityError" in type(results["dup"]).__name__  # same key twice: the second unit fails alone
+    with tipline.runtime.factory() as session:
+        keys = set(session.scalars(select(ProcessedDelivery.key)))
+    assert {"first", "a", "b"} <= keys and "broken" not in keys
+    assert len(commits) == 2  # the slow unit alone, then the four queued units in one transaction
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="group commit serves SQLite only")
+def test_a_failed_commit_fails_every_unit_in_it(tipline: Harness) -> None:
+    committer = GroupCommitter(tipline.runtime.factory)
+
+    def good(session: Session) -> str:
+        return remember("good")(session)
+
+    def fails_at_commit(session: Session) -> None:
+        # A deferred foreign-key violation: every statement succeeds, the COMMIT itself fails,
+        # as it would on a full disk.
+        session.execute(text("PRAGMA defer_foreign_keys=ON"))
+        session.add(Conversation(contact_id="missing", state="new", language="en", updated_at=dt.datetime(2030, 1, 1)))
+        session.flush()
+
+    gate = threading.Event()
+    errors: list[BaseException] = []
+
+    def submit(work) -> None:  # type: ignore[no-untyped-def]
+        try:
+            committer.run(work)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            errors.append(error)
+
+    blocker = threading.Thread(target=submit, args=(lambda s: gate.wait(5),))
+    blocker.start()
+    threading.Event().wait(0.2)
+    threads = [threading.Thread(target=submit, args=(w,)) for w in (good, fails_at_commit)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(0.2)
+    gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert len(errors) == 2 and all("FOREIGN KEY" in str(e) for e in errors)
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 0
+    assert committer.run(good) == "good"  # the lock was released and the database is usable
