@@ -15,7 +15,7 @@ DEFAULT_LANGUAGE = "en"
 
 EN: dict[str, str] = {
     "greeting": (
-        "{agency} anonymous tip line. You are anonymous: we never see your number. "
+        "Anonymous tip line of {agency}. You are anonymous: we never see your number. "
         "If anyone is in danger now, call 911. Tell us what you saw. "
         "HELP for help, STOP to opt out, ES para español."
     ),

@@ -12,15 +12,29 @@ import logging
 import re
 
 NOISY = ("alembic.runtime.plugins", "twilio", "urllib3", "requests", "sqlalchemy.engine", "werkzeug", "httpx", "httpcore", "telegram")
-PHONE_LIKE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+PHONE_LIKE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
+IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+MIN_PHONE_DIGITS = 8
+
+
+def _mask(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if IPV4.match(text) or sum(ch.isdigit() for ch in text) < MIN_PHONE_DIGITS:
+        return text  # an address or a small number, not a phone number
+    return "[redacted]"
+
+
+def redact(message: str) -> str:
+    """Mask anything shaped like a phone number (8 digits or more, in any common format)."""
+    return PHONE_LIKE.sub(_mask, message)
 
 
 class RedactPhoneNumbers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if PHONE_LIKE.search(message):
-            record.msg = PHONE_LIKE.sub("[redacted]", message)
-            record.args = None
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
