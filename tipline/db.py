@@ -11,6 +11,7 @@ PostgreSQL is fully supported through psycopg 3.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_TIMEOUT = 60.0
 
@@ -177,6 +179,7 @@ class GroupCommitter:
             for _, future in batch:
                 future.set_exception(error)
             return
+        log.debug("group commit: %d units in one transaction", len(batch))
         for future, result, error in outcomes:
             if error is None:
                 future.set_result(result)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,12 +25,23 @@ from tipline.config import Settings
 from tipline.db import GroupCommitter
 from tipline.conversation import ConversationState, State
 from tipline.keys import KeyStore
-from tipline.models import Contact, Conversation, ProcessedDelivery, Tip, to_minute, utcnow
+from tipline.models import Contact, Conversation, Message, ProcessedDelivery, Tip, to_minute, utcnow
 
 log = logging.getLogger(__name__)
 
 DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) to a day (Telegram)
 CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit)
+
+# The hot path's statements, built once so SQLAlchemy compiles them once.
+_REMEMBER_DELIVERY = ProcessedDelivery.__table__.insert()
+_INSERT_MESSAGES = Message.__table__.insert()
+_FIND_SENDER = (
+    select(Contact, Conversation, Tip)
+    .outerjoin(Conversation, Conversation.contact_id == Contact.id)
+    .outerjoin(Tip, Tip.id == Conversation.tip_id)
+    .where(Contact.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
+    .with_for_update(of=Contact)
+)
 
 
 @dataclass(frozen=True)
@@ -94,17 +105,19 @@ class Intake:
         return Result(replies)
 
     def _process(self, session: Session, msg: InboundMessage) -> tuple[tuple[str, ...], bool, str]:
-        """The unit of work for one inbound message, inside the caller's transaction."""
+        """The unit of work for one inbound message, inside the caller's transaction.
+
+        This is the hot path of every webhook: plain INSERTs go through Core (no unit-of-work
+        bookkeeping) and the sender, their conversation and tip arrive in one query.
+        """
         keyring = self.keys.keyring
         now = self.clock()
         _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
-        session.add(ProcessedDelivery(key=delivery_key, expires_at=now + DELIVERY_MEMORY))
         try:
-            session.flush()
+            session.execute(_REMEMBER_DELIVERY, {"key": delivery_key, "expires_at": now + DELIVERY_MEMORY})
         except IntegrityError:
             raise _Duplicate() from None
-        contact, contact_key, conversation = self._find_sender(session, msg, now)
-        tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
+        contact, contact_key, conversation, tip = self._find_sender(session, msg, now)
         state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
         context = conv_mod.Context(
             opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=store.new_reference(),
@@ -114,52 +127,49 @@ class Intake:
             provider_intent=msg.provider_intent, language_hint=msg.language_hint,
         )
         outcome = conv_mod.step(state, inbound, context)
-        replies = self._apply(session, contact, contact_key, conversation, tip, outcome, msg.text, now)
+        thread: list[dict[str, object]] = []
+        replies = self._apply(session, contact, contact_key, conversation, tip, outcome, now, thread)
         if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
             store.store_address(contact, contact_key, msg.address)
         queued = False
         if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
             due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
             outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
-            queued = True
+            queued = due <= now  # wake the dispatcher only for work that is due already
         try:
+            if thread:
+                session.execute(_INSERT_MESSAGES, thread)
             session.flush()
         except IntegrityError:
             raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
         return replies, queued, f"{state.state.value} -> {outcome.conversation.state.value}"
 
-    def _find_sender(self, session: Session, msg: InboundMessage, now: dt.datetime) -> tuple[Contact, bytes, Conversation]:
+    def _find_sender(
+        self, session: Session, msg: InboundMessage, now: dt.datetime
+    ) -> tuple[Contact, bytes, Conversation, Tip | None]:
+        """The sender (created on first contact), their conversation and its current tip, locked."""
         keyring = self.keys.keyring
-        contact = None
-        for version in keyring.pseudonym_versions():
-            _, pseudonym = keyring.pseudonym(msg.channel, msg.address, version)
-            contact = session.scalars(
-                select(Contact).where(Contact.pseudonym == pseudonym).with_for_update()
-            ).first()
-            if contact is not None:
-                break
-        if contact is None:
+        pseudonyms = [keyring.pseudonym(msg.channel, msg.address, v)[1] for v in keyring.pseudonym_versions()]
+        row = session.execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
+        if row is None:
             contact, contact_key = store.new_contact(keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now)
-            session.add(contact)
-            conversation = Conversation(
-                contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now)
-            )
-            session.add(conversation)
+            conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
+            session.add_all([contact, conversation])
             try:
                 session.flush()
             except IntegrityError:
                 raise _Retry() from None
-            return contact, contact_key, conversation
+            return contact, contact_key, conversation, None
+        contact, conversation, tip = row
         contact.last_activity_at = to_minute(now)
-        conversation = session.get(Conversation, contact.id)
         if conversation is None:
             conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
             session.add(conversation)
-        return contact, store.contact_dek(keyring, contact), conversation
+        return contact, store.contact_dek(keyring, contact), conversation, tip
 
     def _apply(
         self, session: Session, contact: Contact, contact_key: bytes, conversation: Conversation,
-        tip: Tip | None, outcome: conv_mod.Outcome, text: str, now: dt.datetime,
+        tip: Tip | None, outcome: conv_mod.Outcome, now: dt.datetime, thread: list[dict[str, object]],
     ) -> tuple[str, ...]:
         """Carry out a step's effects; returns the rendered replies (none for an opted-out sender)."""
         keyring = self.keys.keyring
@@ -172,14 +182,14 @@ class Intake:
                     session.add(tip)
                     session.flush()
                     store.set_tip_field(tip, tip_key, "what", what)
-                    store.append_message(session, tip, tip_key, "tipster", what, now)
+                    thread.append(store.message_row(tip, tip_key, "tipster", what, now))
                 case conv_mod.SetField(name=name, text=value):
                     assert tip is not None and tip_key is not None
                     store.set_tip_field(tip, tip_key, name, value)
-                    store.append_message(session, tip, tip_key, "tipster", value, now)
+                    thread.append(store.message_row(tip, tip_key, "tipster", value, now))
                 case conv_mod.FollowUp(text=value):
                     assert tip is not None and tip_key is not None
-                    store.append_message(session, tip, tip_key, "tipster", value, now)
+                    thread.append(store.message_row(tip, tip_key, "tipster", value, now))
                     tip.unread += 1
                 case conv_mod.Submit():
                     assert tip is not None
@@ -221,8 +231,7 @@ class Intake:
             return ()
         replies = tuple(render(t, new_state.language, self.defaults) for t in outcome.replies)
         if tip is not None and tip_key is not None and any(isinstance(e, CONTENT_EFFECTS) for e in outcome.effects):
-            for reply in replies:
-                store.append_message(session, tip, tip_key, "bot", reply, now)
+            thread.extend(store.message_row(tip, tip_key, "bot", reply, now) for reply in replies)
         return replies
 
     def expire_idle(self) -> int:

@@ -64,18 +64,26 @@ def read_tip_field(tip: Tip, dek: bytes, name: str) -> str | None:
     return crypto.open_sealed(dek, blob, crypto.aad("tips", name, tip.reference)).decode()
 
 
+def message_row(
+    tip: Tip, dek: bytes, kind: str, text: str, now: dt.datetime,
+    author_id: int | None = None, delivery: str | None = None,
+) -> dict[str, object]:
+    """The column values of the next entry of a tip's thread (kinds: tipster, bot, agency, note)."""
+    tip.message_count += 1
+    seq = tip.message_count
+    body = crypto.seal(dek, text.encode(), crypto.aad("messages", "body", f"{tip.reference}#{seq}"))
+    return {
+        "tip_id": tip.id, "seq": seq, "kind": kind, "body_ct": body, "author_id": author_id,
+        "delivery": delivery, "created_at": to_minute(now),
+    }
+
+
 def append_message(
     session: Session, tip: Tip, dek: bytes, kind: str, text: str, now: dt.datetime,
     author_id: int | None = None, delivery: str | None = None,
 ) -> Message:
-    """Add an entry to a tip's thread (kinds: tipster, bot, agency, note)."""
-    tip.message_count += 1
-    seq = tip.message_count
-    body = crypto.seal(dek, text.encode(), crypto.aad("messages", "body", f"{tip.reference}#{seq}"))
-    message = Message(
-        tip_id=tip.id, seq=seq, kind=kind, body_ct=body, author_id=author_id, delivery=delivery,
-        created_at=to_minute(now),
-    )
+    """Add an entry to a tip's thread as an ORM object (flush to learn its id)."""
+    message = Message(**message_row(tip, dek, kind, text, now, author_id, delivery))
     session.add(message)
     return message
 
