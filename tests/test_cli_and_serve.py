@@ -157,3 +157,21 @@ def test_the_sandbox_refuses_nonsense(served: tuple[str, dict[str, str]]) -> Non
     assert browser.post(base + "/sandbox/messages", data="not json", timeout=5).status_code == 400
     assert browser.post(base + "/sandbox/messages", json={"text": ["x"]}, timeout=5).status_code == 400
     assert browser.post(base + "/sandbox/messages", json={"text": "x" * 1601}, timeout=5).status_code == 400
+
+
+def test_settings_come_from_a_dotenv_file_and_the_environment_wins(cli_env: dict[str, str]) -> None:
+    workdir = Path(cli_env["TIPLINE_DATA_DIR"]).parent
+    (workdir / ".env").write_text("TIPLINE_AGENCY_NAME=From Dotenv\nTIPLINE_RETENTION_DAYS=soon\n")
+    bad = run(cli_env, "init")
+    assert bad.returncode == 2 and "TIPLINE_RETENTION_DAYS must be a whole number" in bad.stderr
+    assert run({**cli_env, "TIPLINE_RETENTION_DAYS": "30"}, "init").returncode == 0
+
+
+def test_purge_and_dispatch_once_report_what_they_did(cli_env: dict[str, str]) -> None:
+    run(cli_env, "init")
+    purged = run(cli_env, "purge")
+    assert purged.returncode == 0 and "idle drafts submitted or dropped: 0" in purged.stdout
+    dispatched = run(cli_env, "dispatch", "--once")
+    assert dispatched.returncode == 0 and "outbox rows attempted: 0" in dispatched.stdout
+    status = run(cli_env, "keys", "status")
+    assert status.returncode == 0 and all(p in status.stdout for p in ("tips", "contacts", "pseudonym"))

@@ -161,3 +161,13 @@ def test_status_callbacks_are_authenticated_and_validated(tipline: Harness) -> N
 def test_healthz(tipline: Harness) -> None:
     response = tipline.client.get("/healthz")
     assert response.status_code == 200 and response.get_json()["database"] == "ok"
+
+
+def test_an_mms_is_answered_kindly_and_its_copy_deleted_with_the_message(tipline: Harness) -> None:
+    sid = new_sid("MM")
+    media = {"NumMedia": "1", "MediaContentType0": "image/jpeg",
+             "MediaUrl0": f"https://api.twilio.com/2010-04-01/Accounts/AC{'5a' * 16}/Messages/{sid}/Media/ME{'b' * 32}"}
+    answer = replies(tipline.sms("the car in this photo", sid=sid, **media))
+    assert "cannot accept photos" in answer[0] and "Where did it happen?" in answer[-1]
+    tipline.dispatch()
+    assert tipline.twilio.deleted == [sid]  # deleting the message deletes its media at Twilio
