@@ -121,7 +121,7 @@ def test_key_files_are_private_and_keys_are_wrapped_in_the_database(tipline: Har
     keyring = tipline.runtime.keys.keyring
     with tipline.runtime.factory() as session:
         rows = session.scalars(select(KeyVersion)).all()
-    assert {r.purpose for r in rows} == {"tips", "contacts", "pseudonym"}
+    assert {r.purpose for r in rows} == {"tips", "contacts", "pseudonym", "accounts", "audit"}
     for row in rows:
         assert keyring.keks[(row.purpose, row.version)] not in row.wrapped_key
         assert len(keyring.keks[(row.purpose, row.version)]) == 32

@@ -120,7 +120,7 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
 
 
 def create_app(runtime: Runtime) -> Flask:
-    from tipline import sandbox
+    from tipline import console, sandbox
     from webhooks import twilio
 
     app = Flask(__name__)
@@ -133,6 +133,7 @@ def create_app(runtime: Runtime) -> Flask:
     )
     app.extensions["tipline"] = runtime
     app.register_blueprint(twilio.bp)
+    app.register_blueprint(console.bp)
     if runtime.settings.sandbox:
         app.register_blueprint(sandbox.bp)
 

@@ -151,22 +151,23 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["detective", "admin"]), required=True)
+@click.option("--role", "roles", type=click.Choice(["detective", "admin"]), required=True, multiple=True,
+              help="detective (reads and answers tips) or admin (accounts, keys, audit); repeat for both.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of generating one.")
 @with_settings
-def users_add(settings: Settings, username: str, role: str, password_stdin: bool) -> None:
+def users_add(settings: Settings, username: str, roles: tuple[str, ...], password_stdin: bool) -> None:
     """Create an account; prints a one-time password unless --password-stdin."""
     from tipline.users import UserError, add_user, generate_password
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
     runtime = _runtime(settings)
     try:
-        add_user(runtime.factory, username, role, password, must_change=not password_stdin)
+        add_user(runtime.factory, username, roles, password, must_change=not password_stdin)
     except UserError as error:
         _fail(str(error))
     finally:
         runtime.close()
-    click.echo(f"created {role} {username.strip().lower()}")
+    click.echo(f"created {' and '.join(roles)} {username.strip().lower()}")
     if not password_stdin:
         click.echo(f"one-time password: {password}")
 
@@ -182,7 +183,8 @@ def users_list(settings: Settings) -> None:
         for user in list_users(runtime.factory):
             state = "disabled" if user.disabled else "active"
             totp = "2fa enrolled" if user.totp_secret_ct else "2fa not enrolled"
-            click.echo(f"{user.username:24} {user.role:10} {state:9} {totp}")
+            locked = "  locked" if user.locked_until else ""
+            click.echo(f"{user.username:24} {user.roles.replace(' ', ','):16} {state:9} {totp}{locked}")
     finally:
         runtime.close()
 
@@ -221,6 +223,23 @@ def users_reset_2fa(settings: Settings, username: str) -> None:
     click.echo(f"2fa reset for {username}")
 
 
+@users.command("unlock")
+@click.argument("username")
+@with_settings
+def users_unlock(settings: Settings, username: str) -> None:
+    """Release an account locked after repeated failed sign-ins."""
+    from tipline.users import UserError, unlock
+
+    runtime = _runtime(settings)
+    try:
+        unlock(runtime.factory, username)
+    except UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"unlocked {username}")
+
+
 @cli.group()
 def keys() -> None:
     """Inspect encryption keys."""
@@ -239,6 +258,30 @@ def keys_status(settings: Settings) -> None:
             click.echo(f"{row['purpose']:10} v{row['version']:<3} {primary:8} created {row['created_at']:%Y-%m-%d}  rows {row['rows']}")
     finally:
         runtime.close()
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """Inspect the audit log."""
+
+
+@audit_group.command("verify")
+@with_settings
+def audit_verify(settings: Settings) -> None:
+    """Recompute the audit log's hash chain; exit 1 if any entry was altered or removed."""
+    from tipline import audit
+
+    runtime = _runtime(settings)
+    try:
+        result = audit.verify(runtime.factory, runtime.keys.keyring)
+        audit.log_event(runtime.factory, runtime.keys.keyring, "audit.verify", outcome="ok" if result.intact else "tampered")
+    finally:
+        runtime.close()
+    if result.intact:
+        click.echo(f"audit log intact: {result.entries} entries verified")
+        return
+    click.echo(f"audit log TAMPERED: {result.reason}", err=True)
+    sys.exit(1)
 
 
 def main() -> None:

@@ -60,6 +60,12 @@ class Settings:
     # Twilio refuses to delete a message that is not final yet (error 20009); wait this long first.
     provider_delete_delay_seconds: int = 60
     log_level: str = "INFO"
+    # Console sessions end after this much inactivity (CJIS asks for 30 at most) ...
+    console_idle_minutes: int = 15
+    # ... and after this many hours in any case.
+    console_session_hours: int = 12
+    # An account locked after 5 failed sign-ins is released by an admin or after this long.
+    console_lock_minutes: int = 30
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -202,6 +208,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         provider_delete=_flag(env, "TIPLINE_PROVIDER_DELETE", True),
         provider_delete_delay_seconds=_int(env, "TIPLINE_PROVIDER_DELETE_DELAY_SECONDS", 60, 0),
         log_level=log_level,
+        console_idle_minutes=_int(env, "TIPLINE_CONSOLE_IDLE_MINUTES", 15, 1),
+        console_session_hours=_int(env, "TIPLINE_CONSOLE_SESSION_HOURS", 12, 1),
+        console_lock_minutes=_int(env, "TIPLINE_CONSOLE_LOCK_MINUTES", 30, 1),
     )
 
 

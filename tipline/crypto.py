@@ -31,7 +31,9 @@ KEY_BYTES = 32
 PURPOSE_TIPS = "tips"
 PURPOSE_CONTACTS = "contacts"
 PURPOSE_PSEUDONYM = "pseudonym"
-PURPOSES = (PURPOSE_TIPS, PURPOSE_CONTACTS, PURPOSE_PSEUDONYM)
+PURPOSE_ACCOUNTS = "accounts"  # console users' TOTP secrets
+PURPOSE_AUDIT = "audit"  # HMAC key of the audit log's hash chain
+PURPOSES = (PURPOSE_TIPS, PURPOSE_CONTACTS, PURPOSE_PSEUDONYM, PURPOSE_ACCOUNTS, PURPOSE_AUDIT)
 
 
 class IntegrityError(Exception):
@@ -132,6 +134,24 @@ class Keyring:
             raise MissingKeyError(f"no pseudonym key of version {version}") from None
         digest = hmac.new(key, f"{label}\x00{value}".encode(), hashlib.sha256).hexdigest()
         return version, digest
+
+    def seal_with(self, purpose: str, plaintext: bytes, associated: bytes) -> tuple[int, bytes]:
+        """Seal a small secret directly under the primary KEK of `purpose` (e.g. TOTP secrets)."""
+        version = self.primary_version(purpose)
+        return version, seal(self._cipher(purpose, version), plaintext, associated)
+
+    def open_with(self, purpose: str, version: int, blob: bytes, associated: bytes) -> bytes:
+        return open_sealed(self._cipher(purpose, version), blob, associated)
+
+    def mac(self, purpose: str, message: bytes, version: int | None = None) -> tuple[int, str]:
+        """HMAC-SHA256 under the key of `purpose` (e.g. the audit chain)."""
+        if version is None:
+            version = self.primary_version(purpose)
+        try:
+            key = self.keks[(purpose, version)]
+        except KeyError:
+            raise MissingKeyError(f"no {purpose} key of version {version}") from None
+        return version, hmac.new(key, message, hashlib.sha256).hexdigest()
 
     def pseudonym(self, channel: str, address: str, version: int | None = None) -> tuple[int, str]:
         """The keyed pseudonym of a sender: HMAC-SHA256(pepper, "channel:address")."""

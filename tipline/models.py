@@ -97,7 +97,10 @@ class Conversation(Base):
 
 class Tip(Base):
     __tablename__ = "tips"
-    __table_args__ = (Index("ix_tips_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_tips_status_id", "status", "id"),
+        Index("ix_tips_assignee_id_id", "assignee_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     reference: Mapped[str] = mapped_column(String(12), unique=True, comment="random, e.g. T-7K3Q9X")
@@ -170,15 +173,55 @@ class ProcessedDelivery(Base):
 
 
 class User(Base):
-    """A console account (detective or admin)."""
+    """A console account. Roles combine: an admin who is not also a detective cannot read tips."""
 
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255), comment="argon2id")
-    role: Mapped[str] = mapped_column(String(16))
+    roles: Mapped[str] = mapped_column(String(32), comment="space-separated: detective, admin")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     totp_secret_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted")
+    totp_kek_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    totp_last_step: Mapped[int] = mapped_column(Integer, default=0, comment="a TOTP code is accepted once")
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(self.roles.split())
+
+
+class ConsoleSession(Base):
+    """A signed-in console session, kept server-side so that it can be revoked."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, comment="SHA-256 of the cookie token")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(16), comment="enrol, password or full")
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    pending_totp_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted, during enrolment")
+
+
+class AuditEntry(Base):
+    """One event of the audit log. Entries are hash-chained under a secret key (see audit.py)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, comment="UTC, microseconds")
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="console username, or NULL for the system")
+    action: Mapped[str] = mapped_column(String(32))
+    object_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    object_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(500), default="", comment="never tip content or tipster identifiers")
+    key_version: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), comment="HMAC-SHA256 under the audit key over prev_hash and this entry")

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import outbox, store
+from tipline import audit, outbox, store
 from tipline.catalog import Text, render
 from tipline.config import Settings
 from tipline.crypto import Keyring
-from tipline.models import Contact, Conversation, Message, Tip, utcnow
+from tipline.db import read_only
+from tipline.models import Contact, Conversation, Message, Tip, User, utcnow
 
 MAX_REPLY_CHARS = 1000
 REPLY_BLOCKERS = {
@@ -49,6 +50,7 @@ class ThreadEntry:
     text: str
     at: dt.datetime
     delivery: str | None
+    author: str | None = None  # console username for agency replies and notes
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class TipSummary:
     submitted_at: dt.datetime | None
     updated_at: dt.datetime
     unread: int
+    category: str | None = None
+    assignee: str | None = None
+    assignee_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,11 @@ class TipDetail:
     replies_blocked: str | None  # None when a reply can be sent, otherwise the reason
 
 
-def _summary(keyring: Keyring, tip: Tip) -> TipSummary:
+def _summary(keyring: Keyring, tip: Tip, assignee: str | None = None) -> TipSummary:
     return TipSummary(
         reference=tip.reference, alias=store.alias(keyring, tip.reference), channel=tip.channel,
         status=tip.status, urgent=tip.urgent, submitted_at=tip.submitted_at, updated_at=tip.updated_at,
-        unread=tip.unread,
+        unread=tip.unread, category=tip.category, assignee=assignee, assignee_id=tip.assignee_id,
     )
 
 
@@ -93,29 +98,143 @@ def _blocker(contact: Contact | None) -> str | None:
     return None
 
 
-def list_tips(factory: sessionmaker[Session], keyring: Keyring, page: int = 1, per_page: int = 50) -> tuple[list[TipSummary], int]:
+STATUSES = ("new", "in_review", "actionable", "closed")
+STATUS_LABELS = {"new": "New", "in_review": "In review", "actionable": "Actionable", "closed": "Closed"}
+CATEGORIES = ("drugs", "violence", "weapons", "property", "fraud", "traffic", "missing person", "other")
+
+
+@dataclass(frozen=True)
+class TipFilter:
+    status: str | None = None
+    urgent: bool | None = None
+    channel: str | None = None
+    category: str | None = None
+    assignee_id: int | None = None  # 0 means "unassigned"
+    reference: str | None = None
+
+
+def _filtered(query, flt: TipFilter):  # type: ignore[no-untyped-def]
+    query = query.where(Tip.status != "draft")
+    if flt.status:
+        query = query.where(Tip.status == flt.status)
+    if flt.urgent is not None:
+        query = query.where(Tip.urgent.is_(flt.urgent))
+    if flt.channel:
+        query = query.where(Tip.channel == flt.channel)
+    if flt.category:
+        query = query.where(Tip.category == flt.category)
+    if flt.assignee_id == 0:
+        query = query.where(Tip.assignee_id.is_(None))
+    elif flt.assignee_id:
+        query = query.where(Tip.assignee_id == flt.assignee_id)
+    if flt.reference:
+        query = query.where(Tip.reference == flt.reference.strip().upper())
+    return query
+
+
+def list_tips(
+    factory: sessionmaker[Session], keyring: Keyring, page: int = 1, per_page: int = 50, flt: TipFilter | None = None,
+) -> tuple[list[TipSummary], int]:
     """Submitted tips, newest first, one page at a time; no decryption at all."""
-    with factory() as session:
-        total = session.scalar(select(func.count()).select_from(Tip).where(Tip.status != "draft")) or 0
-        tips = session.scalars(
-            select(Tip).where(Tip.status != "draft").order_by(Tip.id.desc()).offset((page - 1) * per_page).limit(per_page)
+    flt = flt or TipFilter()
+    with read_only(factory) as session:
+        total = session.scalar(_filtered(select(func.count()).select_from(Tip), flt)) or 0
+        rows = session.execute(
+            _filtered(select(Tip, User.username).outerjoin(User, User.id == Tip.assignee_id), flt)
+            .order_by(Tip.id.desc()).offset((max(page, 1) - 1) * per_page).limit(per_page)
         ).all()
-        return [_summary(keyring, t) for t in tips], total
+        return [_summary(keyring, tip, assignee) for tip, assignee in rows], total
 
 
-def read_tip(factory: sessionmaker[Session], keyring: Keyring, reference: str, mark_read: bool = True) -> TipDetail:
-    with factory.begin() as session:
+def latest_change(factory: sessionmaker[Session]) -> dict[str, int]:
+    """A cheap fingerprint of the tip list, for live updates: changes whenever a tip arrives or moves."""
+    with read_only(factory) as session:
+        newest, messages = session.execute(
+            select(func.max(Tip.id), func.coalesce(func.sum(Tip.message_count), 0)).where(Tip.status != "draft")
+        ).one()
+        return {"newest": int(newest or 0), "messages": int(messages or 0)}
+
+
+def thread_since(factory: sessionmaker[Session], keyring: Keyring, reference: str, after_seq: int) -> tuple[list[ThreadEntry], dict[int, str | None]]:
+    """Thread entries after `after_seq`, and the delivery state of every agency reply (live updates)."""
+    with read_only(factory) as session:
         tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
         if tip is None:
             raise TipNotFound(reference)
         key = store.tip_dek(keyring, tip)
         messages = session.scalars(select(Message).where(Message.tip_id == tip.id).order_by(Message.seq)).all()
+        new = [
+            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, None)
+            for m in messages if m.seq > after_seq
+        ]
+        deliveries = {m.seq: m.delivery for m in messages if m.kind == "agency"}
+        return new, deliveries
+
+
+def triage(
+    factory: sessionmaker[Session], reference: str, *, status: str | None = None, category: str | None = None,
+    assignee_id: int | None = None, clear_assignee: bool = False, actor: str | None = None,
+    keyring: Keyring | None = None,
+) -> dict[str, tuple[object, object]]:
+    """Change a tip's status, category or assignee; returns what changed (old, new), audited."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+    if category is not None and category not in CATEGORIES and category != "":
+        raise ValueError("unknown category")
+    with factory.begin() as session:
+        tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft").with_for_update()).first()
+        if tip is None:
+            raise TipNotFound(reference)
+        changes: dict[str, tuple[object, object]] = {}
+        if status is not None and status != tip.status:
+            changes["status"] = (tip.status, status)
+            tip.status = status
+        if category is not None and (category or None) != tip.category:
+            changes["category"] = (tip.category, category or None)
+            tip.category = category or None
+        if clear_assignee and tip.assignee_id is not None:
+            changes["assignee"] = (tip.assignee_id, None)
+            tip.assignee_id = None
+        elif assignee_id is not None and assignee_id != tip.assignee_id:
+            user = session.get(User, assignee_id)
+            if user is None or "detective" not in user.role_set or user.disabled:
+                raise ValueError("tips can be assigned to active detectives only")
+            changes["assignee"] = (tip.assignee_id, assignee_id)
+            tip.assignee_id = assignee_id
+        if changes and keyring is not None:
+            audit.record(session, keyring, "tip.triage", actor=actor, object_type="tip", object_id=reference,
+                         detail={k: [str(v[0]), str(v[1])] for k, v in changes.items()})
+        return changes
+
+
+def detectives(factory: sessionmaker[Session]) -> list[tuple[int, str]]:
+    with read_only(factory) as session:
+        users = session.scalars(select(User).where(User.disabled.is_(False)).order_by(User.username)).all()
+        return [(u.id, u.username) for u in users if "detective" in u.role_set]
+
+
+def read_tip(
+    factory: sessionmaker[Session], keyring: Keyring, reference: str, mark_read: bool = True, actor: str | None = None,
+) -> TipDetail:
+    """One tip and its whole thread, decrypted. With an `actor`, the view is audited in the same
+    transaction, so content never leaves unless its "viewed" record committed."""
+    with factory.begin() as session:
+        tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
+        if tip is None:
+            raise TipNotFound(reference)
+        key = store.tip_dek(keyring, tip)
+        rows = session.execute(
+            select(Message, User.username).outerjoin(User, User.id == Message.author_id)
+            .where(Message.tip_id == tip.id).order_by(Message.seq)
+        ).all()
         thread = tuple(
-            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery) for m in messages
+            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, author)
+            for m, author in rows
         )
         contact = session.get(Contact, tip.contact_id) if tip.contact_id else None
+        assignee = session.get(User, tip.assignee_id) if tip.assignee_id else None
         detail = TipDetail(
-            summary=_summary(keyring, tip),
+            summary=_summary(keyring, tip, assignee.username if assignee else None),
             what=store.read_tip_field(tip, key, "what"),
             where=store.read_tip_field(tip, key, "where"),
             when=store.read_tip_field(tip, key, "when"),
@@ -124,12 +243,14 @@ def read_tip(factory: sessionmaker[Session], keyring: Keyring, reference: str, m
         )
         if mark_read:
             tip.unread = 0
+        if actor is not None:
+            audit.record(session, keyring, "tip.view", actor=actor, object_type="tip", object_id=reference)
         return detail
 
 
 def reply(
     factory: sessionmaker[Session], keyring: Keyring, settings: Settings, reference: str, text: str,
-    author_id: int | None = None, now: dt.datetime | None = None,
+    author_id: int | None = None, now: dt.datetime | None = None, actor: str | None = None,
 ) -> int:
     """Queue a detective's reply to the tipster; returns the thread message id.
 
@@ -162,12 +283,14 @@ def reply(
         session.flush()
         body = render(Text.of("agency_reply", text=text), language, {"agency": settings.agency_name})
         outbox.enqueue_send(session, contact, store.contact_dek(keyring, contact), body, now, message.id)
+        if actor is not None:
+            audit.record(session, keyring, "tip.reply", actor=actor, object_type="tip", object_id=reference)
         return message.id
 
 
 def add_note(
     factory: sessionmaker[Session], keyring: Keyring, reference: str, text: str, author_id: int | None = None,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, actor: str | None = None,
 ) -> int:
     """Add an internal note to a tip's thread; never sent to the tipster."""
     text = text.strip()
@@ -179,4 +302,6 @@ def add_note(
             raise TipNotFound(reference)
         message = store.append_message(session, tip, store.tip_dek(keyring, tip), "note", text, now or utcnow(), author_id=author_id)
         session.flush()
+        if actor is not None:
+            audit.record(session, keyring, "tip.note", actor=actor, object_type="tip", object_id=reference)
         return message.id
