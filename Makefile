@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/console_list.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -96,7 +96,7 @@ def make_harness(env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: 
     initialise(settings)
     runtime = build_runtime(settings)
     app = create_app(runtime)
-    return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file)
+    return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file, settings.public_url)
 
 
 @pytest.fixture

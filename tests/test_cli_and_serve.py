@@ -175,3 +175,31 @@ def test_purge_and_dispatch_once_report_what_they_did(cli_env: dict[str, str]) -
     assert dispatched.returncode == 0 and "outbox rows attempted: 0" in dispatched.stdout
     status = run(cli_env, "keys", "status")
     assert status.returncode == 0 and all(p in status.stdout for p in ("tips", "contacts", "pseudonym"))
+
+
+def test_audit_verify_exits_non_zero_on_tampering(cli_env: dict[str, str]) -> None:
+    from sqlalchemy import select, update
+
+    from tipline.models import AuditEntry
+
+    run(cli_env, "init")
+    assert run(cli_env, "users", "add", "dana", "--role", "detective", "--role", "admin").returncode == 0
+    assert "detective,admin" in run(cli_env, "users", "list").stdout
+    assert run(cli_env, "users", "disable", "dana").returncode == 0
+    runtime = build_runtime(load_settings(cli_env))
+    try:
+        with runtime.factory() as session:
+            actions = [(e.actor, e.action, e.object_id) for e in session.scalars(select(AuditEntry))]
+    finally:
+        runtime.close()
+    assert actions == [("init", "user.create", "admin"), ("cli", "user.create", "dana"), ("cli", "user.disable", "dana")]
+    intact = run(cli_env, "audit", "verify")
+    assert intact.returncode == 0 and "audit log intact" in intact.stdout
+    runtime = build_runtime(load_settings(cli_env))
+    try:
+        with runtime.factory.begin() as session:
+            session.execute(update(AuditEntry).values(outcome="failed"))
+    finally:
+        runtime.close()
+    tampered = run(cli_env, "audit", "verify")
+    assert tampered.returncode == 1 and "TAMPERED" in tampered.stderr

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from tipline import db
+from tipline import audit, db
 from tipline.app import secret_key
 from tipline.config import Settings
-from tipline.keys import ensure_keys, load_master_key
+from tipline.keys import ensure_keys, load_keyring, load_master_key
 from tipline.models import KeyVersion
 from tipline.users import add_user, any_users, generate_password
 
@@ -38,6 +38,9 @@ def initialise(settings: Settings) -> InitReport:
         if needs_admin:
             password = generate_password()
             add_user(factory, "admin", "admin", password, must_change=True)
+            with factory.begin() as session:
+                audit.record(session, load_keyring(session, master), "user.create", actor="init",
+                             object_type="user", object_id="admin", detail={"roles": ["admin"]})
         return InitReport(tuple(created), password)
     finally:
         engine.dispose()

@@ -49,6 +49,13 @@ def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
         _fail(str(error))
 
 
+def _audit(runtime, action: str, username: str, detail: dict[str, object] | None = None) -> None:  # type: ignore[no-untyped-def]
+    from tipline import audit
+
+    audit.log_event(runtime.factory, runtime.keys.keyring, action, actor="cli", object_type="user",
+                    object_id=username.strip().lower(), detail=detail)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """tipline: an anonymous tip line (SMS, Telegram, sandbox) with an encrypted store.
@@ -163,6 +170,7 @@ def users_add(settings: Settings, username: str, roles: tuple[str, ...], passwor
     runtime = _runtime(settings)
     try:
         add_user(runtime.factory, username, roles, password, must_change=not password_stdin)
+        _audit(runtime, "user.create", username, {"roles": sorted(roles)})
     except UserError as error:
         _fail(str(error))
     finally:
@@ -199,6 +207,7 @@ def users_disable(settings: Settings, username: str) -> None:
     runtime = _runtime(settings)
     try:
         set_disabled(runtime.factory, username)
+        _audit(runtime, "user.disable", username)
     except UserError as error:
         _fail(str(error))
     finally:
@@ -216,6 +225,7 @@ def users_reset_2fa(settings: Settings, username: str) -> None:
     runtime = _runtime(settings)
     try:
         reset_2fa(runtime.factory, username)
+        _audit(runtime, "user.reset-2fa", username)
     except UserError as error:
         _fail(str(error))
     finally:
@@ -233,6 +243,7 @@ def users_unlock(settings: Settings, username: str) -> None:
     runtime = _runtime(settings)
     try:
         unlock(runtime.factory, username)
+        _audit(runtime, "user.unlock", username)
     except UserError as error:
         _fail(str(error))
     finally:

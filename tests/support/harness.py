@@ -62,9 +62,11 @@ class Harness:
     twilio: FakeTwilio
     data_dir: Path
     log_file: Path
+    public_url: str = PUBLIC_URL
 
     def post_signed(self, path: str, form: dict[str, str]) -> TestResponse:
-        return self.client.post(path, data=form, headers={"X-Twilio-Signature": sign(path, form)})
+        signature = sign(path, form, base=self.public_url)
+        return self.client.post(path, data=form, headers={"X-Twilio-Signature": signature})
 
     def sms(self, body: str, sender: str = TIPSTER, sid: str | None = None, **extra: str) -> TestResponse:
         response = self.post_signed("/webhooks/twilio/sms", inbound_form(body, sender, sid, **extra))
