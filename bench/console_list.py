@@ -45,7 +45,7 @@ def fill(runtime, count: int, start: int) -> None:  # type: ignore[no-untyped-de
         dek = crypto.new_key()
         version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, dek, reference)
         rows.append({
-            "reference": reference, "channel": "sms", "status": rng.choice(["new", "new", "in_review", "actionable", "closed"]),
+            "reference": reference, "alias": f"{n % 65536:04X}", "channel": "sms", "status": rng.choice(["new", "new", "in_review", "actionable", "closed"]),
             "urgent": rng.random() < 0.05, "category": rng.choice([None, "drugs", "property", "violence"]),
             "kek_version": version, "wrapped_dek": wrapped,
             "what_ct": crypto.seal(dek, b"a realistic description of what the tipster saw" * 3, crypto.aad("tips", "what", reference)),

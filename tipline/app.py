@@ -52,8 +52,9 @@ class Runtime:
             on_outbox=self.wake_dispatcher,
         )
         self.dispatcher = Dispatcher(
-            self.factory, self.keys, self.channels, maintenance=self.maintain,
+            self.factory, self.keys, self.channels, maintenance=self.maintain, background=self.rotate_some,
         )
+        self._rotation_cursors: dict[int, object] = {}
 
     @property
     def sms(self) -> TwilioSms | None:
@@ -62,6 +63,17 @@ class Runtime:
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake()
+
+    def rotate_some(self) -> int:
+        """One batch of each key rotation an administrator started from the console."""
+        from tipline import rotation
+
+        moved = 0
+        for record in rotation.running(self.factory):
+            result = rotation.step(self.factory, self.keys, record.id, self._rotation_cursors.get(record.id))
+            self._rotation_cursors[record.id] = result.cursor
+            moved += result.moved + (0 if result.finished else 1)
+        return moved
 
     def maintain(self) -> object:
         return purge(self.intake, self.settings.retention_days)
@@ -112,6 +124,9 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
         raise NotInitialised("the database has no tipline schema: run `tipline init`")
     factory = db.make_sessionmaker(engine)
     try:
+        from tipline.rotation import recover_master
+
+        recover_master(settings, factory)
         keys = KeyStore(factory, load_master_key(settings))
     except KeyStoreError:
         engine.dispose()

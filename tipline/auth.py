@@ -200,7 +200,11 @@ def pending_secret(keyring: Keyring, record: ConsoleSession) -> str:
         _, record.pending_totp_ct = keyring.seal_with(crypto.PURPOSE_ACCOUNTS, secret.encode(), aad)
         return secret
     version = keyring.primary_version(crypto.PURPOSE_ACCOUNTS)
-    return keyring.open_with(crypto.PURPOSE_ACCOUNTS, version, record.pending_totp_ct, aad).decode()
+    try:
+        return keyring.open_with(crypto.PURPOSE_ACCOUNTS, version, record.pending_totp_ct, aad).decode()
+    except (crypto.IntegrityError, crypto.MissingKeyError):
+        record.pending_totp_ct = None  # the accounts key rotated mid-enrolment: start with a new secret
+        return pending_secret(keyring, record)
 
 
 def complete_enrolment(keyring: Keyring, record: ConsoleSession, user: User, code: str, clock: float | None = None) -> bool:

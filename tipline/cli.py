@@ -257,18 +257,120 @@ def keys() -> None:
 
 
 @keys.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {purpose, version, primary, created_at, rows}.")
 @with_settings
-def keys_status(settings: Settings) -> None:
+def keys_status(settings: Settings, as_json: bool) -> None:
     """Every key purpose and version, which is primary, and how many rows each protects."""
-    from tipline.keys import key_status
+    import json
+
+    from tipline import rotation
 
     runtime = _runtime(settings)
     try:
-        for row in key_status(runtime.factory):
-            primary = "primary" if row["primary"] else ""
-            click.echo(f"{row['purpose']:10} v{row['version']:<3} {primary:8} created {row['created_at']:%Y-%m-%d}  rows {row['rows']}")
+        rows = rotation.status_rows(runtime.factory)
+        running = rotation.running(runtime.factory)
     finally:
         runtime.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = "primary" if row["primary"] else ("retired" if row["retired"] else "")
+        click.echo(f"{row['purpose']:10} v{row['version']:<3} {state:8} created {str(row['created_at'])[:10]}  rows {row['rows']}")
+    for r in running:
+        click.echo(f"rotation of {r.purpose} to v{r.to_version} unfinished: {r.rows_done}/{r.rows_total} rows; "
+                   f"`tipline keys rotate --purpose {r.purpose}` resumes it")
+
+
+@keys.command("rotate")
+@click.option("--purpose", type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "all"]), default="all",
+              show_default=True, help="Which key to rotate.")
+@click.option("--reencrypt", is_flag=True, help="Suspected compromise: fresh data keys, every field re-encrypted (tips, contacts).")
+@with_settings
+def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
+    """Make a new key version primary and move every row to it, online and resumable.
+
+    Safe to interrupt at any moment (Ctrl-C, kill -9, power loss): run the same command again and
+    it resumes where it stopped. The tip line keeps working meanwhile.
+    """
+    from tipline import rotation
+    from tipline.keys import load_master_key
+
+    runtime = _runtime(settings)
+    purposes = list(rotation.ROTATABLE) if purpose == "all" else [purpose]
+    if reencrypt and purpose == "all":
+        purposes = ["tips", "contacts"]
+    try:
+        master = load_master_key(settings)
+        for name in purposes:
+            try:
+                rotation_id = rotation.start(runtime.factory, runtime.keys, master, name, reencrypt=reencrypt, actor="cli")
+            except rotation.RotationError as error:
+                _fail(str(error))
+            record = next(r for r in rotation.running(runtime.factory) + rotation.recent(runtime.factory) if r.id == rotation_id)
+            verb = "re-encrypting" if record.reencrypt else "moving"
+            label = f"{name}: {verb} to v{record.to_version}"
+            with click.progressbar(length=max(record.rows_total - record.rows_done, 0), label=label, show_eta=True,
+                                   show_pos=True, file=sys.stderr) as bar:
+                rotation.run(runtime.factory, runtime.keys, rotation_id, progress=bar.update)
+            done = next(r for r in rotation.recent(runtime.factory, 50) if r.id == rotation_id)
+            extra = f"; {done.unlinked} senders whose address was erased lost their link, by design" if name == "pseudonym" else ""
+            click.echo(f"{name}: v{done.to_version} is primary; {done.rows_done} rows moved{extra}")
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: every finished batch is committed; run the same command to resume", err=True)
+        sys.exit(130)
+    finally:
+        runtime.close()
+
+
+@keys.command("retire")
+@click.option("--purpose", required=True, type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit"]))
+@click.option("--version", "version", required=True, type=int)
+@with_settings
+def keys_retire(settings: Settings, purpose: str, version: int) -> None:
+    """Destroy a key version; refused while any row still needs it."""
+    from tipline import rotation
+
+    runtime = _runtime(settings)
+    try:
+        rotation.retire(runtime.factory, runtime.keys, purpose, version, actor="cli")
+    except rotation.RotationError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"{purpose} v{version} retired: its key is destroyed")
+
+
+@keys.command("rotate-master")
+@with_settings
+def keys_rotate_master(settings: Settings) -> None:
+    """Re-wrap every key under a new master key, read from standard input (base64) or
+    TIPLINE_NEW_MASTER_KEY. Afterwards the old master key opens nothing."""
+    import base64
+    import binascii
+
+    from tipline import rotation
+    from tipline.keys import load_master_key
+
+    raw = os.environ.get("TIPLINE_NEW_MASTER_KEY", "").strip() or sys.stdin.readline().strip()
+    try:
+        new = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        _fail("the new master key must be base64 (e.g. `openssl rand -base64 32`)")
+    if len(new) != 32:
+        _fail("the new master key must decode to 32 bytes")
+    runtime = _runtime(settings)
+    try:
+        count = rotation.rotate_master(settings, runtime.factory, runtime.keys, load_master_key(settings), new, actor="cli")
+    except rotation.RotationError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"{count} keys re-wrapped under the new master key")
+    if settings.master_key is not None:
+        click.echo("now set TIPLINE_MASTER_KEY to the new key for every tipline process: the old one opens nothing")
+    else:
+        click.echo(f"{settings.data_dir / 'master.key'} now holds the new key; back it up offline")
 
 
 @cli.group("audit")

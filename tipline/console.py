@@ -474,9 +474,31 @@ def admin_user_action(username: str, action: str) -> Response:
 @bp.get("/admin/keys")
 @page(role="admin")
 def admin_keys() -> str:
+    from tipline import rotation
+
     runtime = _runtime()
     audit.log_event(runtime.factory, runtime.keys.keyring, "keys.status", actor=g.username)
-    return render_template("console/admin_keys.html", keys=key_status(runtime.factory))
+    return render_template("console/admin_keys.html", keys=key_status(runtime.factory),
+                           rotations=rotation.recent(runtime.factory), purposes=rotation.ROTATABLE,
+                           notice=request.args.get("notice"), error=request.args.get("error"))
+
+
+@bp.post("/admin/keys/rotate")
+@page(role="admin")
+def admin_keys_rotate() -> Response:
+    from tipline import rotation
+    from tipline.keys import load_master_key
+
+    runtime = _runtime()
+    purpose = request.form.get("purpose", "")
+    reencrypt = request.form.get("reencrypt") == "1"
+    try:
+        rotation.start(runtime.factory, runtime.keys, load_master_key(runtime.settings), purpose, reencrypt=reencrypt,
+                       actor=g.username)
+    except rotation.RotationError as error:
+        return redirect(url_for("console.admin_keys", error=str(error)))
+    runtime.wake_dispatcher()
+    return redirect(url_for("console.admin_keys", notice=f"Rotation of {purpose} started; progress shows below."))
 
 
 @bp.get("/admin/audit")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -90,20 +91,28 @@ class Keyring:
 
     keks: dict[tuple[str, int], bytes]
     primary: dict[str, int]
+    # Fetches a version this keyring has not seen yet (another process rotated): (purpose, version) -> key.
+    loader: Callable[[str, int], bytes | None] | None = field(default=None, repr=False)
     _ciphers: dict[tuple[str, int], AESGCM] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # never print key material, not even by accident in a traceback
         versions = sorted(self.keks)
         return f"Keyring(versions={versions}, primary={self.primary})"
 
+    def _key(self, purpose: str, version: int) -> bytes:
+        key = self.keks.get((purpose, version))
+        if key is None and self.loader is not None:
+            key = self.loader(purpose, version)
+            if key is not None:
+                self.keks[(purpose, version)] = key
+        if key is None:
+            raise MissingKeyError(f"no {purpose} key of version {version}")
+        return key
+
     def _cipher(self, purpose: str, version: int) -> AESGCM:
         cipher = self._ciphers.get((purpose, version))
         if cipher is None:
-            try:
-                key = self.keks[(purpose, version)]
-            except KeyError:
-                raise MissingKeyError(f"no {purpose} key of version {version}") from None
-            cipher = self._ciphers[(purpose, version)] = AESGCM(key)
+            cipher = self._ciphers[(purpose, version)] = AESGCM(self._key(purpose, version))
         return cipher
 
     def primary_version(self, purpose: str) -> int:
@@ -128,10 +137,7 @@ class Keyring:
         """
         if version is None:
             version = self.primary_version(PURPOSE_PSEUDONYM)
-        try:
-            key = self.keks[(PURPOSE_PSEUDONYM, version)]
-        except KeyError:
-            raise MissingKeyError(f"no pseudonym key of version {version}") from None
+        key = self._key(PURPOSE_PSEUDONYM, version)
         digest = hmac.new(key, f"{label}\x00{value}".encode(), hashlib.sha256).hexdigest()
         return version, digest
 
@@ -147,11 +153,7 @@ class Keyring:
         """HMAC-SHA256 under the key of `purpose` (e.g. the audit chain)."""
         if version is None:
             version = self.primary_version(purpose)
-        try:
-            key = self.keks[(purpose, version)]
-        except KeyError:
-            raise MissingKeyError(f"no {purpose} key of version {version}") from None
-        return version, hmac.new(key, message, hashlib.sha256).hexdigest()
+        return version, hmac.new(self._key(purpose, version), message, hashlib.sha256).hexdigest()
 
     def pseudonym(self, channel: str, address: str, version: int | None = None) -> tuple[int, str]:
         """The keyed pseudonym of a sender: HMAC-SHA256(pepper, "channel:address")."""

@@ -113,6 +113,12 @@ class Intake:
         keyring = self.keys.keyring
         now = self.clock()
         _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
+        versions = keyring.pseudonym_versions()
+        if len(versions) > 1:
+            # During a pepper rotation a redelivery may have been remembered under an older key.
+            older = [keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}", v)[1] for v in versions[1:]]
+            if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
+                raise _Duplicate()
         try:
             session.execute(_REMEMBER_DELIVERY, {"key": delivery_key, "expires_at": now + DELIVERY_MEMORY})
         except IntegrityError:

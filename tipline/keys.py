@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tipline import crypto
 from tipline.config import Settings
+from tipline.db import read_only
 from tipline.models import Contact, KeyVersion, Tip
 
 MASTER_KEY_FILE = "master.key"
@@ -100,42 +102,87 @@ def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
 
 
 class KeyStore:
-    """The process's current keyring, reloadable when another process rotates keys."""
+    """The process's keyring. It follows rotations made by other processes: a version it has not
+    seen is loaded when first needed, and which versions are primary is re-read every
+    `check_interval` seconds, so new data moves to a new primary within that time."""
 
-    def __init__(self, factory: sessionmaker[Session], master: bytes):
+    def __init__(self, factory: sessionmaker[Session], master: bytes, check_interval: float = 1.0):
         self._factory = factory
         self._master = master
         self._lock = threading.Lock()
-        self._keyring = self._load()
+        self._check_interval = check_interval
+        self._checked = time.monotonic()
+        self._fingerprint, self._keyring = self._load()
 
-    def _load(self) -> crypto.Keyring:
-        with self._factory() as session:
-            return load_keyring(session, self._master)
+    def _load(self) -> tuple[tuple[tuple[object, ...], ...], crypto.Keyring]:
+        with read_only(self._factory) as session:
+            keyring = load_keyring(session, self._master)
+            fingerprint = _fingerprint(session)
+        keyring.loader = self._load_version
+        return fingerprint, keyring
+
+    def _load_version(self, purpose: str, version: int) -> bytes | None:
+        with read_only(self._factory) as session:
+            row = session.scalars(
+                select(KeyVersion).where(KeyVersion.purpose == purpose, KeyVersion.version == version)
+            ).first()
+            if row is None or row.retired_at is not None:
+                return None
+            return crypto.unwrap_kek(self._master, row.purpose, row.version, row.wrapped_key)
 
     @property
     def keyring(self) -> crypto.Keyring:
+        if time.monotonic() - self._checked > self._check_interval:
+            self.refresh()
         return self._keyring
+
+    def refresh(self) -> crypto.Keyring:
+        """Reload if the set of versions or the primaries changed since the last look."""
+        with self._lock:
+            self._checked = time.monotonic()
+            with read_only(self._factory) as session:
+                fingerprint = _fingerprint(session)
+            if fingerprint != self._fingerprint:
+                self._fingerprint, self._keyring = self._load()
+            return self._keyring
 
     def reload(self) -> crypto.Keyring:
         with self._lock:
-            self._keyring = self._load()
+            self._fingerprint, self._keyring = self._load()
+            self._checked = time.monotonic()
             return self._keyring
+
+
+def _fingerprint(session: Session) -> tuple[tuple[object, ...], ...]:
+    return tuple(tuple(r) for r in session.execute(
+        select(KeyVersion.id, KeyVersion.is_primary).order_by(KeyVersion.id)
+    ).all())
+
+
+def row_counts(session: Session) -> dict[tuple[str, int], int]:
+    """How many rows need each (purpose, version): what keeps a key version alive."""
+    from tipline.models import AuditEntry, User
+
+    counts: dict[tuple[str, int], int] = {}
+    for purpose, column, where in (
+        (crypto.PURPOSE_TIPS, Tip.kek_version, None),
+        (crypto.PURPOSE_CONTACTS, Contact.kek_version, None),
+        (crypto.PURPOSE_PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
+        (crypto.PURPOSE_ACCOUNTS, User.totp_kek_version, User.totp_secret_ct.is_not(None)),
+        (crypto.PURPOSE_AUDIT, AuditEntry.key_version, None),
+    ):
+        query = select(column, func.count()).group_by(column)
+        if where is not None:
+            query = query.where(where)
+        for version, count in session.execute(query):
+            counts[(purpose, version)] = count
+    return counts
 
 
 def key_status(factory: sessionmaker[Session]) -> list[dict[str, object]]:
     """Rows per key purpose and version: the proof an auditor asks for."""
-    with factory() as session:
-        counts: dict[tuple[str, int], int] = {}
-        for purpose, column, where in (
-            (crypto.PURPOSE_TIPS, Tip.kek_version, None),
-            (crypto.PURPOSE_CONTACTS, Contact.kek_version, None),
-            (crypto.PURPOSE_PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
-        ):
-            query = select(column, func.count()).group_by(column)
-            if where is not None:
-                query = query.where(where)
-            for version, count in session.execute(query):
-                counts[(purpose, version)] = count
+    with read_only(factory) as session:
+        counts = row_counts(session)
         rows = session.scalars(select(KeyVersion).order_by(KeyVersion.purpose, KeyVersion.version)).all()
         return [
             {

@@ -104,6 +104,7 @@ class Tip(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     reference: Mapped[str] = mapped_column(String(12), unique=True, comment="random, e.g. T-7K3Q9X")
+    alias: Mapped[str] = mapped_column(String(4), comment="random, shown as 'Tipster 4F2A'; says nothing about the sender")
     contact_id: Mapped[str | None] = mapped_column(
         ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True, index=True
     )
@@ -193,6 +194,24 @@ class User(Base):
     @property
     def role_set(self) -> frozenset[str]:
         return frozenset(self.roles.split())
+
+
+class KeyRotation(Base):
+    """One rotation of a key purpose: its target version, mode and progress (resumable)."""
+
+    __tablename__ = "key_rotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    to_version: Mapped[int] = mapped_column(Integer)
+    reencrypt: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(12), comment="running or done")
+    requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rows_total: Mapped[int] = mapped_column(Integer, default=0)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    unlinked: Mapped[int] = mapped_column(Integer, default=0, comment="pepper rotation: senders whose link was lost")
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class ConsoleSession(Base):

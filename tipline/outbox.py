@@ -124,6 +124,7 @@ class Dispatcher:
         self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel],
         clock: Callable[[], dt.datetime] = utcnow, batch: int = 20,
         maintenance: Callable[[], object] | None = None, maintenance_interval: float = 60.0,
+        background: Callable[[], int] | None = None,
     ):
         self.factory = factory
         self.keys = keys
@@ -132,6 +133,7 @@ class Dispatcher:
         self.batch = batch
         self.maintenance = maintenance
         self.maintenance_interval = maintenance_interval
+        self.background = background  # e.g. one batch of a running key rotation; returns rows moved
         self._wake = threading.Event()
 
     def wake(self) -> None:
@@ -276,6 +278,8 @@ class Dispatcher:
                     self.maintenance()
                     next_maintenance = time.monotonic() + self.maintenance_interval
                 worked = self.run_once()
+                if self.background is not None:
+                    worked += self.background()
             except Exception as error:  # noqa: BLE001 - keep the loop alive; the rows stay durable
                 log.error("dispatcher pass failed: %s", type(error).__name__)
                 worked = 0

@@ -80,7 +80,7 @@ class TipDetail:
 
 def _summary(keyring: Keyring, tip: Tip, assignee: str | None = None) -> TipSummary:
     return TipSummary(
-        reference=tip.reference, alias=store.alias(keyring, tip.reference), channel=tip.channel,
+        reference=tip.reference, alias=store.alias(tip), channel=tip.channel,
         status=tip.status, urgent=tip.urgent, submitted_at=tip.submitted_at, updated_at=tip.updated_at,
         unread=tip.unread, category=tip.category, assignee=assignee, assignee_id=tip.assignee_id,
     )

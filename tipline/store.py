@@ -40,7 +40,8 @@ def new_tip(keyring: Keyring, reference: str, channel: str, contact_id: str | No
     version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, dek, reference)
     minute = to_minute(now)
     tip = Tip(
-        reference=reference, channel=channel, contact_id=contact_id, status="draft", urgent=False,
+        reference=reference, alias=secrets.token_hex(2).upper(), channel=channel, contact_id=contact_id,
+        status="draft", urgent=False,
         kek_version=version, wrapped_dek=wrapped, message_count=0, unread=0,
         created_at=minute, updated_at=minute,
     )
@@ -94,14 +95,13 @@ def read_message(tip: Tip, dek: bytes, message: Message) -> str:
     ).decode()
 
 
-def alias(keyring: Keyring, reference: str) -> str:
+def alias(tip: Tip) -> str:
     """The name a detective sees for a tip's sender, e.g. "Tipster 4F2A".
 
-    Derived per tip with a keyed hash, so two tips of one sender do not share an alias and the
-    alias says nothing about the sender.
+    Random per tip, so two tips of one sender do not share an alias and the alias says nothing
+    about the sender (and it survives key rotation).
     """
-    _, digest = keyring.keyed_hash("alias", reference)
-    return f"Tipster {digest[:4].upper()}"
+    return f"Tipster {tip.alias}"
 
 
 # Contacts -----------------------------------------------------------------------------------------

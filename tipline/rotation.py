@@ -1,0 +1,383 @@
+"""Key rotation: online, resumable after a crash at any instant, and provable.
+
+A rotation of a purpose first makes a new key version primary (new data uses it at once; every
+process follows within a second, see keys.KeyStore), then moves existing rows to it in small
+batches, each batch one transaction whose UPDATEs are compare-and-swap on the row's old version
+and old ciphertext, so a concurrent writer is never overwritten and a crash loses at most the
+batch in flight, which the next run redoes. Progress lives in the data (rows not yet on the
+target version) and in `key_rotations`; running the same rotation again resumes it.
+
+What "moving a row" means per purpose:
+- tips, contacts: re-wrap the row's data key (content untouched), or with `reencrypt` give the row
+  a fresh data key and re-encrypt every field it protects (for a suspected compromise);
+- pseudonym: recompute each sender's pseudonym from their encrypted return address; senders whose
+  address was erased cannot be recomputed and lose their link, by design;
+- accounts: re-seal console users' TOTP secrets;
+- audit: nothing; older audit entries stay verifiable under the version that chained them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tipline import audit, crypto, store
+from tipline.config import Settings
+from tipline.keys import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
+from tipline.models import Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
+
+BATCH = 2000
+REENCRYPT_BATCH = 100
+_PG_KEYS_LOCK = 7_311_772
+ROTATABLE = (crypto.PURPOSE_TIPS, crypto.PURPOSE_CONTACTS, crypto.PURPOSE_PSEUDONYM, crypto.PURPOSE_ACCOUNTS, crypto.PURPOSE_AUDIT)
+
+
+class RotationError(Exception):
+    """A key operation was refused; the message says why."""
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_KEYS_LOCK})
+
+
+def _pending(purpose: str, version: int):  # type: ignore[no-untyped-def]
+    """The rows of `purpose` not yet on `version`."""
+    if purpose == crypto.PURPOSE_TIPS:
+        return Tip, Tip.kek_version != version
+    if purpose == crypto.PURPOSE_CONTACTS:
+        return Contact, Contact.kek_version != version
+    if purpose == crypto.PURPOSE_PSEUDONYM:
+        return Contact, and_(Contact.pseudonym.is_not(None), Contact.pseudonym_version != version)
+    if purpose == crypto.PURPOSE_ACCOUNTS:
+        return User, and_(User.totp_secret_ct.is_not(None), User.totp_kek_version != version)
+    return None, None
+
+
+def remaining(session: Session, purpose: str, version: int) -> int:
+    model, condition = _pending(purpose, version)
+    if model is None:
+        return 0
+    return session.scalar(select(func.count()).select_from(model).where(condition)) or 0
+
+
+def add_version(session: Session, master: bytes, purpose: str) -> int:
+    """Create the next version of a purpose's key and make it primary (caller commits)."""
+    _lock(session)
+    current = session.scalar(select(func.max(KeyVersion.version)).where(KeyVersion.purpose == purpose)) or 0
+    version = current + 1
+    session.execute(update(KeyVersion).where(KeyVersion.purpose == purpose).values(is_primary=False))
+    session.add(KeyVersion(
+        purpose=purpose, version=version, wrapped_key=crypto.wrap_kek(master, purpose, version, crypto.new_key()),
+        is_primary=True, created_at=utcnow(),
+    ))
+    return version
+
+
+def start(
+    factory: sessionmaker[Session], keys: KeyStore, master: bytes, purpose: str, reencrypt: bool = False,
+    actor: str | None = None,
+) -> int:
+    """Begin a rotation of `purpose`, or return the unfinished one it would repeat. Returns its id."""
+    if purpose not in ROTATABLE:
+        raise RotationError(f"unknown key purpose {purpose}")
+    if reencrypt and purpose not in (crypto.PURPOSE_TIPS, crypto.PURPOSE_CONTACTS):
+        raise RotationError("--reencrypt applies to tips and contacts (other purposes hold no data keys)")
+    keyring = keys.keyring
+    with factory.begin() as session:
+        _lock(session)
+        running = session.scalars(
+            select(KeyRotation).where(KeyRotation.purpose == purpose, KeyRotation.status == "running")
+        ).first()
+        if running is not None and (running.reencrypt or not reencrypt):
+            return running.id  # resume: never mint another version over an unfinished rotation
+        if running is not None:
+            running.status = "superseded"  # a re-encryption covers every row the re-wrap had left
+        version = add_version(session, master, purpose)
+        rotation = KeyRotation(
+            purpose=purpose, to_version=version, reencrypt=reencrypt, status="running", requested_by=actor,
+            rows_total=remaining(session, purpose, version), rows_done=0, unlinked=0, started_at=utcnow(),
+        )
+        session.add(rotation)
+        session.flush()
+        audit.record(session, keyring, "keys.rotate", actor=actor, object_type="key", object_id=purpose,
+                     detail={"to_version": version, "reencrypt": reencrypt, "rows": rotation.rows_total})
+        rotation_id = rotation.id
+    keys.reload()
+    return rotation_id
+
+
+@dataclass
+class Step:
+    moved: int
+    cursor: object
+    finished: bool
+
+
+def step(factory: sessionmaker[Session], keys: KeyStore, rotation_id: int, cursor: object = None) -> Step:
+    """Move one batch of rows to the rotation's version; `cursor` is the last row id handled."""
+    keyring = keys.keyring
+    with factory.begin() as session:
+        rotation = session.get(KeyRotation, rotation_id)
+        if rotation is None or rotation.status != "running":
+            return Step(0, cursor, True)
+        purpose, version = rotation.purpose, rotation.to_version
+        model, condition = _pending(purpose, version)
+        if model is None:
+            moved, last = 0, None
+        else:
+            query = select(model).where(condition)
+            if cursor is not None:
+                query = query.where(model.id > cursor)
+            limit = REENCRYPT_BATCH if rotation.reencrypt else BATCH
+            rows = session.scalars(query.order_by(model.id).limit(limit)).all()
+            moved = _move(session, keyring, rotation, rows)
+            last = rows[-1].id if rows else None
+        rotation.rows_done += moved
+        if last is not None:
+            return Step(moved, last, False)
+        # A pass reached the end. Rows written meanwhile by a process that had not yet seen the new
+        # primary would be behind the cursor: finish only when none is left anywhere.
+        if remaining(session, purpose, version):
+            return Step(moved, None, False)
+        rotation.status = "done"
+        rotation.finished_at = utcnow()
+        audit.record(session, keyring, "keys.rotate_done", actor=rotation.requested_by, object_type="key", object_id=purpose,
+                     detail={"to_version": version, "rows": rotation.rows_done, "unlinked": rotation.unlinked})
+        return Step(moved, None, True)
+
+
+def run(
+    factory: sessionmaker[Session], keys: KeyStore, rotation_id: int,
+    progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Run a rotation to the end (True) or until `should_stop` says so (False)."""
+    cursor: object = None
+    while True:
+        if should_stop is not None and should_stop():
+            return False
+        result = step(factory, keys, rotation_id, cursor)
+        if progress is not None and result.moved:
+            progress(result.moved)
+        if result.finished:
+            return True
+        cursor = result.cursor
+
+
+def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows: list) -> int:  # type: ignore[type-arg]
+    version = rotation.to_version
+    if rotation.purpose == crypto.PURPOSE_TIPS and not rotation.reencrypt:
+        return _rewrap(session, keyring, Tip, crypto.PURPOSE_TIPS, version, [(r.id, r.reference, r.kek_version, r.wrapped_dek) for r in rows])
+    if rotation.purpose == crypto.PURPOSE_CONTACTS and not rotation.reencrypt:
+        return _rewrap(session, keyring, Contact, crypto.PURPOSE_CONTACTS, version, [(r.id, r.id, r.kek_version, r.wrapped_dek) for r in rows])
+    if rotation.purpose == crypto.PURPOSE_TIPS:
+        return sum(_reencrypt_tip(session, keyring, tip) for tip in rows)
+    if rotation.purpose == crypto.PURPOSE_CONTACTS:
+        return sum(_reencrypt_contact(session, keyring, contact) for contact in rows)
+    if rotation.purpose == crypto.PURPOSE_PSEUDONYM:
+        moved = 0
+        for contact in rows:
+            address = store.read_address(contact, store.contact_dek(keyring, contact))
+            if address is None:
+                contact.pseudonym = None  # erased address: the link cannot be recomputed, by design
+                rotation.unlinked += 1
+            else:
+                contact.pseudonym = keyring.pseudonym(contact.channel, address, version)[1]
+            contact.pseudonym_version = version
+            moved += 1
+        return moved
+    if rotation.purpose == crypto.PURPOSE_ACCOUNTS:
+        for user in rows:
+            associated = crypto.aad("users", "totp", str(user.id))
+            secret = keyring.open_with(crypto.PURPOSE_ACCOUNTS, user.totp_kek_version, user.totp_secret_ct, associated)
+            user.totp_kek_version, user.totp_secret_ct = keyring.seal_with(crypto.PURPOSE_ACCOUNTS, secret, associated)
+        return len(rows)
+    return 0
+
+
+def _rewrap(session: Session, keyring: crypto.Keyring, model, purpose: str, version: int, rows: list) -> int:  # type: ignore[no-untyped-def]
+    """Re-wrap data keys in one executemany of compare-and-swap UPDATEs."""
+    params = []
+    for row_id, owner, old_version, wrapped in rows:
+        dek = keyring.unwrap_dek(purpose, old_version, wrapped, owner)
+        new_version, new_wrapped = keyring.wrap_dek(purpose, dek, owner)
+        if new_version != version:
+            raise RotationError(f"the {purpose} primary moved on during this rotation; run it again")
+        params.append({"b_id": row_id, "b_old_version": old_version, "b_old": wrapped, "b_new": new_wrapped, "b_version": version})
+    if not params:
+        return 0
+    table = model.__table__
+    statement = (
+        table.update()
+        .where(table.c.id == bindparam("b_id"), table.c.kek_version == bindparam("b_old_version"),
+               table.c.wrapped_dek == bindparam("b_old"))
+        .values(wrapped_dek=bindparam("b_new"), kek_version=bindparam("b_version"))
+    )
+    session.connection().execute(statement, params)
+    return len(params)
+
+
+def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
+    old = store.tip_dek(keyring, tip)
+    fields = {name: store.read_tip_field(tip, old, name) for name in store.TIP_FIELDS}
+    messages = session.scalars(select(Message).where(Message.tip_id == tip.id)).all()
+    bodies = [(m, store.read_message(tip, old, m)) for m in messages]
+    new = crypto.new_key()
+    tip.kek_version, tip.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_TIPS, new, tip.reference)
+    for name, value in fields.items():
+        if value is not None:
+            store.set_tip_field(tip, new, name, value)
+    for message, body in bodies:
+        message.body_ct = crypto.seal(new, body.encode(), crypto.aad("messages", "body", f"{tip.reference}#{message.seq}"))
+    return 1
+
+
+def _reencrypt_contact(session: Session, keyring: crypto.Keyring, contact: Contact) -> int:
+    old = store.contact_dek(keyring, contact)
+    address = store.read_address(contact, old)
+    items = session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id, OutboxItem.payload_ct != b"")).all()
+    payloads = [(i, crypto.open_sealed(old, i.payload_ct, crypto.aad("outbox", "payload", i.id))) for i in items]
+    new = crypto.new_key()
+    contact.kek_version, contact.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_CONTACTS, new, contact.id)
+    if address is not None:
+        reason = contact.erased_reason
+        store.store_address(contact, new, address)
+        contact.erased_reason = reason
+    for item, payload in payloads:
+        item.payload_ct = crypto.seal(new, payload, crypto.aad("outbox", "payload", item.id))
+    return 1
+
+
+def running(factory: sessionmaker[Session]) -> list[KeyRotation]:
+    with factory() as session:
+        return list(session.scalars(select(KeyRotation).where(KeyRotation.status == "running").order_by(KeyRotation.id)))
+
+
+def recent(factory: sessionmaker[Session], limit: int = 10) -> list[KeyRotation]:
+    with factory() as session:
+        return list(session.scalars(select(KeyRotation).order_by(KeyRotation.id.desc()).limit(limit)))
+
+
+def retire(factory: sessionmaker[Session], keys: KeyStore, purpose: str, version: int, actor: str | None = None) -> None:
+    """Destroy a key version that nothing needs any more; refuse otherwise."""
+    keyring = keys.keyring
+    with factory.begin() as session:
+        _lock(session)
+        row = session.scalars(select(KeyVersion).where(KeyVersion.purpose == purpose, KeyVersion.version == version)).first()
+        if row is None or row.retired_at is not None:
+            raise RotationError(f"there is no live {purpose} key v{version}")
+        if row.is_primary:
+            raise RotationError(f"{purpose} v{version} is the primary key: rotate first")
+        still = row_counts(session).get((purpose, version), 0)
+        if still:
+            raise RotationError(f"{still} rows still need {purpose} v{version}: finish `tipline keys rotate --purpose {purpose}` first")
+        row.wrapped_key = b""  # the key is gone; the row stays as the record that it existed
+        row.retired_at = utcnow()
+        audit.record(session, keyring, "keys.retire", actor=actor, object_type="key", object_id=purpose, detail={"version": version})
+    _checkpoint(factory)
+    keys.reload()
+
+
+def _checkpoint(factory: sessionmaker[Session]) -> None:
+    """On SQLite, fold the WAL into the database and truncate it, so deleted key bytes leave the disk."""
+    engine = factory.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside any transaction, as a checkpoint must be
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+
+
+# The master key ------------------------------------------------------------------------------------
+
+NEXT_SUFFIX = ".next"
+
+
+def rotate_master(settings: Settings, factory: sessionmaker[Session], keys: KeyStore, old: bytes, new: bytes,
+                  actor: str | None = None) -> int:
+    """Re-wrap every KEK under a new master key in one transaction; returns how many.
+
+    With a master key file, the new key is first written beside it (`master.key.next`, fsynced),
+    then the database commits, then the file replaces the old one; `recover_master` finishes the
+    last step after a crash, so no instant leaves the keys unopenable.
+    """
+    if old == new:
+        raise RotationError("the new master key is the current one")
+    path = master_key_path(settings) if settings.master_key is None else None
+    if path is not None:
+        pending = path.with_name(path.name + NEXT_SUFFIX)
+        if pending.exists():
+            pending.unlink()
+        write_secret_file(pending, base64.b64encode(new) + b"\n")
+    keyring = keys.keyring
+    with factory.begin() as session:
+        _lock(session)
+        rows = session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None))).all()
+        for row in rows:
+            kek = crypto.unwrap_kek(old, row.purpose, row.version, row.wrapped_key)
+            row.wrapped_key = crypto.wrap_kek(new, row.purpose, row.version, kek)
+        audit.record(session, keyring, "keys.rotate_master", actor=actor, object_type="key", object_id="master",
+                     detail={"keys": len(rows)})
+    if path is not None:
+        os.replace(path.with_name(path.name + NEXT_SUFFIX), path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    _checkpoint(factory)
+    return len(rows)
+
+
+def recover_master(settings: Settings, factory: sessionmaker[Session]) -> str | None:
+    """After a crash inside rotate_master: keep whichever master key opens the database's keys."""
+    if settings.master_key is not None:
+        return None
+    path = master_key_path(settings)
+    pending = path.with_name(path.name + NEXT_SUFFIX)
+    if not pending.exists():
+        return None
+    with factory() as session:
+        row = session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None)).limit(1)).first()
+    if row is None:
+        pending.unlink()
+        return None
+
+    def opens(candidate: bytes) -> bool:
+        try:
+            crypto.unwrap_kek(candidate, row.purpose, row.version, row.wrapped_key)
+            return True
+        except crypto.IntegrityError:
+            return False
+
+    new = base64.b64decode(pending.read_bytes().strip())
+    if opens(new):
+        os.replace(pending, path)
+        return "finished an interrupted master key rotation"
+    current = base64.b64decode(path.read_bytes().strip()) if path.exists() else b""
+    if current and opens(current):
+        pending.unlink()
+        return "discarded an interrupted master key rotation that never committed"
+    raise KeyStoreError("neither master.key nor master.key.next opens the keys in the database")
+
+
+def status_rows(factory: sessionmaker[Session]) -> list[dict[str, object]]:
+    """`tipline keys status --json`: every version with its rows."""
+    from tipline.keys import key_status
+
+    out = []
+    for row in key_status(factory):
+        created = row["created_at"]
+        out.append({
+            "purpose": row["purpose"], "version": row["version"], "primary": row["primary"],
+            "created_at": created.replace(tzinfo=dt.UTC).isoformat() if isinstance(created, dt.datetime) else created,
+            "rows": row["rows"], "retired": row["retired"],
+        })
+    return out
