@@ -22,9 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from sqlalchemy import insert  # noqa: E402
 
+from common import scratch_database  # noqa: E402
 from tipline import crypto, store  # noqa: E402
 from tipline.app import build_runtime, create_app  # noqa: E402
 from tipline.bootstrap import initialise  # noqa: E402
@@ -88,10 +90,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
         env = {"TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_LOG_LEVEL": "WARNING"}
-        if args.database_url:
-            env["TIPLINE_DATABASE_URL"] = args.database_url
+        if database_url:
+            env["TIPLINE_DATABASE_URL"] = database_url
         settings = load_settings(env)
         initialise(settings)
         runtime = build_runtime(settings, channels={})

@@ -177,7 +177,10 @@ def main() -> None:
         serve_baseline(args.serve_baseline, args.threads)
         return
 
-    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import scratch_database
+
+    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
         env.update({
             "TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_PUBLIC_URL": PUBLIC_URL, "TIPLINE_LOG_LEVEL": "WARNING",
@@ -185,8 +188,8 @@ def main() -> None:
             # Deletions at Twilio are due 60 s after each message, after this run: nothing is sent anywhere.
             "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
         })
-        if args.database_url:
-            env["TIPLINE_DATABASE_URL"] = args.database_url
+        if database_url:
+            env["TIPLINE_DATABASE_URL"] = database_url
         subprocess.run([sys.executable, "-m", "tipline.cli", "init"], env=env, check=True, capture_output=True, cwd=tmp)
         work = conversations(args.senders)
         print(f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "

@@ -129,6 +129,12 @@ class Keyring:
     def unwrap_dek(self, purpose: str, version: int, wrapped: bytes, owner: str) -> bytes:
         return open_sealed(self._cipher(purpose, version), wrapped, dek_aad(purpose, owner, version))
 
+    def rewrap_dek(self, purpose: str, old_version: int, wrapped: bytes, owner: str) -> tuple[int, bytes]:
+        """Unwrap a data key and wrap it again under the primary KEK; the key itself never changes."""
+        version = self.primary_version(purpose)
+        dek = open_sealed(self._cipher(purpose, old_version), wrapped, dek_aad(purpose, owner, old_version))
+        return version, seal(self._cipher(purpose, version), dek, dek_aad(purpose, owner, version))
+
     def keyed_hash(self, label: str, value: str, version: int | None = None) -> tuple[int, str]:
         """HMAC-SHA256 under the pseudonym key: (version, hex digest).
 

@@ -1,0 +1,160 @@
+"""Key rotation speed against its physical floor, on SQLite and (with --database-url) PostgreSQL.
+
+Creates N tips' worth of wrapped data keys (a fast path through the database driver), then in the
+same run measures:
+  floor   = AES-GCM unwrap + wrap of N keys in a tight loop, plus one bulk UPDATE of the same rows;
+  rotation = `tipline keys rotate --purpose tips` as the product runs it (batches, compare-and-swap);
+and prints keys/s for both and their ratio (target: rotation within 2.5x of the floor). It also
+times intake (one SMS conversation step at a time) alone and while a rotation runs, p50/p99.
+
+    python bench/rotation.py [--keys 1000000] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from common import scratch_database  # noqa: E402
+from tipline import crypto, rotation  # noqa: E402
+from tipline.app import build_runtime  # noqa: E402
+from tipline.bootstrap import initialise  # noqa: E402
+from tipline.config import load_settings  # noqa: E402
+from tipline.keys import load_master_key  # noqa: E402
+from tipline.models import utcnow  # noqa: E402
+
+
+def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
+    keyring = runtime.keys.keyring
+    now = utcnow()
+    columns = "reference, alias, channel, status, urgent, kek_version, wrapped_dek, message_count, unread, created_at, updated_at"
+    engine = runtime.engine
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        chunk = 50_000
+        for start in range(0, count, chunk):
+            rows = []
+            for n in range(start, min(start + chunk, count)):
+                reference = f"T-R{n:07d}"
+                version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, os.urandom(32), reference)
+                rows.append((reference, "BNCH", "sms", "new", False, version, wrapped, 0, 0, now, now))
+            if engine.dialect.name == "postgresql":
+                with cursor.copy(f"COPY tips ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                if start == 0:
+                    cursor.execute("BEGIN")
+                cursor.executemany(f"INSERT INTO tips ({columns}) VALUES ({', '.join('?' * 11)})", rows)
+        if engine.dialect.name == "sqlite":
+            cursor.execute("COMMIT")
+        else:
+            raw.commit()
+        if engine.dialect.name == "postgresql":
+            cursor.execute("ANALYZE tips")
+            raw.commit()
+    finally:
+        raw.close()
+
+
+def floor(runtime, count: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds for the unavoidable work: unwrap + wrap every key, and one bulk UPDATE of every row."""
+    old, new = AESGCM(crypto.new_key()), AESGCM(crypto.new_key())
+    nonce = os.urandom(12)
+    samples = [(old.encrypt(nonce, os.urandom(32), f"tipline/dek/v1|tips|T-R{n:07d}|kek=1".encode()), n) for n in range(1000)]
+    start = time.perf_counter()
+    for i in range(count):
+        blob, n = samples[i % 1000]
+        associated = f"tipline/dek/v1|tips|T-R{n:07d}|kek=1".encode()
+        dek = old.decrypt(nonce, blob, associated)
+        new.encrypt(os.urandom(12), dek, associated)
+    crypto_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    with runtime.engine.begin() as connection:
+        connection.execute(text("UPDATE tips SET wrapped_dek = wrapped_dek, kek_version = kek_version"))
+    update_seconds = time.perf_counter() - start
+    print(f"floor: crypto {crypto_seconds:.2f} s + one bulk UPDATE {update_seconds:.2f} s", flush=True)
+    return crypto_seconds + update_seconds
+
+
+def intake_latencies(runtime, count: int, stop: threading.Event | None = None) -> list[float]:  # type: ignore[no-untyped-def]
+    from adapters.sms import parse_inbound
+
+    out = []
+    for n in range(count):
+        if stop is not None and stop.is_set():
+            break
+        form = {"MessageSid": "SM" + os.urandom(16).hex(), "From": f"+1555{n % 10_000_000:07d}", "Body": "A tip during a rotation", "NumMedia": "0"}
+        start = time.perf_counter()
+        runtime.intake.receive(parse_inbound(form))
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
+        env = {"TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_LOG_LEVEL": "WARNING", "TIPLINE_PROVIDER_DELETE": "0"}
+        if database_url:
+            env["TIPLINE_DATABASE_URL"] = database_url
+        settings = load_settings(env)
+        initialise(settings)
+        runtime = build_runtime(settings, channels={})
+        name = "SQLite (WAL, synchronous=FULL)" if not args.database_url else "PostgreSQL"
+        print(f"{args.keys:,} wrapped data keys, {name}, {os.cpu_count()} CPUs", flush=True)
+        start = time.perf_counter()
+        fill(runtime, args.keys)
+        print(f"setup (fast path): {time.perf_counter() - start:.1f} s", flush=True)
+        floor_seconds = floor(runtime, args.keys)
+
+        master = load_master_key(settings)
+        rotation_id = rotation.start(runtime.factory, runtime.keys, master, "tips", actor="bench")
+        start = time.perf_counter()
+        rotation.run(runtime.factory, runtime.keys, rotation_id)
+        seconds = time.perf_counter() - start
+        with runtime.factory() as session:
+            left = rotation.remaining(session, "tips", 2)
+        assert left == 0, f"{left} rows were not rotated"
+        print(f"rotation: {seconds:.2f} s for {args.keys:,} keys = {args.keys / seconds:,.0f} keys/s")
+        print(f"floor:    {floor_seconds:.2f} s = {args.keys / floor_seconds:,.0f} keys/s")
+        print(f"ratio rotation/floor: {seconds / floor_seconds:.2f} (target: at most 2.5)", flush=True)
+
+        # Intake while a second rotation runs (same process: it also shares the interpreter's lock).
+        alone = intake_latencies(runtime, 300)
+        rotation_id = rotation.start(runtime.factory, runtime.keys, master, "tips", actor="bench")
+        during: list[float] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=lambda: during.extend(intake_latencies(runtime, 100_000, stop)))
+        sampler.start()
+        rotation.run(runtime.factory, runtime.keys, rotation_id)
+        stop.set()
+        sampler.join()
+        print(f"intake alone:           p50 {statistics.median(alone):.2f} ms  p99 {p(alone, 99):.2f} ms")
+        print(f"intake during rotation: p50 {statistics.median(during):.2f} ms  p99 {p(during, 99):.2f} ms  ({len(during)} messages)")
+        runtime.close()
+
+
+if __name__ == "__main__":
+    main()
