@@ -22,11 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from sqlalchemy import insert  # noqa: E402
 
-from common import scratch_database  # noqa: E402
+from tests.support.scratch import scratch_database  # noqa: E402
 from tipline import crypto, store  # noqa: E402
 from tipline.app import build_runtime, create_app  # noqa: E402
 from tipline.bootstrap import initialise  # noqa: E402

@@ -177,8 +177,7 @@ def main() -> None:
         serve_baseline(args.serve_baseline, args.threads)
         return
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from common import scratch_database
+    from tests.support.scratch import scratch_database
 
     with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}

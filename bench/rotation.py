@@ -23,12 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from common import scratch_database  # noqa: E402
+from tests.support.scratch import scratch_database  # noqa: E402
 from tipline import crypto, rotation  # noqa: E402
 from tipline.app import build_runtime  # noqa: E402
 from tipline.bootstrap import initialise  # noqa: E402

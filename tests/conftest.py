@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.support import fake_twilio
+from tests.support.scratch import scratch_database
 from tests.support.harness import ACCOUNT_SID, AUTH_TOKEN, LINE_NUMBER, PUBLIC_URL, Harness
 from tipline.app import build_runtime, create_app
 from tipline.bootstrap import initialise
@@ -27,21 +25,10 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """A database nobody else uses: SQLite in the data directory, or a fresh PostgreSQL schema."""
-    if not PG_URL:
-        yield ""  # the default: SQLite inside TIPLINE_DATA_DIR
-        return
-    url = make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    schema = "t_" + secrets.token_hex(6)
-    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+def database_url() -> Iterator[str]:
+    """A database nobody else uses: SQLite in the data directory (""), or a fresh PostgreSQL schema."""
+    with scratch_database(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture

@@ -197,22 +197,32 @@ def users_list(settings: Settings) -> None:
         runtime.close()
 
 
+def _account_action(settings: Settings, username: str, action: str, done: str) -> None:
+    """Run one account action (tipline.users), audit it, and say what happened."""
+    from tipline import users as accounts
+
+    perform = {
+        "user.disable": lambda factory: accounts.set_disabled(factory, username),
+        "user.reset-2fa": lambda factory: accounts.reset_2fa(factory, username),
+        "user.unlock": lambda factory: accounts.unlock(factory, username),
+    }[action]
+    runtime = _runtime(settings)
+    try:
+        perform(runtime.factory)
+        _audit(runtime, action, username)
+    except accounts.UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"{done} {username}")
+
+
 @users.command("disable")
 @click.argument("username")
 @with_settings
 def users_disable(settings: Settings, username: str) -> None:
-    """Disable an account at once."""
-    from tipline.users import UserError, set_disabled
-
-    runtime = _runtime(settings)
-    try:
-        set_disabled(runtime.factory, username)
-        _audit(runtime, "user.disable", username)
-    except UserError as error:
-        _fail(str(error))
-    finally:
-        runtime.close()
-    click.echo(f"disabled {username}")
+    """Disable an account at once (its sessions end too)."""
+    _account_action(settings, username, "user.disable", "disabled")
 
 
 @users.command("reset-2fa")
@@ -220,17 +230,7 @@ def users_disable(settings: Settings, username: str) -> None:
 @with_settings
 def users_reset_2fa(settings: Settings, username: str) -> None:
     """Forget an account's TOTP secret; it enrols again at next sign-in."""
-    from tipline.users import UserError, reset_2fa
-
-    runtime = _runtime(settings)
-    try:
-        reset_2fa(runtime.factory, username)
-        _audit(runtime, "user.reset-2fa", username)
-    except UserError as error:
-        _fail(str(error))
-    finally:
-        runtime.close()
-    click.echo(f"2fa reset for {username}")
+    _account_action(settings, username, "user.reset-2fa", "2fa reset for")
 
 
 @users.command("unlock")
@@ -238,17 +238,7 @@ def users_reset_2fa(settings: Settings, username: str) -> None:
 @with_settings
 def users_unlock(settings: Settings, username: str) -> None:
     """Release an account locked after repeated failed sign-ins."""
-    from tipline.users import UserError, unlock
-
-    runtime = _runtime(settings)
-    try:
-        unlock(runtime.factory, username)
-        _audit(runtime, "user.unlock", username)
-    except UserError as error:
-        _fail(str(error))
-    finally:
-        runtime.close()
-    click.echo(f"unlocked {username}")
+    _account_action(settings, username, "user.unlock", "unlocked")
 
 
 @cli.group()

@@ -1,4 +1,4 @@
-"""What the benchmarks share: a scratch PostgreSQL schema that is dropped afterwards."""
+"""A scratch PostgreSQL schema, dropped afterwards: every test and benchmark gets a database of its own."""
 
 from __future__ import annotations
 
