@@ -338,3 +338,14 @@ def test_nothing_identifying_reaches_any_console_page_or_the_audit_log(tipline: 
     assert "catalytic" not in audit_text and all(n not in audit_text for n in needles)
     assert scan_files(tipline.data_dir, [*needles, "catalytic"], [tipline.log_file]) == []
     assert scan_database(tipline.runtime.engine, [*needles, "catalytic", PASSWORD]) == []
+
+
+def test_expired_sessions_are_purged_and_https_pages_demand_https(tipline: Harness, detective: Person) -> None:
+    from tipline.maintenance import purge
+
+    idle(tipline, minutes=16)
+    report = purge(tipline.runtime.intake, retention_days=90)
+    assert report.console_sessions_ended == 1
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(ConsoleSession)).all() == []
+    assert tipline.client.get("/console/login").headers["Strict-Transport-Security"] == "max-age=31536000"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -76,7 +77,11 @@ class Runtime:
         return moved
 
     def maintain(self) -> object:
-        return purge(self.intake, self.settings.retention_days)
+        return purge(
+            self.intake, self.settings.retention_days,
+            session_idle=dt.timedelta(minutes=self.settings.console_idle_minutes),
+            session_lifetime=dt.timedelta(hours=self.settings.console_session_hours),
+        )
 
     def start_dispatcher(self) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
@@ -182,6 +187,8 @@ def create_app(runtime: Runtime) -> Flask:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
+        if runtime.settings.public_url.startswith("https://"):
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
     return app

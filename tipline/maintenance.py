@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 
 from tipline import outbox, store
 from tipline.intake import Intake, forget_deliveries
-from tipline.models import Contact, OutboxItem, utcnow
+from tipline.models import ConsoleSession, Contact, OutboxItem, utcnow
 
 FINISHED_OUTBOX_KEPT = dt.timedelta(days=7)
 
@@ -23,6 +23,7 @@ class PurgeReport:
     addresses_erased: int
     deliveries_forgotten: int
     outbox_rows_deleted: int
+    console_sessions_ended: int = 0
 
     def lines(self) -> list[str]:
         return [
@@ -30,10 +31,14 @@ class PurgeReport:
             f"return addresses erased (retention): {self.addresses_erased}",
             f"remembered deliveries forgotten: {self.deliveries_forgotten}",
             f"finished outbox rows deleted: {self.outbox_rows_deleted}",
+            f"expired console sessions removed: {self.console_sessions_ended}",
         ]
 
 
-def purge(intake: Intake, retention_days: int, now: dt.datetime | None = None) -> PurgeReport:
+def purge(
+    intake: Intake, retention_days: int, now: dt.datetime | None = None,
+    session_idle: dt.timedelta = dt.timedelta(minutes=15), session_lifetime: dt.timedelta = dt.timedelta(hours=12),
+) -> PurgeReport:
     now = now or utcnow()
     drafts = intake.expire_idle()
     cutoff = now - dt.timedelta(days=retention_days)
@@ -51,4 +56,11 @@ def purge(intake: Intake, retention_days: int, now: dt.datetime | None = None) -
                 OutboxItem.created_at < now - FINISHED_OUTBOX_KEPT,
             )
         )
-    return PurgeReport(drafts, len(stale), deliveries, int(finished.rowcount or 0))  # type: ignore[attr-defined]
+        ended = session.execute(
+            delete(ConsoleSession).where(
+                (ConsoleSession.last_seen_at < now - session_idle) | (ConsoleSession.created_at < now - session_lifetime)
+            )
+        )
+    return PurgeReport(
+        drafts, len(stale), deliveries, int(finished.rowcount or 0), int(ended.rowcount or 0),  # type: ignore[attr-defined]
+    )
