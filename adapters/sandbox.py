@@ -25,8 +25,9 @@ def inbound(address: str, text: str, delivery_id: str) -> InboundMessage:
 class SandboxChannel:
     name = CHANNEL
     deletes_provider_copies = False
+    replies_inline = True
 
-    def send(self, address: str, text: str) -> Sent:
+    def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
         return Sent(None)
 
     def delete(self, provider_message_id: str) -> None:  # pragma: no cover - nothing is kept elsewhere

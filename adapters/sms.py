@@ -85,6 +85,7 @@ class TwilioSms:
 
     name = CHANNEL
     deletes_provider_copies = True
+    replies_inline = True  # TwiML in the webhook response
 
     def __init__(self, settings: TwilioSettings, status_callback: str | None = None):
         self.settings = settings
@@ -97,7 +98,7 @@ class TwilioSms:
         )
         self.client.api.base_url = settings.api_base_url
 
-    def send(self, address: str, text: str) -> Sent:
+    def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
         kwargs: dict[str, str] = {"to": address, "body": text}
         if self.settings.messaging_service_sid:
             kwargs["messaging_service_sid"] = self.settings.messaging_service_sid

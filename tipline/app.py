@@ -50,6 +50,7 @@ class Runtime:
         self.intake = Intake(
             self.factory, self.keys, self.settings,
             deletes_provider_copies=lambda name: name in self.channels and self.channels[name].deletes_provider_copies,
+            replies_inline=lambda name: name not in self.channels or self.channels[name].replies_inline,
             on_outbox=self.wake_dispatcher,
         )
         self.dispatcher = Dispatcher(
@@ -90,6 +91,10 @@ class Runtime:
         return thread, stop
 
     def close(self) -> None:
+        for channel in self.channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
         self.engine.dispose()
 
 
@@ -108,6 +113,10 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     if settings.twilio is not None:
         channels["sms"] = TwilioSms(settings.twilio, status_callback=settings.public_url + "/webhooks/twilio/status")
+    if settings.telegram is not None:
+        from adapters.telegram import TelegramChannel
+
+        channels["telegram"] = TelegramChannel(settings.telegram)
     if settings.sandbox:
         channels["sandbox"] = SandboxChannel()
     return channels
@@ -141,7 +150,7 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
 
 def create_app(runtime: Runtime) -> Flask:
     from tipline import console, sandbox
-    from webhooks import twilio
+    from webhooks import telegram, twilio
 
     app = Flask(__name__)
     app.config.update(
@@ -153,6 +162,7 @@ def create_app(runtime: Runtime) -> Flask:
     )
     app.extensions["tipline"] = runtime
     app.register_blueprint(twilio.bp)
+    app.register_blueprint(telegram.bp)
     app.register_blueprint(console.bp)
     if runtime.settings.sandbox:
         app.register_blueprint(sandbox.bp)

@@ -55,6 +55,10 @@ EN: dict[str, str] = {
     "media_unsupported": "Thank you. We cannot accept photos or files yet. Please describe in words what they show.",
     "empty": "We got an empty message. Tell us what you saw or know.",
     "agency_reply": "{agency}: {text}",
+    "erase_requested": (
+        "We asked Telegram to delete this chat's messages from the last 48 hours. The bot cannot delete "
+        "older ones: use Delete chat in your app for those. Your tip stays with the detectives."
+    ),
 }
 
 ES: dict[str, str] = {
@@ -99,6 +103,10 @@ ES: dict[str, str] = {
     "media_unsupported": "Gracias. Todavía no podemos aceptar fotos ni archivos. Describa con palabras lo que muestran.",
     "empty": "Recibimos un mensaje vacío. Cuéntenos lo que vio o sabe.",
     "agency_reply": "{agency}: {text}",
+    "erase_requested": (
+        "Pedimos a Telegram borrar los mensajes de este chat de las últimas 48 horas. El bot no puede borrar "
+        "los anteriores: use Eliminar chat en su aplicación. Su denuncia sigue con los detectives."
+    ),
 }
 
 CATALOGS: dict[str, dict[str, str]] = {"en": EN, "es": ES}

@@ -25,6 +25,8 @@ class InboundMessage:
     provider_intent: Intent | None = None
     language_hint: str | None = None
     provider_message_id: str | None = None  # our copy at the provider, deleted once stored (G5)
+    # The tipster asked to erase the chat (Telegram's /erase): the provider's request, opaque here.
+    erase_request: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -58,7 +60,10 @@ class Channel(Protocol):
     name: str
     # Whether the provider keeps copies that we can delete (Twilio yes, Telegram no).
     deletes_provider_copies: bool
+    # Whether the bot's answers go back in the webhook's own response (TwiML, the sandbox), or
+    # must be sent separately through the outbox (Telegram).
+    replies_inline: bool
 
-    def send(self, address: str, text: str) -> Sent: ...
+    def send(self, address: str, text: str, keyboard: str | None = None) -> Sent: ...
 
     def delete(self, provider_message_id: str) -> None: ...

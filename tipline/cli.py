@@ -363,6 +363,87 @@ def keys_rotate_master(settings: Settings) -> None:
         click.echo(f"{settings.data_dir / 'master.key'} now holds the new key; back it up offline")
 
 
+@cli.group()
+def telegram() -> None:
+    """Connect the Telegram bot (see README: creating a bot with BotFather)."""
+
+
+def _telegram_channel(runtime):  # type: ignore[no-untyped-def]
+    channel = runtime.channels.get("telegram")
+    if channel is None:
+        _fail("the Telegram channel is off: set TELEGRAM_BOT_TOKEN")
+    return channel
+
+
+@telegram.command("set-webhook")
+@click.option("--drop-pending-updates", is_flag=True, help="Discard updates Telegram queued while no webhook was set.")
+@with_settings
+def telegram_set_webhook(settings: Settings, drop_pending_updates: bool) -> None:
+    """Point the bot at TIPLINE_PUBLIC_URL/webhooks/telegram, with the secret token."""
+    from adapters.telegram import ALLOWED_UPDATES
+
+    if settings.telegram is None or not settings.telegram.webhook_secret:
+        _fail("TELEGRAM_WEBHOOK_SECRET is required for a webhook (or use `tipline telegram poll`)")
+    if not settings.public_url.startswith("https://"):
+        _fail("Telegram calls only HTTPS webhooks: set TIPLINE_PUBLIC_URL to your https:// address")
+    runtime = _runtime(settings)
+    try:
+        channel = _telegram_channel(runtime)
+        url = settings.public_url + "/webhooks/telegram"
+        channel.call(channel.bot.set_webhook(
+            url=url, secret_token=settings.telegram.webhook_secret, allowed_updates=ALLOWED_UPDATES,
+            drop_pending_updates=drop_pending_updates, max_connections=10,
+        ))
+    finally:
+        runtime.close()
+    click.echo(f"webhook set: {url} (updates: {', '.join(ALLOWED_UPDATES)})")
+
+
+@telegram.command("poll")
+@click.option("--once", is_flag=True, help="Handle the updates waiting now, then exit.")
+@with_settings
+def telegram_poll(settings: Settings, once: bool) -> None:
+    """Long-poll Telegram for updates (for a bot without a public URL); sends replies too."""
+    from adapters import telegram as adapter
+    from webhooks.telegram import handle
+
+    runtime = _runtime(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        channel = _telegram_channel(runtime)
+        channel.call(channel.bot.delete_webhook(drop_pending_updates=False))  # polling and a webhook exclude each other
+        if not once:
+            threading.Thread(target=runtime.dispatcher.run_forever, args=(stop,), daemon=True).start()
+            click.echo("polling Telegram for updates (Ctrl-C to stop)")
+        offset = 0
+        while not stop.is_set():
+            updates = channel.call(channel.bot.get_updates(
+                offset=offset, timeout=0 if once else 30, allowed_updates=adapter.ALLOWED_UPDATES,
+            ), timeout=90)
+            for update in updates:
+                try:
+                    _, parsed = adapter.parse_update(update.to_dict())
+                except adapter.MalformedUpdate:
+                    parsed = adapter.Parsed()
+                handle(runtime, parsed)
+                if parsed.callback_query_id:
+                    channel.call(channel.bot.answer_callback_query(parsed.callback_query_id))
+                offset = update.update_id + 1  # acknowledged only once handled
+            if once:
+                if updates:  # confirm them to Telegram, as the next poll would
+                    channel.call(channel.bot.get_updates(offset=offset, timeout=0, allowed_updates=adapter.ALLOWED_UPDATES))
+                while runtime.dispatcher.run_once():
+                    pass
+                click.echo(f"updates handled: {len(updates)}")
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        runtime.close()
+
+
 @cli.group("audit")
 def audit_group() -> None:
     """Inspect the audit log."""

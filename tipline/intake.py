@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tipline import conversation as conv_mod
 from tipline import outbox, store
-from tipline.catalog import render
+from tipline.catalog import Text, render
 from tipline.channels import InboundMessage
 from tipline.config import Settings
 from tipline.db import GroupCommitter
@@ -50,6 +50,17 @@ class Result:
     duplicate: bool = False
 
 
+def keyboard_for(conversation: ConversationState) -> str:
+    """Which quick-reply buttons fit the conversation's next step (channels that have buttons)."""
+    if conversation.state in (State.AWAIT_WHERE, State.AWAIT_WHEN):
+        kind = "draft"  # Skip, Done
+    elif conversation.state is State.SUBMITTED:
+        kind = "submitted"  # New tip
+    else:
+        kind = "start"  # English, Español
+    return f"{kind}:{conversation.language}"
+
+
 class _Retry(Exception):
     pass
 
@@ -62,12 +73,14 @@ class Intake:
     def __init__(
         self, factory: sessionmaker[Session], keys: KeyStore, settings: Settings,
         deletes_provider_copies: Callable[[str], bool] = lambda channel: False,
+        replies_inline: Callable[[str], bool] = lambda channel: True,
         clock: Callable[[], dt.datetime] = utcnow, on_outbox: Callable[[], None] = lambda: None,
     ):
         self.factory = factory
         self.keys = keys
         self.settings = settings
         self.deletes_provider_copies = deletes_provider_copies
+        self.replies_inline = replies_inline
         self.clock = clock
         self.on_outbox = on_outbox
         # SQLite: concurrent messages share one durable commit (see db.GroupCommitter).
@@ -124,6 +137,8 @@ class Intake:
         except IntegrityError:
             raise _Duplicate() from None
         contact, contact_key, conversation, tip = self._find_sender(session, msg, now)
+        if msg.erase_request is not None:
+            return self._erase(session, msg, contact, contact_key, conversation, now)
         state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
         context = conv_mod.Context(
             opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=store.new_reference(),
@@ -138,6 +153,14 @@ class Intake:
         if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
             store.store_address(contact, contact_key, msg.address)
         queued = False
+        if replies and not self.replies_inline(msg.channel):
+            # The channel cannot answer in the webhook response: the answers go through the outbox,
+            # queued in this same transaction, so a stored tip never loses its acknowledgement.
+            keyboard = keyboard_for(outcome.conversation)
+            for n, reply in enumerate(replies):
+                outbox.enqueue_send(session, contact, contact_key, reply, now,
+                                    keyboard=keyboard if n == len(replies) - 1 else None)
+            replies, queued = (), True
         if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
             due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
             outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
@@ -149,6 +172,30 @@ class Intake:
         except IntegrityError:
             raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
         return replies, queued, f"{state.state.value} -> {outcome.conversation.state.value}"
+
+    def _erase(
+        self, session: Session, msg: InboundMessage, contact: Contact, contact_key: bytes, conversation: Conversation,
+        now: dt.datetime,
+    ) -> tuple[tuple[str, ...], bool, str]:
+        """The tipster asked to erase the chat at the provider: queue it, and say honestly what it does."""
+        assert msg.erase_request is not None
+        outbox.enqueue_delete(session, contact, contact_key, msg.erase_request, now)
+        reply = render(Text.of("erase_requested"), conversation.language, self.defaults)
+        if contact.address_ct is not None and not contact.opted_out:
+            outbox.enqueue_send(session, contact, contact_key, reply, now)
+        return (), True, "erase requested"
+
+    def recipient_gone(self, channel: str, address: str, reason: str) -> bool:
+        """The provider says this sender can no longer be written to (e.g. they blocked the bot)."""
+        keyring = self.keys.keyring
+        pseudonyms = [keyring.pseudonym(channel, address, v)[1] for v in keyring.pseudonym_versions()]
+        with self.factory.begin() as session:
+            contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
+            if contact is None:
+                return False
+            outbox.recipient_gone(session, contact, reason)
+        log.info("%s sender can no longer be reached: %s", channel, reason)
+        return True
 
     def _find_sender(
         self, session: Session, msg: InboundMessage, now: dt.datetime

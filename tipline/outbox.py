@@ -10,6 +10,7 @@ no provider offers an idempotency key for sends). No network call happens inside
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -55,9 +56,18 @@ def _enqueue(
 
 
 def enqueue_send(
-    session: Session, contact: Contact, contact_key: bytes, text: str, now: dt.datetime, message_id: int | None = None
+    session: Session, contact: Contact, contact_key: bytes, text: str, now: dt.datetime, message_id: int | None = None,
+    keyboard: str | None = None,
 ) -> str:
-    return _enqueue(session, contact, contact_key, SEND, text, now, message_id)
+    """Queue a text to the tipster; `keyboard` names the quick-reply buttons a channel may show."""
+    payload = json.dumps({"text": text, "keyboard": keyboard}, ensure_ascii=False)
+    return _enqueue(session, contact, contact_key, SEND, payload, now, message_id)
+
+
+def send_payload(payload: str) -> tuple[str, str | None]:
+    """(text, keyboard) of a queued send."""
+    data = json.loads(payload)
+    return data["text"], data.get("keyboard")
 
 
 def enqueue_delete(
@@ -105,13 +115,14 @@ def record_status(
                 message.delivery = status
         contact = session.get(Contact, item.contact_id)
         if contact is not None and error_code == "21610":  # the number opted out at the carrier
-            _recipient_gone(session, contact, "stop")
+            recipient_gone(session, contact, "stop")
         if contact is not None and status in FINAL_DELIVERY and delete_delay is not None and channel.deletes_provider_copies:
             enqueue_delete(session, contact, store.contact_dek(keyring, contact), provider_message_id, now + delete_delay)
     return True
 
 
-def _recipient_gone(session: Session, contact: Contact, reason: str) -> None:
+def recipient_gone(session: Session, contact: Contact, reason: str) -> None:
+    """The tipster can never be written to again (opted out at the carrier, blocked the bot)."""
     contact.opted_out = True
     store.erase_address(contact, reason)
     cancel_sends(session, contact.id, reason)
@@ -207,7 +218,8 @@ class Dispatcher:
                 if address is None:
                     self._finish(item_id, "cancelled", "no_address")
                     return
-                sent = channel.send(address, payload)
+                text, keyboard = send_payload(payload)
+                sent = channel.send(address, text, keyboard)
                 ref = provider_ref(keyring, channel_name, sent.provider_message_id) if sent.provider_message_id else None
                 self._finish(item_id, "sent", None, provider=ref)
             else:
@@ -260,7 +272,7 @@ class Dispatcher:
                 if error.recipient_gone:
                     contact = session.get(Contact, item.contact_id)
                     if contact is not None:
-                        _recipient_gone(session, contact, "stop" if error.code == "21610" else "blocked")
+                        recipient_gone(session, contact, "stop" if error.code == "21610" else "blocked")
             else:
                 delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2 ** item.attempts)
                 item.status = "pending"

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from adapters import sandbox as channel
 from adapters.sms import clean_text
-from tipline import crypto, store
+from tipline import crypto, outbox, store
 from tipline.db import read_only
 from tipline.models import Contact, OutboxItem
 
@@ -80,6 +80,6 @@ def inbox() -> Response:
                 .order_by(OutboxItem.created_at)
             ).all()
             for row in rows[-50:]:
-                text = crypto.open_sealed(key, row.payload_ct, crypto.aad("outbox", "payload", row.id)).decode()
-                messages.append({"id": row.id, "text": text})
+                payload = crypto.open_sealed(key, row.payload_ct, crypto.aad("outbox", "payload", row.id)).decode()
+                messages.append({"id": row.id, "text": outbox.send_payload(payload)[0]})
     return jsonify(messages=messages)

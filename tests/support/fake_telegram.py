@@ -1,0 +1,119 @@
+"""A local HTTP server that behaves like the parts of the Telegram Bot API the tip line uses.
+
+The real python-telegram-bot client talks to it. It records every call, hands out updates to
+getUpdates, and can be told to answer the next calls with a 429 (retry_after) or a 403 (blocked).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+BOT_ID = 7000000001
+
+
+@dataclass
+class FakeTelegram:
+    token: str
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_message_id: int = 5000
+    url: str = ""
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [params for name, params in self.calls if name == method]
+
+    def fail_next(self, method: str, status: int, parameters: dict[str, Any] | None = None, times: int = 1) -> None:
+        with self.lock:
+            self.failures.extend([(status, method, parameters or {})] * times)
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802
+            prefix = f"/bot{fake.token}/"
+            if not self.path.startswith(prefix):
+                self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+                return
+            method = self.path[len(prefix):]
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+            kind = self.headers.get("Content-Type", "")
+            if kind.startswith("application/json"):
+                params = json.loads(raw or "{}")
+            else:
+                params = {k: _decode(v[0]) for k, v in parse_qs(raw).items()}
+            with fake.lock:
+                fake.calls.append((method, params))
+                failure = next((f for f in fake.failures if f[1] == method), None)
+                if failure is not None:
+                    fake.failures.remove(failure)
+            if failure is not None:
+                status, _, parameters = failure
+                descriptions = {429: "Too Many Requests: retry later", 403: "Forbidden: bot was blocked by the user"}
+                body = {"ok": False, "error_code": status, "description": descriptions.get(status, "Bad Request")}
+                if parameters:
+                    body["parameters"] = parameters
+                self._reply(status, body)
+                return
+            self._reply(200, {"ok": True, "result": self._result(method, params)})
+
+        def _result(self, method: str, params: dict[str, Any]) -> Any:
+            if method == "getMe":
+                return {"id": BOT_ID, "is_bot": True, "first_name": "Tip line", "username": "example_tipline_bot",
+                        "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+            if method == "sendMessage":
+                with fake.lock:
+                    fake.next_message_id += 1
+                    message_id = fake.next_message_id
+                return {"message_id": message_id, "date": int(time.time()), "text": params.get("text"),
+                        "chat": {"id": int(params["chat_id"]), "type": "private"},
+                        "from": {"id": BOT_ID, "is_bot": True, "first_name": "Tip line"}}
+            if method == "getUpdates":
+                deadline = time.monotonic() + min(float(params.get("timeout", 0) or 0), 1.0)
+                offset = int(params.get("offset", 0) or 0)
+                while True:
+                    with fake.lock:
+                        pending = [u for u in fake.updates if u["update_id"] >= offset]
+                    if pending or time.monotonic() >= deadline:
+                        return pending
+                    time.sleep(0.05)
+            if method == "getWebhookInfo":
+                return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+            return True  # setWebhook, deleteWebhook, answerCallbackQuery, deleteMessages, deleteMessage
+
+    return Handler
+
+
+def start(token: str) -> tuple[FakeTelegram, ThreadingHTTPServer]:
+    fake = FakeTelegram(token)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return fake, server

@@ -1,0 +1,258 @@
+"""The Telegram channel end to end: the real python-telegram-bot client against a stand-in Bot API."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import make_harness
+from tests.support import fake_telegram
+from tests.support.anonymity import scan_database, scan_files
+from tests.support.harness import REFERENCE, Harness
+from tests.test_cli_and_serve import run
+from tipline import review
+from tipline.models import Contact, OutboxItem
+
+TOKEN = "7000000001:" + "AAH-canary_test_token_0123456789"
+SECRET = "webhook-secret_0123456789"
+USER_ID = 7123456789
+USERNAME = "canary_tipster"
+FIRST, LAST = "Canarina", "Tipsterova"
+PATH = "/webhooks/telegram"
+_ids = itertools.count(800_000_000)
+_message_ids = itertools.count(100)
+
+
+def user(user_id: int = USER_ID) -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": FIRST, "last_name": LAST, "username": USERNAME,
+            "language_code": "en", "is_premium": True}
+
+
+def chat(user_id: int = USER_ID) -> dict[str, Any]:
+    return {"id": user_id, "type": "private", "first_name": FIRST, "last_name": LAST, "username": USERNAME}
+
+
+def message_update(text: str | None = None, user_id: int = USER_ID, **extra: Any) -> dict[str, Any]:
+    message = {"message_id": next(_message_ids), "date": int(time.time()), "chat": chat(user_id), "from": user(user_id)}
+    if text is not None:
+        message["text"] = text
+        if text.startswith("/"):
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+    message.update(extra)
+    return {"update_id": next(_ids), "message": message}
+
+
+def callback_update(data: str, user_id: int = USER_ID) -> dict[str, Any]:
+    return {"update_id": next(_ids), "callback_query": {
+        "id": str(next(_ids)), "from": user(user_id), "chat_instance": "-12345", "data": data,
+        "message": {"message_id": next(_message_ids), "date": int(time.time()), "chat": chat(user_id),
+                    "from": {"id": fake_telegram.BOT_ID, "is_bot": True, "first_name": "Tip line"}, "text": "..."},
+    }}
+
+
+@pytest.fixture
+def tg(env: dict[str, str], twilio_server, log_file: Path) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:  # type: ignore[no-untyped-def]
+    fake, server = fake_telegram.start(TOKEN)
+    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET,
+                            "TELEGRAM_API_BASE_URL": fake.url}, twilio_server, log_file)
+    yield harness, fake
+    harness.runtime.close()
+    server.shutdown()
+    server.server_close()
+
+
+def post(harness: Harness, update: dict[str, Any], secret: str | None = SECRET):  # type: ignore[no-untyped-def]
+    headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
+    return harness.client.post(PATH, json=update, headers=headers)
+
+
+def say(harness: Harness, fake: fake_telegram.FakeTelegram, update: dict[str, Any]) -> list[dict[str, Any]]:
+    """Deliver an update and dispatch the outbox; returns the messages the bot sent meanwhile."""
+    before = len(fake.called("sendMessage"))
+    response = post(harness, update)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    harness.dispatch()
+    return fake.called("sendMessage")[before:]
+
+
+def buttons(sent: dict[str, Any]) -> list[str]:
+    markup = sent.get("reply_markup") or {}
+    return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    greeting = say(harness, fake, message_update("/start"))
+    assert len(greeting) == 1 and "anonymous" in greeting[0]["text"] and greeting[0]["chat_id"] == USER_ID
+    assert buttons(greeting[0]) == ["en", "es"] and greeting[0]["protect_content"] is True
+
+    where = say(harness, fake, message_update("CANARY-TG a man sells stolen phones from a van at the market"))
+    assert "Where did it happen?" in where[-1]["text"] and buttons(where[-1]) == ["skip", "done"]
+
+    # A location shared on purpose becomes the tip's "where"
+    when = say(harness, fake, message_update(location={"latitude": 40.446944, "longitude": -79.982222}))
+    assert "When did it happen?" in when[-1]["text"]
+
+    # The Skip button: acknowledged in the webhook response, then the tip is submitted
+    press = callback_update("skip")
+    response = post(harness, press)
+    assert response.get_json() == {"method": "answerCallbackQuery", "callback_query_id": press["callback_query"]["id"]}
+    harness.dispatch()
+    reference = REFERENCE.search(fake.called("sendMessage")[-1]["text"]).group(0)
+    assert buttons(fake.called("sendMessage")[-1]) == ["new"]
+
+    # An edited message and an attachment: kept as text, or refused kindly
+    say(harness, fake, message_update("the van is white"))
+    edited = message_update("the van is grey")
+    edited["edited_message"] = edited.pop("message")
+    say(harness, fake, edited)
+    refused = say(harness, fake, message_update(photo=[{"file_id": "AgAD", "file_unique_id": "AQAD", "width": 90, "height": 90}]))
+    assert "cannot accept photos" in refused[0]["text"]
+
+    detail = review.read_tip(harness.runtime.factory, harness.runtime.keys.keyring, reference)
+    assert detail.where == "Shared location: 40.44694, -79.98222" and detail.summary.channel == "telegram"
+    assert [e.text for e in detail.thread if e.kind == "tipster"][-2:] == ["the van is white", "(edited) the van is grey"]
+
+    # A detective replies: it reaches the same chat
+    review.reply(harness.runtime.factory, harness.runtime.keys.keyring, harness.runtime.settings, reference, "Which market?")
+    harness.dispatch()
+    assert fake.called("sendMessage")[-1]["text"] == "Example City Police: Which market?"
+    assert fake.called("sendMessage")[-1]["chat_id"] == USER_ID
+
+    # /erase asks Telegram to delete the chat's recent messages, and says honestly what it cannot do
+    erase = message_update("/erase")
+    told = say(harness, fake, erase)
+    deletions = fake.called("deleteMessages")
+    assert deletions and all(d["chat_id"] == USER_ID for d in deletions)
+    assert max(max(d["message_ids"]) for d in deletions) == erase["message"]["message_id"]
+    assert "48 hours" in told[0]["text"] and "Delete chat" in told[0]["text"]
+
+    # Nothing identifying anywhere we wrote
+    needles = [str(USER_ID), USERNAME, FIRST, LAST, "CANARY-TG"]
+    assert scan_files(harness.data_dir, needles, [harness.log_file]) == []
+    assert scan_database(harness.runtime.engine, needles) == []
+
+
+def test_the_secret_token_is_required(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, _ = tg
+    assert post(harness, message_update("hi"), secret=None).status_code == 403
+    assert post(harness, message_update("hi"), secret="wrong-secret").status_code == 403
+    with harness.runtime.factory() as session:
+        assert session.scalars(select(Contact)).all() == []
+
+
+@pytest.mark.parametrize("body", [None, [], {"update_id": "1"}, {"message": {}}, {"update_id": 5, "message": {"chat": 3}}])
+def test_malformed_updates_get_400(tg: tuple[Harness, fake_telegram.FakeTelegram], body: Any) -> None:
+    harness, _ = tg
+    response = harness.client.post(PATH, json=body, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    assert response.status_code == 400
+
+
+def test_updates_the_bot_does_not_handle_are_acknowledged_and_dropped(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    group = message_update("hello group")
+    group["message"]["chat"] = {"id": -100123, "type": "supergroup", "title": "Some group"}
+    assert say(harness, fake, group) == []
+    assert say(harness, fake, {"update_id": next(_ids), "message_reaction": {"chat": chat(), "message_id": 1, "date": 0,
+                                                                             "old_reaction": [], "new_reaction": []}}) == []
+    with harness.runtime.factory() as session:
+        assert session.scalars(select(Contact)).all() == []
+
+
+def test_a_redelivered_update_is_processed_once(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    update = message_update("Someone is breaking into cars on Elm St")
+    first = say(harness, fake, update)
+    again = say(harness, fake, update)
+    assert len(first) == 1 and again == []
+
+
+def test_429_is_retried_after_the_time_telegram_asks(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    fake.fail_next("sendMessage", 429, {"retry_after": 7})
+    post(harness, message_update("hi"))
+    harness.dispatch()
+    with harness.runtime.factory() as session:
+        [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "send")).all()
+        assert item.status == "pending" and item.last_error == "429"
+        wait = (item.next_attempt_at - item.created_at).total_seconds()
+    assert 6 <= wait <= 9
+    base = harness.runtime.dispatcher.clock
+    harness.runtime.dispatcher.clock = lambda: base() + __import__("datetime").timedelta(seconds=8)
+    harness.dispatch()
+    assert len(fake.called("sendMessage")) == 2 and "anonymous" in fake.called("sendMessage")[-1]["text"]
+
+
+def test_a_blocked_bot_makes_replies_impossible(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    say(harness, fake, message_update("Drug deals behind the gym"))
+    say(harness, fake, callback_update("done"))
+    reference = REFERENCE.search(fake.called("sendMessage")[-1]["text"]).group(0)
+    blocked = {"update_id": next(_ids), "my_chat_member": {
+        "chat": chat(), "from": user(), "date": int(time.time()),
+        "old_chat_member": {"status": "member", "user": {"id": fake_telegram.BOT_ID, "is_bot": True, "first_name": "Tip line"}},
+        "new_chat_member": {"status": "kicked", "until_date": 0, "user": {"id": fake_telegram.BOT_ID, "is_bot": True, "first_name": "Tip line"}},
+    }}
+    assert post(harness, blocked).status_code == 200
+    with pytest.raises(review.RepliesImpossible) as refused:
+        review.reply(harness.runtime.factory, harness.runtime.keys.keyring, harness.runtime.settings, reference, "hello?")
+    assert "blocked" in refused.value.reason
+
+
+def test_a_403_from_telegram_marks_the_tipster_unreachable(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    say(harness, fake, message_update("Graffiti crew at the rail yard"))
+    say(harness, fake, callback_update("done"))
+    reference = REFERENCE.search(fake.called("sendMessage")[-1]["text"]).group(0)
+    fake.fail_next("sendMessage", 403)
+    review.reply(harness.runtime.factory, harness.runtime.keys.keyring, harness.runtime.settings, reference, "Which yard?")
+    harness.dispatch()
+    detail = review.read_tip(harness.runtime.factory, harness.runtime.keys.keyring, reference)
+    assert detail.replies_blocked and "blocked" in detail.replies_blocked
+
+
+def test_polling_and_set_webhook(env: dict[str, str], log_file: Path) -> None:
+    fake, server = fake_telegram.start(TOKEN)
+    try:
+        cli_env = {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
+        cli_env.update({"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET, "TELEGRAM_API_BASE_URL": fake.url})
+        assert run(cli_env, "init").returncode == 0
+        webhook = run(cli_env, "telegram", "set-webhook", "--drop-pending-updates")
+        assert webhook.returncode == 0, webhook.stderr
+        [call] = fake.called("setWebhook")
+        assert call["url"] == "https://tips.example.org/webhooks/telegram" and call["secret_token"] == SECRET
+        assert call["allowed_updates"] == ["message", "edited_message", "callback_query", "my_chat_member"]
+        assert call["drop_pending_updates"] is True
+
+        fake.updates.extend([message_update("CANARY-POLL stolen bikes in the garage"), callback_update("done")])
+        polled = run(cli_env, "telegram", "poll", "--once")
+        assert polled.returncode == 0, polled.stderr
+        assert fake.called("deleteWebhook") and fake.called("answerCallbackQuery")
+        texts = [m["text"] for m in fake.called("sendMessage")]
+        assert any("Where did it happen?" in t for t in texts) and any(REFERENCE.search(t) for t in texts)
+        again = run(cli_env, "telegram", "poll", "--once")  # the same updates are not handled twice
+        assert again.returncode == 0 and len(fake.called("sendMessage")) == len(texts)
+        data_dir = Path(cli_env["TIPLINE_DATA_DIR"])
+        assert scan_files(data_dir, [str(USER_ID), USERNAME, FIRST, LAST, "CANARY-POLL"]) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_messages_to_one_chat_are_paced_to_one_per_second(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    say(harness, fake, message_update("Someone deals from the blue house"))
+    say(harness, fake, callback_update("done"))
+    reference = REFERENCE.search(fake.called("sendMessage")[-1]["text"]).group(0)
+    for n in range(3):
+        review.reply(harness.runtime.factory, harness.runtime.keys.keyring, harness.runtime.settings, reference, f"question {n}")
+    start = time.monotonic()
+    harness.dispatch()
+    assert time.monotonic() - start >= 2.0  # three messages to one chat: at least two one-second gaps
+    assert [m["text"] for m in fake.called("sendMessage")[-3:]] == [f"Example City Police: question {n}" for n in range(3)]
