@@ -256,3 +256,31 @@ def test_messages_to_one_chat_are_paced_to_one_per_second(tg: tuple[Harness, fak
     harness.dispatch()
     assert time.monotonic() - start >= 2.0  # three messages to one chat: at least two one-second gaps
     assert [m["text"] for m in fake.called("sendMessage")[-3:]] == [f"Example City Police: question {n}" for n in range(3)]
+
+
+def test_identifying_fields_of_forwards_contact_cards_and_quotes_are_dropped(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    other = {"id": 7987654321, "is_bot": False, "first_name": "Witnessa", "last_name": "Forwardova", "username": "forwarded_person"}
+    forwarded = message_update("CANARY-FWD they meet every Friday",
+                               forward_origin={"type": "user", "date": int(time.time()), "sender_user": other},
+                               via_bot={"id": 7555555555, "is_bot": True, "first_name": "Helper", "username": "helper_lookup_bot"},
+                               external_reply={"origin": {"type": "hidden_user", "date": 1, "sender_user_name": "Hidden Quotedperson"}},
+                               quote={"text": "quoted words", "position": 0},
+                               entities=[{"type": "text_mention", "offset": 0, "length": 4, "user": other}])
+    assert "Where did it happen?" in say(harness, fake, forwarded)[-1]["text"]
+    card = message_update(contact={"phone_number": "+15555550188", "first_name": "Cardholder", "last_name": "Contactova",
+                                   "user_id": 7111111111, "vcard": "BEGIN:VCARD\nFN:Cardholder Contactova\nEND:VCARD"})
+    assert "cannot accept photos or files" in say(harness, fake, card)[0]["text"]
+    needles = [str(USER_ID), USERNAME, FIRST, LAST, "7987654321", "Witnessa", "Forwardova", "forwarded_person",
+               "helper_lookup_bot", "Quotedperson", "5555550188", "Cardholder", "Contactova", "7111111111", "VCARD"]
+    assert scan_files(harness.data_dir, needles, [harness.log_file]) == []
+    assert scan_database(harness.runtime.engine, needles) == []
+
+
+def test_the_real_client_fetches_files_through_the_configured_base_url(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    fake.files["documents/BQACAg.bin"] = b"\x89PNG not really an image"
+    channel = harness.runtime.channels["telegram"]
+    file = channel.call(channel.bot.get_file("BQACAg"))
+    assert bytes(channel.call(file.download_as_bytearray())) == b"\x89PNG not really an image"
+    assert fake.called("download") == [{"path": "documents/BQACAg.bin"}]

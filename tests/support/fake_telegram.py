@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 BOT_ID = 7000000001
 
@@ -25,6 +25,7 @@ class FakeTelegram:
     failures: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_message_id: int = 5000
+    files: dict[str, bytes] = field(default_factory=dict)  # file_path -> content, for getFile and download
     url: str = ""
 
     def called(self, method: str) -> list[dict[str, Any]]:
@@ -55,6 +56,21 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - file downloads: /file/bot<token>/<file_path>
+            prefix = f"/file/bot{fake.token}/"
+            path = unquote(self.path)  # the client percent-encodes the token's colon in file URLs
+            content = fake.files.get(path[len(prefix):]) if path.startswith(prefix) else None
+            if content is None:
+                self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
+                return
+            with fake.lock:
+                fake.calls.append(("download", {"path": path[len(prefix):]}))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
 
         def do_POST(self) -> None:  # noqa: N802
             prefix = f"/bot{fake.token}/"
@@ -103,6 +119,10 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                     if pending or time.monotonic() >= deadline:
                         return pending
                     time.sleep(0.05)
+            if method == "getFile":
+                path = f"documents/{params['file_id']}.bin"
+                return {"file_id": params["file_id"], "file_unique_id": "u" + str(params["file_id"]),
+                        "file_size": len(fake.files.get(path, b"")), "file_path": path}
             if method == "getWebhookInfo":
                 return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
             return True  # setWebhook, deleteWebhook, answerCallbackQuery, deleteMessages, deleteMessage
