@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tipline import audit, crypto, store
 from tipline.config import Settings
+from tipline.db import read_only
 from tipline.keys import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
 from tipline.models import Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
@@ -266,12 +267,12 @@ def _reencrypt_contact(session: Session, keyring: crypto.Keyring, contact: Conta
 
 
 def running(factory: sessionmaker[Session]) -> list[KeyRotation]:
-    with factory() as session:
+    with read_only(factory) as session:  # polled by the dispatcher: must never take the write lock
         return list(session.scalars(select(KeyRotation).where(KeyRotation.status == "running").order_by(KeyRotation.id)))
 
 
 def recent(factory: sessionmaker[Session], limit: int = 10) -> list[KeyRotation]:
-    with factory() as session:
+    with read_only(factory) as session:
         return list(session.scalars(select(KeyRotation).order_by(KeyRotation.id.desc()).limit(limit)))
 
 
