@@ -101,6 +101,7 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session:
         session.connection(execution_options={"tipline_read_only": True})
         yield session
+        session.expunge_all()  # what was read stays usable after the transaction ends
         session.rollback()
 
 
