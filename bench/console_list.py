@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from tests.support.scratch import scratch_database  # noqa: E402
-from tipline import crypto, store  # noqa: E402
+from tipline import crypto  # noqa: E402
 from tipline.app import build_runtime, create_app  # noqa: E402
 from tipline.bootstrap import initialise  # noqa: E402
 from tipline.config import load_settings  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.support.anonymity import phone_formats, scan_database, scan_files
-from tests.support.console import PASSWORD, Person, csrf_of, person
+from tests.support.console import PASSWORD, Person, person
 from tests.support.harness import CARRIER_CITY, CARRIER_ZIP, REFERENCE, TIPSTER, Harness, new_sid
 from tipline import audit, auth
 from tipline.models import AuditEntry, ConsoleSession, Tip, User

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from tests.support.anonymity import scan_database, scan_files
+from tests.support.anonymity import scan_database
 from tests.support.console import person
 from tests.support.harness import REFERENCE, Harness
 from tests.test_cli_and_serve import run
@@ -318,3 +318,34 @@ def test_an_admin_starts_a_rotation_that_the_dispatcher_finishes(tipline: Harnes
 
         actions = [(e.actor, e.action) for e in session.scalars(select(AuditEntry))]
     assert ("alex", "keys.rotate") in actions and ("alex", "keys.rotate_done") in actions
+
+
+def test_another_process_follows_a_rotation_it_did_not_make(tipline: Harness) -> None:
+    # Given a second process (its own key store) serving the same database, between two looks at the primaries
+    other = build_runtime(tipline.runtime.settings)
+    try:
+        other.keys._check_interval = 3600.0
+        # When this process rotates the tips key and re-wraps a tip under the new version
+        reference = submit(tipline, "a tip re-wrapped by another process", "+15555550171")
+        rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
+        rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+        # Then the other process still opens it: the unseen version is loaded on demand
+        assert review.read_tip(other.factory, other.keys.keyring, reference).what == "a tip re-wrapped by another process"
+        assert other.keys.keyring.primary_version("tips") == 1  # not looked yet
+        # And at its next look it writes under the new primary
+        assert other.keys.refresh().primary_version("tips") == 2
+    finally:
+        other.close()
+
+
+def test_a_redelivery_after_a_pepper_rotation_is_still_recognised(tipline: Harness) -> None:
+    from tests.support.harness import new_sid
+
+    sid = new_sid()
+    assert tipline.say("hi") and tipline.sms("A tip delivered twice across a rotation", sid=sid)
+    rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "pseudonym")
+    rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+    again = tipline.sms("A tip delivered twice across a rotation", sid=sid)
+    assert "<Message>" not in again.get_data(as_text=True)
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == "tipster")) == 1

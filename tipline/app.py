@@ -67,15 +67,18 @@ class Runtime:
         self.dispatcher.wake()
 
     def rotate_some(self) -> int:
-        """One batch of each key rotation an administrator started from the console."""
+        """One batch of each key rotation an administrator started from the console.
+
+        Returns how much work remains to be done now (non-zero keeps the dispatcher from sleeping).
+        """
         from tipline import rotation
 
-        moved = 0
+        busy = 0
         for record in rotation.running(self.factory):
             result = rotation.step(self.factory, self.keys, record.id, self._rotation_cursors.get(record.id))
             self._rotation_cursors[record.id] = result.cursor
-            moved += result.moved + (0 if result.finished else 1)
-        return moved
+            busy += 0 if result.finished else 1
+        return busy
 
     def maintain(self) -> object:
         return purge(

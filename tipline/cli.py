@@ -15,9 +15,8 @@ from functools import wraps
 from typing import Any
 
 import click
-from sqlalchemy import func, select
 
-from tipline import db, logs
+from tipline import logs
 from tipline.config import ConfigError, Settings, environment, load_settings
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from sqlalchemy import and_, or_, select, update
@@ -144,7 +145,7 @@ class Dispatcher:
         self.batch = batch
         self.maintenance = maintenance
         self.maintenance_interval = maintenance_interval
-        self.background = background  # e.g. one batch of a running key rotation; returns rows moved
+        self.background = background  # e.g. one batch of a running key rotation; non-zero while work remains
         self._wake = threading.Event()
 
     def wake(self) -> None:
@@ -282,8 +283,6 @@ class Dispatcher:
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
         """The dispatcher loop: work while there is work, otherwise wait for a wake-up or the interval."""
         next_maintenance = 0.0
-        import time
-
         while not stop.is_set():
             try:
                 if self.maintenance is not None and time.monotonic() >= next_maintenance:
