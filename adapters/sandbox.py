@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 
-from tipline.channels import InboundMessage, Sent
+from tipline.channels import ChannelError, InboundMessage, Sent
 
 CHANNEL = "sandbox"
 
@@ -32,3 +32,6 @@ class SandboxChannel:
 
     def delete(self, provider_message_id: str) -> None:  # pragma: no cover - nothing is kept elsewhere
         return None
+
+    def fetch_media(self, source: str, max_bytes: int) -> bytes:  # pragma: no cover - the page sends text only
+        raise ChannelError("unsupported", permanent=True)

@@ -2,9 +2,15 @@
 
 Of an inbound message we keep exactly: `MessageSid` (for dedupe and deletion, never in clear),
 `From` (the return address, handed to intake which pseudonymises and encrypts it), `Body`,
-`NumMedia` and `OptOutType`. Everything else Twilio sends, notably the carrier's guess of the
-sender's location (`FromCity`, `FromState`, `FromZip`, `FromCountry`), is dropped here, so the
-core never sees it. Nothing here logs a number, a body or an id.
+`OptOutType`, and for an MMS each `MediaUrl{N}` (encrypted until the file is fetched) with its
+declared `MediaContentType{N}` (to refuse videos and documents at once; the bytes decide the rest).
+Everything else Twilio sends, notably the carrier's guess of the sender's location (`FromCity`,
+`FromState`, `FromZip`, `FromCountry`), is dropped here, so the core never sees it. Nothing here
+logs a number, a body, an id or a media URL.
+
+MMS media are downloaded with Basic auth from the API host only, after checking that the URL is
+exactly this account's media of this message: a forged URL never receives our credentials. Twilio
+answers with a redirect to its CDN; `requests` drops the credentials when the host changes.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tipline.channels import ChannelError, InboundMessage, Sent
+from tipline import media as media_mod
+from tipline.channels import ChannelError, InboundMessage, MediaRef, Sent
 from tipline.config import TwilioSettings
 from tipline.conversation import Intent
 
@@ -31,6 +38,13 @@ OPT_OUT_TYPES = {"STOP": Intent.STOP, "START": Intent.START, "HELP": Intent.HELP
 # Twilio error codes that mean "this number will never get our messages".
 RECIPIENT_GONE = {21610, 21614, 21211}
 RETRYABLE = {20009, 20429, 30001}
+MEDIA_URL = re.compile(
+    r"^https?://[^/?#]+/2010-04-01/Accounts/AC[0-9a-fA-F]{32}/Messages/(?P<message>(?:SM|MM)[0-9a-fA-F]{32})"
+    r"/Media/ME[0-9a-fA-F]{32}$"
+)
+# Declared types worth downloading; the content is checked again. Anything else (video/3gpp,
+# audio/amr, text/vcard, application/pdf, image/tiff...) is refused without being fetched.
+PHOTO_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif"}
 
 
 class MalformedWebhook(ValueError):
@@ -63,12 +77,25 @@ def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
         raise MalformedWebhook("NumMedia is not a number") from None
     if not 0 <= media <= 10:
         raise MalformedWebhook("NumMedia is out of range")
+    files: list[MediaRef] = []
+    refused: list[str] = []
+    for n in range(media):
+        url = form.get(f"MediaUrl{n}", "")
+        match = MEDIA_URL.match(url)
+        if not match or match.group("message") != sid:
+            raise MalformedWebhook(f"MediaUrl{n} is missing or not a media URL of this message")
+        declared = form.get(f"MediaContentType{n}", "").split(";")[0].strip().lower()
+        if declared in PHOTO_TYPES:
+            files.append(MediaRef(url, declared))
+        else:
+            refused.append(media_mod.TYPE)
     return InboundMessage(
         channel=CHANNEL,
         address=sender,
         delivery_id=sid,
         text=clean_text(form.get("Body", "")),
-        media_count=media,
+        media=tuple(files),
+        refused_media=tuple(refused),
         provider_intent=OPT_OUT_TYPES.get(form.get("OptOutType", "").upper()),
         provider_message_id=sid,
     )
@@ -116,12 +143,42 @@ class TwilioSms:
         return Sent(message.sid)
 
     def delete(self, provider_message_id: str) -> None:
+        """Delete a message (and with it its media), or one media file given as 'MM…/ME…'."""
+        message_sid, _, media_sid = provider_message_id.partition("/")
         try:
-            self.client.messages(provider_message_id).delete()
+            if media_sid:
+                self.client.messages(message_sid).media(media_sid).delete()
+            else:
+                self.client.messages(message_sid).delete()
         except TwilioRestException as error:
             if error.status == 404:
                 return  # already gone
             raise _channel_error(error) from None
+        except requests.RequestException as error:
+            raise ChannelError(type(error).__name__, permanent=False) from None
+
+
+    def fetch_media(self, source: str, max_bytes: int) -> bytes:
+        """Download one MMS media file, streamed and capped at max_bytes (media.Refused past it)."""
+        prefix = f"{self.settings.api_base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages/"
+        if not source.startswith(prefix) or not MEDIA_URL.match(source):
+            # Never send our credentials anywhere else, whatever the webhook said.
+            raise ChannelError("media_url", permanent=True)
+        auth = (self.settings.account_sid, self.settings.auth_token)
+        try:
+            with requests.get(source, auth=auth, timeout=(5, 30), stream=True, allow_redirects=True) as response:
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise ChannelError(str(status), permanent=status in (404, 410))
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise media_mod.Refused(media_mod.SIZE)
+                data = bytearray()
+                for chunk in response.iter_content(64 * 1024):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise media_mod.Refused(media_mod.SIZE)
+                return bytes(data)
         except requests.RequestException as error:
             raise ChannelError(type(error).__name__, permanent=False) from None
 

@@ -2,7 +2,9 @@
 
 Of an update we keep exactly: the chat id (the return address, handed to intake, which
 pseudonymises and encrypts it), the text or caption, a location the tipster chose to share (as
-text: it becomes the tip's "where"), the button pressed, and whether something else was attached.
+text: it becomes the tip's "where"), the button pressed, the file id of a photo or of an image
+sent as a file (encrypted until fetched through getFile; its file name, which can hold a date or a
+name, is dropped), and whether something else was attached (refused: videos, voice, documents...).
 The user id, username, first and last name, language code (used once, to pick the first language,
 then forgotten), premium flag, forward origin, contact cards, `via_bot` and quotes from other chats
 are dropped here. Nothing here logs an id, a name or a text.
@@ -32,7 +34,8 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update  # 
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut  # noqa: E402
 
 from adapters.sms import clean_text  # noqa: E402
-from tipline.channels import ChannelError, InboundMessage, Sent  # noqa: E402
+from tipline import media  # noqa: E402
+from tipline.channels import ChannelError, InboundMessage, MediaRef, Sent  # noqa: E402
 from tipline.config import TelegramSettings  # noqa: E402
 
 CHANNEL = "telegram"
@@ -46,6 +49,10 @@ CALLBACKS = {"skip", "done", "new", "en", "es"}
 ERASE_WINDOW = 500  # how many of the chat's latest message ids /erase asks Telegram to delete
 PER_CHAT_INTERVAL = 1.0  # Telegram: about one message per second per chat
 GLOBAL_PER_SECOND = 30  # and about thirty per second overall
+
+
+# Images sent as files ("documents") worth downloading; the content is checked again.
+PHOTO_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif"}
 
 
 class MalformedUpdate(ValueError):
@@ -102,18 +109,29 @@ def parse_update(data: Any) -> tuple[int, Parsed]:
     language = None
     if message.from_user is not None and message.from_user.language_code:
         language = message.from_user.language_code[:2].lower()
+    files: tuple[MediaRef, ...] = ()
+    refused: tuple[str, ...] = ()
     if message.location is not None and message.venue is None:
         text = f"Shared location: {message.location.latitude:.5f}, {message.location.longitude:.5f}"
-        media = 0
     else:
         text = message.text or message.caption or ""
-        # Anything else attached (photo, file, voice, sticker, contact card, venue...) is not stored.
-        media = 0 if message.text else 1
+        if message.photo:
+            largest = message.photo[-1]  # Telegram lists the sizes smallest first
+            files = (MediaRef(largest.file_id, "image/jpeg", largest.file_size),)
+        elif message.document is not None and (message.document.mime_type or "").lower() in PHOTO_TYPES:
+            document = message.document
+            files = (MediaRef(document.file_id, (document.mime_type or "").lower(), document.file_size),)
+        elif not message.text:
+            # Anything else attached (video, voice, a non-image file, sticker, contact card, venue...)
+            # is refused: none of it is fetched or stored.
+            refused = (media.TYPE,)
     if update.edited_message is not None and text:
         text = f"(edited) {text}"
+    if update.edited_message is not None:
+        files, refused = (), ()  # an edit re-sends the same file: it was taken (or refused) the first time
     return update.update_id, Parsed(inbound=InboundMessage(
-        channel=CHANNEL, address=address, delivery_id=delivery, text=clean_text(text), media_count=media,
-        language_hint=language,
+        channel=CHANNEL, address=address, delivery_id=delivery, text=clean_text(text), media=files,
+        refused_media=refused, language_hint=language,
     ))
 
 
@@ -194,6 +212,19 @@ class TelegramChannel:
                 self.call(self.bot.delete_messages(chat_id=chat, message_ids=ids[start : start + 100]))
         except TelegramError as error:
             raise _channel_error(error) from None
+
+    def fetch_media(self, source: str, max_bytes: int) -> bytes:
+        """Download a file by its file_id (getFile, then the file URL, which holds the bot token)."""
+        try:
+            file = self.call(self.bot.get_file(source))
+            if file.file_size and file.file_size > max_bytes:
+                raise media.Refused(media.SIZE)
+            data = bytes(self.call(file.download_as_bytearray()))
+        except TelegramError as error:
+            raise _channel_error(error) from None
+        if len(data) > max_bytes:
+            raise media.Refused(media.SIZE)
+        return data
 
     def close(self) -> None:
         if self._initialised:

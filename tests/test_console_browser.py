@@ -140,3 +140,30 @@ def test_tipster_markup_renders_as_text_and_runs_nothing(live: tuple[Harness, st
     assert page.locator(".entry.tipster.fresh .text").inner_text() == XSS
     page.wait_for_timeout(500)
     assert dialogs == []
+
+
+def test_a_photo_appears_cleaned_once_fetched_without_a_reload(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import samples
+    from tests.support.harness import new_sid
+
+    harness, base = live
+    add_user(harness.runtime.factory, "dana", ["detective"], PASSWORD)
+    reference = submit_tip(harness, "A man keeps breaking into cars on Birch Street")
+    sid = new_sid("MM")
+    url = harness.twilio.add_media(sid, samples.camera_jpeg(6).data)
+    harness.sms("", sid=sid, NumMedia="1", MediaUrl0=url, MediaContentType0="image/jpeg")
+    page = browser.new_page()
+    sign_in_first_time(page, base, "dana")
+    page.goto(f"{base}/console/tips/{reference}")
+    assert "being fetched and cleaned" in page.locator(".entry.media").inner_text()
+
+    harness.dispatch()  # the worker fetches and cleans it; the open page notices by itself
+    image = page.locator(".entry.media figure.photo img")
+    image.wait_for(timeout=15_000)
+    page.wait_for_function("() => document.querySelector('.entry.media img').naturalWidth > 0")
+    assert page.evaluate("() => [document.querySelector('.entry.media img').naturalWidth, "
+                         "document.querySelector('.entry.media img').naturalHeight]") == [64, 96]
+    assert "hidden details were removed" in page.locator(".entry.media figcaption").inner_text()
+    with page.expect_download() as download:
+        page.click(".entry.media figcaption a[download]")
+    assert download.value.suggested_filename.startswith(f"{reference}-photo-")

@@ -183,10 +183,68 @@ def test_a_language_hint_sets_the_first_language_only() -> None:
     assert run(State.SUBMITTED, "hi", language_hint="es").conversation.language == "en"
 
 
-def test_media_is_refused_kindly_but_the_text_is_kept() -> None:
-    outcome = run(State.NEW, "photo of the car", has_media=True)
-    assert keys(outcome)[0] == "media_unsupported" and outcome.effects == (c.CreateDraft(NEXT, "photo of the car"),)
-    assert keys(run(State.NEW, "", has_media=True)) == ["media_unsupported"]
+# Photos -----------------------------------------------------------------------------------------
+
+PHOTO_DRAFT = ConversationState(State.AWAIT_WHAT, "en", NEXT)  # a draft begun with a photo alone
+
+
+def step(conv: ConversationState, text: str = "", **inbound: object) -> c.Outcome:
+    return c.step(conv, Inbound(text=text, **inbound), Context(new_reference="T-OTHER2"))
+
+
+def test_a_photo_alone_starts_a_draft_and_asks_what_it_shows() -> None:
+    outcome = run(State.NEW, "", media=1)
+    assert outcome.effects == (c.CreateDraft(NEXT, ""), c.Attach(1))
+    assert outcome.conversation == PHOTO_DRAFT
+    assert keys(outcome) == ["media_received_one", "ask_what_photo"]
+
+
+def test_the_words_after_a_photo_become_the_description() -> None:
+    outcome = step(PHOTO_DRAFT, "The blue van that hit the cyclist")
+    assert outcome.effects == (c.SetField("what", "The blue van that hit the cyclist"),)
+    assert outcome.conversation.state is State.AWAIT_WHERE and keys(outcome) == ["ask_where"]
+
+
+def test_a_photo_draft_can_be_skipped_ahead_finished_discarded_or_left_idle() -> None:
+    assert step(PHOTO_DRAFT, "skip").conversation.state is State.AWAIT_WHERE
+    assert step(PHOTO_DRAFT, "done").effects == (c.Submit(NEXT),)
+    assert step(PHOTO_DRAFT, "discard").effects == (c.DiscardDraft(NEXT),)
+    assert step(PHOTO_DRAFT, "hi").effects == (c.SetField("what", "hi"),)  # not a greeting any more
+    idle = c.expire(PHOTO_DRAFT)
+    assert idle is not None and idle.effects == (c.Submit(NEXT),)
+    again = step(PHOTO_DRAFT, "new")  # a new tip first submits the photo draft as it stands
+    assert again.effects == (c.Submit(NEXT),) and keys(again) == ["submitted_as_is", "new_tip"]
+
+
+@pytest.mark.parametrize("state,prompt", [
+    (State.AWAIT_WHERE, "ask_where"), (State.AWAIT_WHEN, "ask_when"), (State.SUBMITTED, "followup_added"),
+])
+def test_photos_join_the_tip_in_any_later_state(state: State, prompt: str) -> None:
+    outcome = run(state, "", media=3)
+    assert outcome.effects == (c.Attach(3),) and outcome.conversation.state is state
+    assert keys(outcome) == ["media_received_many", prompt]
+    assert outcome.replies[0] == Text.of("media_received_many", count="3")
+
+
+def test_a_caption_is_content_even_when_it_looks_like_a_keyword() -> None:
+    outcome = run(State.NEW, "photo of the car", media=1)
+    assert outcome.effects == (c.CreateDraft(NEXT, "photo of the car"), c.Attach(1))
+    assert keys(outcome) == ["media_received_one", "ask_where"]
+    helped = run(State.SUBMITTED, "help", media=1)
+    assert helped.effects == (c.FollowUp(REF, "help"), c.Attach(1))
+
+
+def test_refused_files_get_a_kind_word_and_the_words_are_kept() -> None:
+    alone = run(State.SUBMITTED, "", refused="type")
+    assert keys(alone) == ["media_refused_type"] and alone.effects == ()
+    with_text = run(State.AWAIT_WHERE, "behind the school", refused="size")
+    assert keys(with_text) == ["media_refused_size", "ask_when"]
+    assert with_text.effects == (c.SetField("where", "behind the school"),)
+
+
+def test_stop_with_a_photo_opts_out_without_attaching() -> None:
+    outcome = run(State.SUBMITTED, "", media=1, refused="type", provider_intent=Intent.STOP)
+    assert outcome.effects == (c.OptOut(),) and outcome.replies == ()
 
 
 def test_an_empty_message_asks_again() -> None:
@@ -224,7 +282,7 @@ def test_both_catalogs_have_the_same_texts_and_placeholders() -> None:
 
 @pytest.mark.parametrize("language", ["en", "es"])
 def test_every_text_fits_in_two_sms_segments_worth_of_characters(language: str) -> None:
-    params = {**SETTINGS, "ref": REF, "status": "under review", "text": "x"}
+    params = {**SETTINGS, "ref": REF, "status": "under review", "text": "x", "count": "10"}
     for key, template in CATALOGS[language].items():
         assert len(template.format(**params)) <= 320, key
 

@@ -72,7 +72,12 @@ def test_messages_survive_kill_9_and_redelivery_stores_them_once(env: dict[str, 
         for thread in threads:
             thread.start()
         if round_ < 3:
-            time.sleep(rng.uniform(0.05, 0.4))
+            # Kill once some of this round's messages got through, with the others in flight: counted
+            # in acknowledgements rather than seconds, so a fast or a loaded machine kills mid-stream alike.
+            target = len(acknowledged) + min(rng.randint(5, 25), len(todo) - 8)
+            deadline = time.monotonic() + 30
+            while len(acknowledged) < target and time.monotonic() < deadline:
+                time.sleep(0.002)
             process.send_signal(signal.SIGKILL)  # mid-transaction, mid-response, anywhere
         for thread in threads:
             thread.join()

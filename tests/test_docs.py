@@ -31,10 +31,13 @@ def test_every_transition_in_the_diagram_exists_in_the_code() -> None:
     from tipline.conversation import Context, ConversationState, Inbound, State, expire, step
 
     def after(state: str, event: str) -> str:
-        conv = ConversationState(State(state), "en", "T-ABCDEF" if state not in ("new", "await_what") else None)
+        drafting = state not in ("new", "await_what") or "photo draft" in event
+        conv = ConversationState(State(state), "en", "T-ABCDEF" if drafting else None)
         if event.startswith("idle"):
             outcome = expire(conv)
             return outcome.conversation.state.value
+        if event.startswith("photo only"):
+            return step(conv, Inbound("", media=1), Context(new_reference="T-NEWREF")).conversation.state.value
         text = {"greeting": "hi", "description": "A robbery at the store", "place / SKIP": "skip",
                 "time / SKIP": "skip", "follow-up": "more details", "NEW": "NEW", "DISCARD": "DISCARD"}[event]
         return step(conv, Inbound(text), Context(new_reference="T-NEWREF")).conversation.state.value

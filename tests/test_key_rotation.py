@@ -115,6 +115,36 @@ def test_reencrypt_gives_fresh_data_keys_and_keeps_content(tipline: Harness) -> 
         crypto.open_sealed(old_dek, tip.what_ct, crypto.aad("tips", "what", reference))
 
 
+def test_a_message_arriving_while_its_tip_is_reencrypted_stays_readable(tipline: Harness) -> None:
+    """The rotation holds the tip's new key uncommitted; intake must wait and seal under it."""
+    reference = submit(tipline, "A tip being re-encrypted right now", "+15555550133")
+    rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips", reencrypt=True)
+    keyring = tipline.runtime.keys.keyring
+    locked, release = threading.Event(), threading.Event()
+
+    def reencrypt_slowly() -> None:
+        with tipline.runtime.factory.begin() as session:
+            tip = session.scalars(select(Tip).where(Tip.reference == reference).with_for_update()).one()
+            rotation._reencrypt_tip(session, keyring, tip)
+            session.flush()
+            locked.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=reencrypt_slowly)
+    worker.start()
+    assert locked.wait(10)
+    answer: list[list[str]] = []
+    sender = threading.Thread(target=lambda: answer.append(tipline.say("a detail sent meanwhile", sender="+15555550133")))
+    sender.start()
+    time.sleep(0.5)  # the message is now waiting for the rotation's transaction (or would read the old key)
+    release.set()
+    worker.join(10)
+    sender.join(10)
+    assert answer == [[f"Added to tip {reference}. Thank you."]]
+    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
+    assert [e.text for e in detail.thread if e.kind == "tipster"][-1] == "a detail sent meanwhile"
+
+
 def test_pepper_rotation_unlinks_senders_whose_address_was_erased(tipline: Harness) -> None:
     submit(tipline, "first tipster keeps their link", "+15555550111")
     gone = submit(tipline, "second tipster opts out", "+15555550122")

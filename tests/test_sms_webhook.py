@@ -163,11 +163,21 @@ def test_healthz(tipline: Harness) -> None:
     assert response.status_code == 200 and response.get_json()["database"] == "ok"
 
 
-def test_an_mms_is_answered_kindly_and_its_copy_deleted_with_the_message(tipline: Harness) -> None:
+def test_a_video_by_mms_is_refused_at_once_never_fetched_and_its_copy_deleted(tipline: Harness) -> None:
     sid = new_sid("MM")
-    media = {"NumMedia": "1", "MediaContentType0": "image/jpeg",
-             "MediaUrl0": f"https://api.twilio.com/2010-04-01/Accounts/AC{'5a' * 16}/Messages/{sid}/Media/ME{'b' * 32}"}
-    answer = replies(tipline.sms("the car in this photo", sid=sid, **media))
-    assert "cannot accept photos" in answer[0] and "Where did it happen?" in answer[-1]
+    url = tipline.twilio.add_media(sid, b"\x00\x00\x00\x18ftypmp42", "video/mp4")
+    answer = replies(tipline.sms("the car in this video", sid=sid, NumMedia="1", MediaContentType0="video/mp4", MediaUrl0=url))
+    assert "only accept photos" in answer[0] and "Where did it happen?" in answer[-1]
     tipline.dispatch()
-    assert tipline.twilio.deleted == [sid]  # deleting the message deletes its media at Twilio
+    assert tipline.twilio.media_fetches == []
+    assert tipline.twilio.deleted == [sid] and tipline.twilio.media == {}  # deleting the message deletes its media
+
+
+@pytest.mark.parametrize("media", [
+    {"NumMedia": "1"},  # no URL
+    {"NumMedia": "1", "MediaUrl0": "https://evil.example/2010-04-01/Accounts/AC" + "5a" * 16 + "/Messages/MM" + "0" * 32 + "/Media/ME" + "1" * 32},
+    {"NumMedia": "1", "MediaUrl0": "https://api.twilio.com/steal?x=/Media/ME" + "1" * 32},
+])
+def test_a_media_url_that_is_not_this_messages_media_is_malformed(tipline: Harness, media: dict[str, str]) -> None:
+    response = tipline.post_signed("/webhooks/twilio/sms", inbound_form("look", **media))
+    assert response.status_code == 400 and "MediaUrl0" in response.get_data(as_text=True)

@@ -112,8 +112,9 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(tg: tuple[Har
     edited = message_update("the van is grey")
     edited["edited_message"] = edited.pop("message")
     say(harness, fake, edited)
-    refused = say(harness, fake, message_update(photo=[{"file_id": "AgAD", "file_unique_id": "AQAD", "width": 90, "height": 90}]))
-    assert "cannot accept photos" in refused[0]["text"]
+    video = {"file_id": "BAAD", "file_unique_id": "AQAV", "width": 90, "height": 90, "duration": 3}
+    refused = say(harness, fake, message_update(video=video))
+    assert "only accept photos" in refused[0]["text"] and fake.called("getFile") == []
 
     detail = review.read_tip(harness.runtime.factory, harness.runtime.keys.keyring, reference)
     assert detail.where == "Shared location: 40.44694, -79.98222" and detail.summary.channel == "telegram"
@@ -270,7 +271,7 @@ def test_identifying_fields_of_forwards_contact_cards_and_quotes_are_dropped(tg:
     assert "Where did it happen?" in say(harness, fake, forwarded)[-1]["text"]
     card = message_update(contact={"phone_number": "+15555550188", "first_name": "Cardholder", "last_name": "Contactova",
                                    "user_id": 7111111111, "vcard": "BEGIN:VCARD\nFN:Cardholder Contactova\nEND:VCARD"})
-    assert "cannot accept photos or files" in say(harness, fake, card)[0]["text"]
+    assert "only accept photos" in say(harness, fake, card)[0]["text"]
     needles = [str(USER_ID), USERNAME, FIRST, LAST, "7987654321", "Witnessa", "Forwardova", "forwarded_person",
                "helper_lookup_bot", "Quotedperson", "5555550188", "Cardholder", "Contactova", "7111111111", "VCARD"]
     assert scan_files(harness.data_dir, needles, [harness.log_file]) == []

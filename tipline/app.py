@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from adapters.sandbox import SandboxChannel
 from adapters.sms import TwilioSms
 from tipline import crypto, db, logs
+from tipline.attachments import MediaWorker
 from tipline.channels import Channel
 from tipline.config import Settings
 from tipline.intake import Intake
@@ -44,6 +45,7 @@ class Runtime:
     keys: KeyStore
     channels: dict[str, Channel]
     intake: Intake = field(init=False)
+    media: MediaWorker = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,8 +55,10 @@ class Runtime:
             replies_inline=lambda name: name not in self.channels or self.channels[name].replies_inline,
             on_outbox=self.wake_dispatcher,
         )
+        self.media = MediaWorker(self.factory, self.keys, self.channels, self.settings)
         self.dispatcher = Dispatcher(
             self.factory, self.keys, self.channels, maintenance=self.maintain, background=self.rotate_some,
+            media=self.media.run_once,
         )
         self._rotation_cursors: dict[int, object] = {}
 

@@ -3,7 +3,7 @@
 Texts are written for a scared person on a cheap phone: short, plain, and each fits in two SMS
 segments (320 GSM-7 characters) once the settings are filled in (a test checks it). They never ask
 who the tipster is. Placeholders: {agency}, {non_emergency}, {victim_services}, {ref}, {status},
-{text}.
+{text}, {count}.
 """
 
 from __future__ import annotations
@@ -52,7 +52,28 @@ EN: dict[str, str] = {
     ),
     "forgotten_no_tip": "Done: your number is erased. New messages start a new tip.",
     "nothing_to_skip": "There is nothing to skip right now.",
-    "media_unsupported": "Thank you. We cannot accept photos or files yet. Please describe in words what they show.",
+    "media_received_one": "Thank you, we got your photo. We remove its location and camera details before anyone sees it.",
+    "media_received_many": (
+        "Thank you, we got your {count} photos. We remove their location and camera details before anyone sees them."
+    ),
+    "ask_what_photo": "What does it show, and what happened? Please do not include your name.",
+    "media_refused_type": (
+        "We can only accept photos (JPEG, PNG, HEIC, WebP or GIF), not videos, audio or documents. "
+        "Nothing of that file was kept. You can send a photo or screenshot, or describe it in words."
+    ),
+    "media_refused_size": (
+        "That file is too large for us, so nothing of it was kept. Please send a smaller photo or a "
+        "screenshot, or describe it in words."
+    ),
+    "media_refused_pixels": (
+        "That picture is too large for us to open, so nothing of it was kept. Please send a smaller photo "
+        "or a screenshot."
+    ),
+    "media_refused_unreadable": (
+        "We could not open the picture you sent, so nothing of it was kept. Please send it again, or "
+        "describe in words what it shows."
+    ),
+    "media_failed": "We could not receive a photo you sent for tip {ref}. Please send it again.",
     "empty": "We got an empty message. Tell us what you saw or know.",
     "agency_reply": "{agency}: {text}",
     "erase_requested": (
@@ -100,7 +121,28 @@ ES: dict[str, str] = {
     ),
     "forgotten_no_tip": "Hecho: su número fue borrado. Los mensajes nuevos empiezan una denuncia nueva.",
     "nothing_to_skip": "No hay nada que saltar ahora.",
-    "media_unsupported": "Gracias. Todavía no podemos aceptar fotos ni archivos. Describa con palabras lo que muestran.",
+    "media_received_one": "Gracias, recibimos su foto. Le quitamos la ubicación y los datos de la cámara antes de que nadie la vea.",
+    "media_received_many": (
+        "Gracias, recibimos sus {count} fotos. Les quitamos la ubicación y los datos de la cámara antes de que nadie las vea."
+    ),
+    "ask_what_photo": "¿Qué muestra y qué pasó? Por favor, no incluya su nombre.",
+    "media_refused_type": (
+        "Solo podemos aceptar fotos (JPEG, PNG, HEIC, WebP o GIF), no videos, audios ni documentos. "
+        "No guardamos nada de ese archivo. Puede enviar una foto o captura de pantalla, o describirlo con palabras."
+    ),
+    "media_refused_size": (
+        "Ese archivo es demasiado grande, así que no guardamos nada de él. Envíe una foto más pequeña o una "
+        "captura de pantalla, o descríbalo con palabras."
+    ),
+    "media_refused_pixels": (
+        "Esa imagen es demasiado grande para abrirla, así que no guardamos nada de ella. Envíe una foto más "
+        "pequeña o una captura de pantalla."
+    ),
+    "media_refused_unreadable": (
+        "No pudimos abrir la imagen que envió, así que no guardamos nada de ella. Envíela de nuevo, o "
+        "describa con palabras lo que muestra."
+    ),
+    "media_failed": "No pudimos recibir una foto que envió para la denuncia {ref}. Por favor, envíela de nuevo.",
     "empty": "Recibimos un mensaje vacío. Cuéntenos lo que vio o sabe.",
     "agency_reply": "{agency}: {text}",
     "erase_requested": (

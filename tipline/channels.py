@@ -14,6 +14,18 @@ from tipline.conversation import Intent
 
 
 @dataclass(frozen=True)
+class MediaRef:
+    """A file the tipster attached, still at the provider. Its repr shows nothing of the source."""
+
+    source: str  # how the channel fetches it (Twilio media URL, Telegram file_id): never stored in clear
+    declared_type: str = ""  # what the provider says it is: for triage only, the bytes decide
+    declared_size: int | None = None  # when the provider says (Telegram), larger files are refused unfetched
+
+    def __repr__(self) -> str:
+        return f"MediaRef(declared_type={self.declared_type!r}, declared_size={self.declared_size})"
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     """A tipster's message, channel-neutral. Its repr never shows the address, ids or text."""
 
@@ -21,7 +33,9 @@ class InboundMessage:
     address: str  # where replies go (phone number, chat id, sandbox token): never stored in clear
     delivery_id: str  # the provider's id of this delivery, for processing it once
     text: str
-    media_count: int = 0
+    media: tuple[MediaRef, ...] = ()  # attachments that may be photos: fetched and cleaned later
+    # Attachments refused at the door, one reason each (see media.REASONS): video, audio, documents...
+    refused_media: tuple[str, ...] = ()
     provider_intent: Intent | None = None
     language_hint: str | None = None
     provider_message_id: str | None = None  # our copy at the provider, deleted once stored (G5)
@@ -31,7 +45,7 @@ class InboundMessage:
     def __repr__(self) -> str:
         return (
             f"InboundMessage(channel={self.channel!r}, text=<{len(self.text)} chars>, "
-            f"media_count={self.media_count}, provider_intent={self.provider_intent})"
+            f"media={len(self.media)}, refused_media={self.refused_media}, provider_intent={self.provider_intent})"
         )
 
 
@@ -67,3 +81,8 @@ class Channel(Protocol):
     def send(self, address: str, text: str, keyboard: str | None = None) -> Sent: ...
 
     def delete(self, provider_message_id: str) -> None: ...
+
+    def fetch_media(self, source: str, max_bytes: int) -> bytes:
+        """Download an attachment (a MediaRef's source); raises media.Refused(SIZE) past max_bytes,
+        ChannelError when the provider fails."""
+        ...

@@ -66,6 +66,10 @@ class Settings:
     console_session_hours: int = 12
     # An account locked after 5 failed sign-ins is released by an admin or after this long.
     console_lock_minutes: int = 30
+    # Photos: a file larger than this is refused without being downloaded (Telegram allows 20 MB) ...
+    media_max_bytes: int = 10_000_000
+    # ... and an image of more pixels is refused before it is decoded (a decompression bomb).
+    media_max_pixels: int = 40_000_000
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -211,6 +215,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         console_idle_minutes=_int(env, "TIPLINE_CONSOLE_IDLE_MINUTES", 15, 1),
         console_session_hours=_int(env, "TIPLINE_CONSOLE_SESSION_HOURS", 12, 1),
         console_lock_minutes=_int(env, "TIPLINE_CONSOLE_LOCK_MINUTES", 30, 1),
+        media_max_bytes=_int(env, "TIPLINE_MEDIA_MAX_BYTES", 10_000_000, 10_000),
+        media_max_pixels=_int(env, "TIPLINE_MEDIA_MAX_PIXELS", 40_000_000, 10_000),
     )
 
 

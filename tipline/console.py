@@ -34,6 +34,12 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 COOKIE = "tipline_console"
 LOGIN_CSRF_COOKIE = "tipline_login_csrf"
 PER_PAGE = 50
+PHOTO_REASONS = {  # why a file from a tipster was not kept, as the console says it
+    "type": "not a photo the tip line accepts (videos, audio and documents are refused)",
+    "size": "larger than the tip line accepts",
+    "pixels": "a picture too large to open safely",
+    "unreadable": "it claimed to be a photo but could not be opened",
+}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
@@ -106,7 +112,7 @@ def page(role: str | None = None, stage: str = STAGE_FULL, touch: bool = True) -
 
 @bp.after_request
 def _headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
+    response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -335,10 +341,29 @@ def tip(reference: str) -> str:
     except review.TipNotFound:
         abort(404)
     return render_template(
-        "console/tip.html", tip=detail, statuses=review.STATUSES, categories=review.CATEGORIES,
+        "console/tip.html", tip=detail, photo_reasons=PHOTO_REASONS, statuses=review.STATUSES, categories=review.CATEGORIES,
         detectives=review.detectives(runtime.factory), notice=request.args.get("notice"), error=request.args.get("error"),
         last_seq=detail.thread[-1].seq if detail.thread else 0,
     )
+
+
+@bp.get("/tips/<reference>/photos/<attachment_id>")
+@page(role="detective")
+def tip_photo(reference: str, attachment_id: str) -> Response:
+    """A cleaned photo, inline or (with ?download=1) as a file named after the tip; audited either way."""
+    runtime = _runtime()
+    download = request.args.get("download") == "1"
+    try:
+        photo = review.read_photo(runtime.factory, runtime.keys.keyring, reference, attachment_id,
+                                  actor=g.username, download=download)
+    except review.TipNotFound:
+        abort(404)
+    response = Response(photo.data, content_type=photo.content_type)
+    disposition = "attachment" if download else "inline"
+    response.headers["Content-Disposition"] = f'{disposition}; filename="{photo.filename}"'
+    # An image is never a document: even opened on its own it may run nothing.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    return response
 
 
 @bp.post("/tips/<reference>/reply")
@@ -405,7 +430,7 @@ def api_thread(reference: str) -> Response:
     runtime = _runtime()
     try:
         after = int(request.args.get("after", "0"))
-        entries, deliveries = review.thread_since(runtime.factory, runtime.keys.keyring, reference, after)
+        entries, deliveries, photos = review.thread_since(runtime.factory, runtime.keys.keyring, reference, after)
     except review.TipNotFound:
         abort(404)
     except ValueError:
@@ -413,6 +438,7 @@ def api_thread(reference: str) -> Response:
     return jsonify(
         entries=[{"seq": e.seq, "kind": e.kind, "text": e.text, "delivery": e.delivery} for e in entries],
         deliveries={str(seq): state for seq, state in deliveries.items()},
+        photos={str(seq): state for seq, state in photos.items()},
     )
 
 

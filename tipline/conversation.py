@@ -8,6 +8,7 @@ shell passes in what it needs (the tip's status, a fresh reference), so every pa
         [*] --> new
         new --> await_what: greeting
         new --> await_where: description
+        new --> await_what: photo only (a draft with no description yet)
         await_what --> await_where: description
         await_where --> await_when: place / SKIP
         await_when --> submitted: time / SKIP
@@ -18,9 +19,13 @@ shell passes in what it needs (the tip's status, a fresh reference), so every pa
         await_what --> new: DISCARD
         await_where --> submitted: idle (submitted as it stands)
         await_when --> submitted: idle (submitted as it stands)
-        await_what --> new: idle
+        await_what --> new: idle (no draft)
+        await_what --> submitted: idle (photo draft submitted as it stands)
 
 Keywords work in every state and only as a whole message (case-insensitive), like carriers'.
+A photo's caption is content, never a keyword (except STOP and START as the carrier reports them).
+A photo is content too: sent alone, it starts a draft (in await_what, which then holds a draft) or
+joins the current one; the files themselves are fetched and cleaned later (attachments.py).
 """
 
 from __future__ import annotations
@@ -129,7 +134,8 @@ class Inbound:
     """A tipster's message after the adapter removed everything identifying."""
 
     text: str
-    has_media: bool = False
+    media: int = 0  # attached files that may be photos (fetched and checked later)
+    refused: str | None = None  # why attached files were refused at once (media.REASONS), if any were
     # The provider already classified the message (Twilio's OptOutType): trust it over our parse.
     provider_intent: Intent | None = None
     language_hint: str | None = None
@@ -169,6 +175,13 @@ class FollowUp:
 
 
 @dataclass(frozen=True)
+class Attach:
+    """Attach the message's files to the conversation's tip (after the other effects)."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class FlagUrgent:
     reference: str
 
@@ -193,7 +206,7 @@ class Forget:
     pass
 
 
-Effect = CreateDraft | SetField | Submit | FollowUp | FlagUrgent | DiscardDraft | OptOut | OptIn | Forget
+Effect = CreateDraft | SetField | Submit | FollowUp | Attach | FlagUrgent | DiscardDraft | OptOut | OptIn | Forget
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,11 @@ STATUS_KEYS = {
 }
 
 
+def has_draft(conv: ConversationState) -> bool:
+    """A draft tip is open: always in await_where/await_when, in await_what after a photo alone."""
+    return conv.tip_ref is not None and (conv.state in DRAFT_STATES or conv.state is State.AWAIT_WHAT)
+
+
 def _submit(conv: ConversationState, *extra: Text) -> Outcome:
     assert conv.tip_ref is not None
     return Outcome(
@@ -230,7 +248,8 @@ def _submit(conv: ConversationState, *extra: Text) -> Outcome:
 
 def _flush_draft(conv: ConversationState) -> tuple[tuple[Effect, ...], tuple[Text, ...]]:
     """Before leaving a draft behind (NEW, STOP, FORGET), submit it: a tip is never lost."""
-    if conv.state in DRAFT_STATES and conv.tip_ref:
+    if has_draft(conv):
+        assert conv.tip_ref is not None
         return (Submit(conv.tip_ref),), (Text.of("submitted_as_is", ref=conv.tip_ref),)
     return (), ()
 
@@ -239,6 +258,10 @@ def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
     """A message that carries content, in whatever state the conversation is."""
     urgent = is_urgent(text)
     warn = (Text.of("urgent"),) if urgent else ()
+    if conv.state is State.AWAIT_WHAT and conv.tip_ref is not None:
+        # The draft began with a photo; this is its description.
+        flag0: tuple[Effect, ...] = (FlagUrgent(conv.tip_ref),) if urgent else ()
+        return Outcome(replace(conv, state=State.AWAIT_WHERE), (*warn, Text.of("ask_where")), (SetField("what", text), *flag0))
     if conv.state in (State.NEW, State.AWAIT_WHAT):
         ref = ctx.new_reference
         effects: tuple[Effect, ...] = (CreateDraft(ref, text),) + ((FlagUrgent(ref),) if urgent else ())
@@ -259,15 +282,44 @@ def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
     )
 
 
+def _received(count: int) -> Text:
+    return Text.of("media_received_one") if count == 1 else Text.of("media_received_many", count=str(count))
+
+
+def _photos_only(conv: ConversationState, count: int, ctx: Context) -> Outcome:
+    """Photos without words: they start a draft or join the tip being written or already sent."""
+    received = _received(count)
+    if conv.state in (State.NEW, State.AWAIT_WHAT) and conv.tip_ref is None:
+        ref = ctx.new_reference
+        return Outcome(
+            replace(conv, state=State.AWAIT_WHAT, tip_ref=ref), (received, Text.of("ask_what_photo")),
+            (CreateDraft(ref, ""), Attach(count)),
+        )
+    if conv.state is State.SUBMITTED and conv.tip_ref is not None:
+        return Outcome(conv, (received, Text.of("followup_added", ref=conv.tip_ref)), (Attach(count),))
+    prompt = Text.of("ask_what_photo") if conv.state is State.AWAIT_WHAT else PROMPTS[conv.state]
+    return Outcome(conv, (received, prompt), (Attach(count),))
+
+
 def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
     """Advance one sender's conversation by one inbound message."""
+    outcome = _step(conv, msg, ctx)
+    if msg.refused and not (outcome.effects and isinstance(outcome.effects[-1], OptOut)):
+        outcome = replace(outcome, replies=(Text.of(f"media_refused_{msg.refused}"), *outcome.replies))
+    return outcome
+
+
+def _step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    if msg.media and not msg.text.strip() and msg.provider_intent is None:
+        return _photos_only(conv, msg.media, ctx)
     if not msg.text.strip() and msg.provider_intent is None:
-        if msg.has_media:
-            return Outcome(conv, (Text.of("media_unsupported"),))
+        if msg.refused:
+            return Outcome(conv)  # the refusal says it all
         if conv.state is State.NEW:
             return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
         return Outcome(conv, (Text.of("empty"),))
-    intent = msg.provider_intent or classify(msg.text)
+    # A caption is content: "help" under a photo describes the photo, it does not ask for help.
+    intent = msg.provider_intent or (Intent.TEXT if msg.media else classify(msg.text))
     if conv.state is State.NEW and conv.tip_ref is None and msg.language_hint in LANGUAGES:
         conv = replace(conv, language=msg.language_hint)
 
@@ -315,7 +367,7 @@ def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
         )
 
     if intent is Intent.DISCARD:
-        if conv.state in DRAFT_STATES and conv.tip_ref:
+        if has_draft(conv) and conv.tip_ref:
             return Outcome(
                 replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),), (DiscardDraft(conv.tip_ref),)
             )
@@ -324,7 +376,7 @@ def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
         return Outcome(conv, (Text.of("nothing_to_discard"),))
 
     if intent is Intent.DONE:
-        if conv.state in DRAFT_STATES and conv.tip_ref:
+        if has_draft(conv):
             return _submit(conv)
         intent = Intent.SKIP
 
@@ -333,25 +385,27 @@ def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
             return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),))
         if conv.state is State.AWAIT_WHEN:
             return _submit(conv)
+        if has_draft(conv):  # await_what after a photo: the description may wait
+            return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),))
         if conv.state in (State.NEW, State.AWAIT_WHAT):
             return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("what_required"),))
         return Outcome(conv, (Text.of("nothing_to_skip"),))
 
-    if intent is Intent.GREETING and conv.state in (State.NEW, State.AWAIT_WHAT):
+    if intent is Intent.GREETING and conv.state in (State.NEW, State.AWAIT_WHAT) and not has_draft(conv):
         if fold(msg.text).strip().strip("!.?¡¿") in SPANISH_GREETINGS and msg.language_hint is None:
             conv = replace(conv, language="es")
         return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
 
     # Content: a description, a place, a time, or a follow-up.
     outcome = _content(conv, msg.text.strip(), ctx)
-    if msg.has_media:
-        outcome = replace(outcome, replies=(Text.of("media_unsupported"), *outcome.replies))
+    if msg.media:
+        outcome = replace(outcome, replies=(_received(msg.media), *outcome.replies), effects=(*outcome.effects, Attach(msg.media)))
     return outcome
 
 
 def expire(conv: ConversationState) -> Outcome | None:
     """An idle conversation: submit a draft as it stands, drop an empty one. None if nothing to do."""
-    if conv.state in DRAFT_STATES and conv.tip_ref:
+    if has_draft(conv) and conv.tip_ref:
         return Outcome(
             replace(conv, state=State.SUBMITTED),
             (Text.of("submitted_as_is", ref=conv.tip_ref),),

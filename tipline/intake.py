@@ -17,8 +17,8 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tipline import attachments, outbox, store
 from tipline import conversation as conv_mod
-from tipline import outbox, store
 from tipline.catalog import Text, render
 from tipline.channels import InboundMessage
 from tipline.config import Settings
@@ -30,7 +30,7 @@ from tipline.models import Contact, Conversation, Message, ProcessedDelivery, Ti
 log = logging.getLogger(__name__)
 
 DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) to a day (Telegram)
-CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit)
+CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit, conv_mod.Attach)
 
 # The hot path's statements, built once so SQLAlchemy compiles them once.
 _REMEMBER_DELIVERY = ProcessedDelivery.__table__.insert()
@@ -52,7 +52,7 @@ class Result:
 
 def keyboard_for(conversation: ConversationState) -> str:
     """Which quick-reply buttons fit the conversation's next step (channels that have buttons)."""
-    if conversation.state in (State.AWAIT_WHERE, State.AWAIT_WHEN):
+    if conv_mod.has_draft(conversation):
         kind = "draft"  # Skip, Done
     elif conversation.state is State.SUBMITTED:
         kind = "submitted"  # New tip
@@ -143,13 +143,19 @@ class Intake:
         context = conv_mod.Context(
             opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=store.new_reference(),
         )
+        files, refused = attachments.triage(msg.media, msg.refused_media, self.settings.media_max_bytes)
         inbound = conv_mod.Inbound(
-            text=msg.text, has_media=msg.media_count > 0,
+            text=msg.text, media=len(files), refused=refused[0] if refused else None,
             provider_intent=msg.provider_intent, language_hint=msg.language_hint,
         )
         outcome = conv_mod.step(state, inbound, context)
         thread: list[dict[str, object]] = []
-        replies = self._apply(session, contact, contact_key, conversation, tip, outcome, now, thread)
+        incoming = attachments.Incoming(files, refused, msg.provider_message_id)
+        files_rows: list[dict[str, object]] = []
+        replies = self._apply(
+            session, contact, contact_key, conversation, tip, outcome, now, thread, incoming, files_rows,
+            state.state is State.SUBMITTED,
+        )
         if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
             store.store_address(contact, contact_key, msg.address)
         queued = False
@@ -161,13 +167,19 @@ class Intake:
                 outbox.enqueue_send(session, contact, contact_key, reply, now,
                                     keyboard=keyboard if n == len(replies) - 1 else None)
             replies, queued = (), True
-        if msg.provider_message_id and self.settings.provider_delete and self.deletes_provider_copies(msg.channel):
+        fetching = any(row["status"] == attachments.PENDING for row in files_rows)
+        if fetching:
+            queued = True  # wake the dispatcher: it runs the media worker
+        # With files still to fetch, the provider copy goes once they are settled (attachments.py).
+        if (msg.provider_message_id and not fetching and self.settings.provider_delete
+                and self.deletes_provider_copies(msg.channel)):
             due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
             outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
-            queued = due <= now  # wake the dispatcher only for work that is due already
+            queued = queued or due <= now  # wake the dispatcher only for work that is due already
         try:
             if thread:
                 session.execute(_INSERT_MESSAGES, thread)
+            attachments.insert(session, files_rows)
             session.flush()
         except IntegrityError:
             raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
@@ -214,6 +226,10 @@ class Intake:
                 raise _Retry() from None
             return contact, contact_key, conversation, None
         contact, conversation, tip = row
+        if tip is not None and session.get_bind().dialect.name == "postgresql":
+            # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
+            # may be replacing it right now, and what is sealed here must stay readable.
+            session.refresh(tip, with_for_update=True)
         contact.last_activity_at = to_minute(now)
         if conversation is None:
             conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
@@ -223,6 +239,8 @@ class Intake:
     def _apply(
         self, session: Session, contact: Contact, contact_key: bytes, conversation: Conversation,
         tip: Tip | None, outcome: conv_mod.Outcome, now: dt.datetime, thread: list[dict[str, object]],
+        incoming: attachments.Incoming | None = None, files_rows: list[dict[str, object]] | None = None,
+        was_submitted: bool = False,
     ) -> tuple[str, ...]:
         """Carry out a step's effects; returns the rendered replies (none for an opted-out sender)."""
         keyring = self.keys.keyring
@@ -234,8 +252,9 @@ class Intake:
                     tip, tip_key = store.new_tip(keyring, reference, contact.channel, contact.id, now)
                     session.add(tip)
                     session.flush()
-                    store.set_tip_field(tip, tip_key, "what", what)
-                    thread.append(store.message_row(tip, tip_key, "tipster", what, now))
+                    if what:  # a draft begun with a photo has no description yet
+                        store.set_tip_field(tip, tip_key, "what", what)
+                        thread.append(store.message_row(tip, tip_key, "tipster", what, now))
                 case conv_mod.SetField(name=name, text=value):
                     assert tip is not None and tip_key is not None
                     store.set_tip_field(tip, tip_key, name, value)
@@ -249,11 +268,17 @@ class Intake:
                     if tip.status == "draft":
                         tip.status = "new"
                         tip.submitted_at = to_minute(now)
+                case conv_mod.Attach():
+                    pass  # the files are recorded below, once every effect has run
                 case conv_mod.FlagUrgent():
                     assert tip is not None
                     tip.urgent = True
                 case conv_mod.DiscardDraft():
                     if tip is not None and tip.status == "draft":
+                        assert tip_key is not None
+                        if self.settings.provider_delete and self.deletes_provider_copies(contact.channel):
+                            for provider_id in attachments.abandon(session, tip, tip_key):
+                                outbox.enqueue_delete(session, contact, contact_key, provider_id, now)
                         conversation.tip_id = None
                         session.delete(tip)
                         tip = None
@@ -270,6 +295,13 @@ class Intake:
                     store.erase_address(contact, "forget")
                     outbox.cancel_sends(session, contact.id, "forget")
                     forgotten = True
+        if tip is not None and tip_key is not None and incoming is not None and (incoming.files or incoming.refused):
+            attach = any(isinstance(e, conv_mod.Attach) for e in outcome.effects)
+            rows = attachments.record(tip, tip_key, incoming, attach, now, thread)
+            if files_rows is not None:
+                files_rows.extend(rows)
+            if rows and was_submitted and not any(isinstance(e, conv_mod.FollowUp) for e in outcome.effects):
+                tip.unread += 1
         if tip is not None:
             tip.updated_at = to_minute(now)
         new_state = outcome.conversation
@@ -312,7 +344,7 @@ class Intake:
             conversation = session.get(Conversation, contact_id, with_for_update=True)
             if conversation is None or conversation.updated_at >= cutoff:
                 return False  # the tipster wrote meanwhile
-            tip = session.get(Tip, conversation.tip_id) if conversation.tip_id is not None else None
+            tip = session.get(Tip, conversation.tip_id, with_for_update=True) if conversation.tip_id is not None else None
             state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
             outcome = conv_mod.expire(state)
             if outcome is None:

@@ -141,6 +141,42 @@ class Message(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
 
 
+class Attachment(Base):
+    """A photo a tipster sent, shown in its tip's thread at entry `seq` (see attachments.py).
+
+    It arrives as a provider reference (`source_ct`), is fetched and cleaned in the background, and
+    is kept only as the cleaned image (`data_ct`). The original bytes are never stored.
+    """
+
+    __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tip_id: Mapped[int] = mapped_column(ForeignKey("tips.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer, comment="the thread entry (messages.seq) that shows it")
+    batch: Mapped[str] = mapped_column(
+        String(32), index=True, comment="random, shared by the files of one inbound message"
+    )
+    status: Mapped[str] = mapped_column(String(12), comment="pending, fetching, stored, refused or failed")
+    reason: Mapped[str | None] = mapped_column(String(16), nullable=True, comment="why refused or failed, a code")
+    source_ct: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, comment="encrypted provider reference; NULL once settled"
+    )
+    data_ct: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, comment="the cleaned image, encrypted under the tip's data key"
+    )
+    content_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    source_format: Mapped[str | None] = mapped_column(String(8), nullable=True, comment="what the bytes were")
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True, comment="bytes of the cleaned image")
+    frames: Mapped[int | None] = mapped_column(Integer, nullable=True, comment="frames in the original; one kept")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+
+
 class OutboxItem(Base):
     """A durable outbound action: a message to a tipster or a deletion at the provider."""
 

@@ -136,7 +136,7 @@ class Dispatcher:
         self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel],
         clock: Callable[[], dt.datetime] = utcnow, batch: int = 20,
         maintenance: Callable[[], object] | None = None, maintenance_interval: float = 60.0,
-        background: Callable[[], int] | None = None,
+        background: Callable[[], int] | None = None, media: Callable[[], int] | None = None,
     ):
         self.factory = factory
         self.keys = keys
@@ -146,6 +146,7 @@ class Dispatcher:
         self.maintenance = maintenance
         self.maintenance_interval = maintenance_interval
         self.background = background  # e.g. one batch of a running key rotation; non-zero while work remains
+        self.media = media  # fetch and clean tipsters' photos (attachments.MediaWorker.run_once)
         self._wake = threading.Event()
 
     def wake(self) -> None:
@@ -174,11 +175,11 @@ class Dispatcher:
             return ids
 
     def run_once(self) -> int:
-        """Perform every due row once; returns how many were attempted."""
+        """Perform every due row once, then the due photo downloads; returns how many were attempted."""
         ids = self._claim()
         for item_id in ids:
             self._perform(item_id)
-        return len(ids)
+        return len(ids) + (self.media() if self.media is not None else 0)
 
     def _perform(self, item_id: str) -> None:
         try:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import audit, outbox, store
+from tipline import attachments, audit, outbox, store
 from tipline.catalog import Text, render
 from tipline.config import Settings
 from tipline.crypto import Keyring
 from tipline.db import read_only
-from tipline.models import Contact, Conversation, Message, Tip, User, utcnow
+from tipline.models import Attachment, Contact, Conversation, Message, Tip, User, utcnow
 
 MAX_REPLY_CHARS = 1000
 REPLY_BLOCKERS = {
@@ -44,13 +44,43 @@ class TipNotFound(Exception):
 
 
 @dataclass(frozen=True)
+class AttachmentView:
+    """What the console shows of a photo: never the provider's reference or the original's name."""
+
+    id: str
+    status: str  # pending, fetching, stored, refused, failed
+    reason: str | None
+    content_type: str | None
+    source_format: str | None
+    width: int | None
+    height: int | None
+    size: int | None
+    frames: int | None
+    attempts: int
+
+    @property
+    def extension(self) -> str:
+        return "png" if self.content_type == "image/png" else "jpg"
+
+
+@dataclass(frozen=True)
 class ThreadEntry:
     seq: int
-    kind: str  # tipster, bot, agency, note
+    kind: str  # tipster, bot, agency, note, media
     text: str
     at: dt.datetime
     delivery: str | None
     author: str | None = None  # console username for agency replies and notes
+    attachment: AttachmentView | None = None  # for kind "media"
+
+
+def _attachment_views(session: Session, tip: Tip) -> dict[int, AttachmentView]:
+    rows = session.scalars(select(Attachment).where(Attachment.tip_id == tip.id)).all()
+    return {
+        a.seq: AttachmentView(a.id, a.status, a.reason, a.content_type, a.source_format, a.width, a.height, a.size,
+                              a.frames, a.attempts)
+        for a in rows
+    }
 
 
 @dataclass(frozen=True)
@@ -155,20 +185,25 @@ def latest_change(factory: sessionmaker[Session]) -> dict[str, int]:
         return {"newest": int(newest or 0), "messages": int(messages or 0)}
 
 
-def thread_since(factory: sessionmaker[Session], keyring: Keyring, reference: str, after_seq: int) -> tuple[list[ThreadEntry], dict[int, str | None]]:
-    """Thread entries after `after_seq`, and the delivery state of every agency reply (live updates)."""
+def thread_since(
+    factory: sessionmaker[Session], keyring: Keyring, reference: str, after_seq: int,
+) -> tuple[list[ThreadEntry], dict[int, str | None], dict[int, str]]:
+    """Thread entries after `after_seq`, the delivery state of every agency reply, and the state of
+    every photo (which changes without a new entry while it is fetched): for live updates."""
     with read_only(factory) as session:
         tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
         if tip is None:
             raise TipNotFound(reference)
         key = store.tip_dek(keyring, tip)
         messages = session.scalars(select(Message).where(Message.tip_id == tip.id).order_by(Message.seq)).all()
+        files = _attachment_views(session, tip)
         new = [
-            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, None)
+            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, None, files.get(m.seq))
             for m in messages if m.seq > after_seq
         ]
         deliveries = {m.seq: m.delivery for m in messages if m.kind == "agency"}
-        return new, deliveries
+        photos = {seq: "pending" if view.status == "fetching" else view.status for seq, view in files.items()}
+        return new, deliveries, photos
 
 
 def triage(
@@ -213,6 +248,30 @@ def detectives(factory: sessionmaker[Session]) -> list[tuple[int, str]]:
         return [(u.id, u.username) for u in users if "detective" in u.role_set]
 
 
+@dataclass(frozen=True)
+class Photo:
+    data: bytes
+    content_type: str
+    filename: str  # made up here from the tip reference: never the tipster's file name
+
+
+def read_photo(
+    factory: sessionmaker[Session], keyring: Keyring, reference: str, attachment_id: str, *, actor: str,
+    download: bool = False,
+) -> Photo:
+    """A cleaned photo of a tip, decrypted; the viewing (or download) is audited in the same transaction."""
+    with factory.begin() as session:
+        tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
+        attachment = session.get(Attachment, attachment_id) if tip is not None else None
+        if tip is None or attachment is None or attachment.tip_id != tip.id or attachment.status != "stored":
+            raise TipNotFound(reference)
+        data = attachments.open_image(keyring, tip, attachment)
+        audit.record(session, keyring, "tip.photo_download" if download else "tip.photo_view", actor=actor,
+                     object_type="tip", object_id=reference, detail={"entry": attachment.seq})
+        extension = "png" if attachment.content_type == "image/png" else "jpg"
+        return Photo(data, attachment.content_type or "image/jpeg", f"{reference}-photo-{attachment.seq}.{extension}")
+
+
 def read_tip(
     factory: sessionmaker[Session], keyring: Keyring, reference: str, mark_read: bool = True, actor: str | None = None,
 ) -> TipDetail:
@@ -227,8 +286,9 @@ def read_tip(
             select(Message, User.username).outerjoin(User, User.id == Message.author_id)
             .where(Message.tip_id == tip.id).order_by(Message.seq)
         ).all()
+        files = _attachment_views(session, tip)
         thread = tuple(
-            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, author)
+            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, author, files.get(m.seq))
             for m, author in rows
         )
         contact = session.get(Contact, tip.contact_id) if tip.contact_id else None

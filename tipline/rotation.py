@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import audit, crypto, store
+from tipline import attachments, audit, crypto, store
 from tipline.config import Settings
 from tipline.db import read_only
 from tipline.keys import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
-from tipline.models import Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
+from tipline.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
 BATCH = 2000
 REENCRYPT_BATCH = 100
@@ -139,6 +139,9 @@ def step(factory: sessionmaker[Session], keys: KeyStore, rotation_id: int, curso
             if cursor is not None:
                 query = query.where(model.id > cursor)
             limit = REENCRYPT_BATCH if rotation.reencrypt else BATCH
+            if rotation.reencrypt:
+                # Writers that seal under a tip's key (the media worker) lock the tip first; so do we.
+                query = query.with_for_update(of=model)
             rows = session.scalars(query.order_by(model.id).limit(limit)).all()
             moved = _move(session, keyring, rotation, rows)
             last = rows[-1].id if rows else None
@@ -247,6 +250,8 @@ def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
             store.set_tip_field(tip, new, name, value)
     for message, body in bodies:
         message.body_ct = crypto.seal(new, body.encode(), crypto.aad("messages", "body", f"{tip.reference}#{message.seq}"))
+    for attachment in session.scalars(select(Attachment).where(Attachment.tip_id == tip.id)):
+        attachments.reseal(attachment, old, new)
     return 1
 
 

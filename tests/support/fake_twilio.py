@@ -2,6 +2,10 @@
 
 The real `twilio` client talks to it over HTTP. It checks Basic auth, records every request, and can
 be told to fail the next requests the way Twilio does (5xx, or a 4xx with a Twilio error code).
+
+MMS media behave as Twilio's do: an authenticated GET of a media URL answers 307 with a link to a
+"CDN" on another host (127.0.0.2), which serves the bytes and records whether credentials
+reached it (they must not). Deleting a message deletes its media.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from urllib.parse import parse_qs
 
 MESSAGES = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages\.json$")
 MESSAGE = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages/((?:SM|MM)[0-9a-f]{32})\.json$")
+MEDIA = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages/((?:SM|MM)[0-9a-f]{32})/Media/(ME[0-9a-f]{32})(\.json)?$")
 
 
 @dataclass
@@ -35,6 +40,21 @@ class FakeTwilio:
     failures: list[tuple[int, int | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    cdn_url: str = ""
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media path -> (bytes, content type)
+    cdn_tokens: dict[str, str] = field(default_factory=dict)  # CDN token -> media path
+    cdn_requests: list[dict[str, str]] = field(default_factory=list)  # headers the CDN saw
+
+    def add_media(self, message_sid: str, data: bytes, content_type: str = "image/jpeg") -> str:
+        """Store a file as a media of an inbound message; returns its MediaUrl (as Twilio would post it)."""
+        path = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{message_sid}/Media/ME{secrets.token_hex(16)}"
+        with self.lock:
+            self.media[path] = (data, content_type)
+        return self.url + path
+
+    @property
+    def media_fetches(self) -> list[str]:
+        return [r.path for r in self.requests if r.method == "GET"]
 
     @property
     def sent(self) -> list[dict[str, str]]:
@@ -99,26 +119,95 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             })
             form["_sid"] = sid
 
+        def do_GET(self) -> None:  # noqa: N802 - a media file: 307 to the CDN, as Twilio does
+            if not self._authorised():
+                return
+            match = MEDIA.match(self.path)
+            with fake.lock:
+                fake.requests.append(Request("GET", self.path, {}))
+                known = match is not None and self.path in fake.media
+            if self._scripted_failure():
+                return
+            if not known:
+                self._reply(404, {"code": 20404, "message": "not found", "status": 404})
+                return
+            token = secrets.token_hex(16)
+            with fake.lock:
+                fake.cdn_tokens[token] = self.path
+            self.send_response(307)
+            self.send_header("Location", f"{fake.cdn_url}/v1/{token}?Expires=60&Signature=x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_DELETE(self) -> None:  # noqa: N802
             if not self._authorised():
                 return
-            match = MESSAGE.match(self.path)
-            if not match:
+            message, media = MESSAGE.match(self.path), MEDIA.match(self.path)
+            if not message and not media:
                 self._reply(404, {"code": 20404, "message": "not found", "status": 404})
                 return
             with fake.lock:
                 fake.requests.append(Request("DELETE", self.path, {}))
             if self._scripted_failure():
                 return
+            with fake.lock:
+                if media:
+                    fake.media.pop(self.path.removesuffix(".json"), None)
+                else:
+                    prefix = self.path.removesuffix(".json") + "/Media/"
+                    for path in [p for p in fake.media if p.startswith(prefix)]:
+                        del fake.media[path]
             self._reply(204)
 
     return Handler
 
 
+def _cdn_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            token = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+            with fake.lock:
+                fake.cdn_requests.append(dict(self.headers.items()))
+                path = fake.cdn_tokens.get(token)
+                stored = fake.media.get(path) if path else None
+            if stored is None:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data, content_type = stored
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+class _Servers(ThreadingHTTPServer):
+    """The API server, which also stops its CDN when shut down."""
+
+    cdn: ThreadingHTTPServer
+
+    def shutdown(self) -> None:
+        self.cdn.shutdown()
+        self.cdn.server_close()
+        super().shutdown()
+
+
 def start(account_sid: str, auth_token: str) -> tuple[FakeTwilio, ThreadingHTTPServer]:
     fake = FakeTwilio(account_sid, auth_token)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server = _Servers(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    cdn = ThreadingHTTPServer(("127.0.0.2", 0), _cdn_handler(fake))
+    cdn.daemon_threads = True
+    server.cdn = cdn
+    fake.cdn_url = f"http://127.0.0.2:{cdn.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=cdn.serve_forever, daemon=True).start()
     return fake, server

@@ -65,6 +65,18 @@
         var el = document.querySelector('[data-delivery-for="' + seq + '"]');
         if (el && data.deliveries[seq]) el.textContent = data.deliveries[seq];
       });
+      // A photo finished (or gave up) since the page was drawn, or arrived as a new entry: redraw.
+      var photoChanged = Object.keys(data.photos || {}).some(function (seq) {
+        var el = document.querySelector('[data-photo-for="' + seq + '"]');
+        return !el || el.dataset.photoState !== data.photos[seq];
+      });
+      if (photoChanged) {
+        if (typing()) {
+          document.getElementById("live-notice").classList.remove("hidden");
+        } else {
+          window.location.reload();
+        }
+      }
     });
   }
 })();

@@ -1,0 +1,305 @@
+"""Photos from tipsters, from the webhook to the console.
+
+1. Intake (in the inbound message's transaction) records each attached file as a thread entry
+   and a `pending` attachment holding only the provider's reference, encrypted under the tip's
+   data key. Files refused at the door (a video, a file too large) get an entry saying so and
+   nothing else. The webhook answers at once: nothing slow happens in it.
+2. `MediaWorker` (run by the dispatcher) claims pending attachments with a lease, downloads each
+   through its channel (outside any transaction), cleans it (media.py) and commits the cleaned
+   image, encrypted under the tip's data key with associated data naming the attachment. The
+   original bytes exist only in memory and in the cleaner's pipe, never on disk.
+3. Once an attachment is settled (stored, refused, or failed after retries) its provider copy is
+   deleted through the outbox where the provider allows it (Twilio: the media, then the message
+   once every file of it is settled). A tipster whose file could not be used is told so, in their
+   language; so is the detective, in the thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from tipline import crypto, media, outbox, store
+from tipline.catalog import Text, render
+from tipline.channels import Channel, ChannelError, MediaRef
+from tipline.config import Settings
+from tipline.db import is_postgres, read_only
+from tipline.keys import KeyStore
+from tipline.models import Attachment, Contact, Conversation, Tip, to_minute, utcnow
+
+log = logging.getLogger(__name__)
+
+PENDING, FETCHING, STORED, REFUSED, FAILED = "pending", "fetching", "stored", "refused", "failed"
+SETTLED = (STORED, REFUSED, FAILED)
+LEASE = dt.timedelta(minutes=5)
+MAX_ATTEMPTS = 10  # about two and a half hours of backoff: a provider outage, not a lost photo
+BACKOFF_CAP = dt.timedelta(hours=1)
+_INSERT = Attachment.__table__.insert()
+
+
+def _aad(attachment_id: str, column: str) -> bytes:
+    return crypto.aad("attachments", column, attachment_id)
+
+
+def triage(refs: tuple[MediaRef, ...], refused: tuple[str, ...], max_bytes: int) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
+    """Split attachments into those worth fetching and refusals, by what the provider declared."""
+    accepted = tuple(ref for ref in refs if ref.declared_size is None or ref.declared_size <= max_bytes)
+    too_large = tuple(media.SIZE for ref in refs if ref not in accepted)
+    return accepted, refused + too_large
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What an inbound message brings to attach: files to fetch, refusals, and its provider copy."""
+
+    files: tuple[MediaRef, ...]
+    refused: tuple[str, ...]
+    provider_message_id: str | None  # deleted at the provider once every file is settled
+
+
+def record(
+    tip: Tip, tip_key: bytes, incoming: Incoming, attach: bool, now: dt.datetime, thread: list[dict[str, object]],
+) -> list[dict[str, object]]:
+    """Thread entries (appended to `thread`) and attachment rows for one inbound message's files.
+
+    `attach` says whether the conversation took the files (a STOP, say, does not); refusals are
+    recorded either way, so the detective knows the tipster tried to send something.
+    """
+    rows: list[dict[str, object]] = []
+    batch = store.new_id()
+    minute = to_minute(now)
+    for ref in incoming.files if attach else ():
+        entry = store.message_row(tip, tip_key, "media", "", now)
+        thread.append(entry)
+        attachment_id = store.new_id()
+        source = json.dumps({"source": ref.source, "message": incoming.provider_message_id})
+        rows.append({
+            "id": attachment_id, "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": PENDING,
+            "source_ct": crypto.seal(tip_key, source.encode(), _aad(attachment_id, "source")),
+            "attempts": 0, "next_attempt_at": now, "created_at": minute,
+        })
+    for reason in incoming.refused:
+        entry = store.message_row(tip, tip_key, "media", "", now)
+        thread.append(entry)
+        rows.append({
+            "id": store.new_id(), "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": REFUSED,
+            "reason": reason, "attempts": 0, "next_attempt_at": now, "created_at": minute,
+        })
+    return rows
+
+
+def insert(session: Session, rows: list[dict[str, object]]) -> None:
+    if rows:
+        session.execute(_INSERT, rows)
+
+
+def abandon(session: Session, tip: Tip, tip_key: bytes) -> set[str]:
+    """The tip is being deleted (a discarded draft) with files not yet fetched: the provider
+    messages they came in, so that their copies are deleted all the same."""
+    rows = session.scalars(select(Attachment).where(Attachment.tip_id == tip.id, Attachment.source_ct.is_not(None))).all()
+    messages = set()
+    for attachment in rows:
+        assert attachment.source_ct is not None
+        source = json.loads(crypto.open_sealed(tip_key, attachment.source_ct, _aad(attachment.id, "source")))
+        if source.get("message"):
+            messages.add(source["message"])
+    return messages
+
+
+def open_image(keyring: crypto.Keyring, tip: Tip, attachment: Attachment) -> bytes:
+    """The cleaned image's bytes (for the console). Raises crypto.IntegrityError if tampered with."""
+    assert attachment.data_ct is not None
+    return crypto.open_sealed(store.tip_dek(keyring, tip), attachment.data_ct, _aad(attachment.id, "data"))
+
+
+def reseal(attachment: Attachment, old_key: bytes, new_key: bytes) -> None:
+    """Re-encrypt an attachment under a tip's new data key (key rotation with --reencrypt)."""
+    for column in ("source_ct", "data_ct"):
+        blob = getattr(attachment, column)
+        if blob is not None:
+            plain = crypto.open_sealed(old_key, blob, _aad(attachment.id, column.removesuffix("_ct")))
+            setattr(attachment, column, crypto.seal(new_key, plain, _aad(attachment.id, column.removesuffix("_ct"))))
+
+
+@dataclass(frozen=True)
+class _Job:
+    attachment_id: str
+    channel: str
+    source: str
+    provider_message_id: str | None
+    attempts: int
+
+
+class MediaWorker:
+    """Fetches, cleans and stores pending attachments; run by the dispatcher between outbox passes."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel], settings: Settings,
+        clock: Callable[[], dt.datetime] = utcnow, isolate: bool = True, batch: int = 5,
+    ):
+        self.factory = factory
+        self.keys = keys
+        self.channels = dict(channels)
+        self.settings = settings
+        self.clock = clock
+        self.isolate = isolate
+        self.batch = batch
+        self.defaults = {
+            "agency": settings.agency_name, "non_emergency": settings.non_emergency_number,
+            "victim_services": settings.victim_services,
+        }
+
+    def run_once(self) -> int:
+        """Work on every due attachment once; returns how many were attempted."""
+        ids = self._claim()
+        for attachment_id in ids:
+            self._work(attachment_id)
+        return len(ids)
+
+    def _claim(self) -> list[str]:
+        now = self.clock()
+        due = or_(
+            and_(Attachment.status == PENDING, Attachment.next_attempt_at <= now),
+            and_(Attachment.status == FETCHING, Attachment.lease_until < now),  # a worker died mid-fetch
+        )
+        query = select(Attachment.id).where(due).order_by(Attachment.next_attempt_at).limit(self.batch)
+        with read_only(self.factory) as session:
+            if session.scalar(query) is None:
+                return []  # an idle worker costs intake nothing
+        with self.factory.begin() as session:
+            if is_postgres(session):
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.scalars(query).all())
+            if ids:
+                session.execute(
+                    update(Attachment).where(Attachment.id.in_(ids)).values(status=FETCHING, lease_until=now + LEASE)
+                )
+            return ids
+
+    def _load(self, attachment_id: str) -> _Job | None:
+        keyring = self.keys.keyring
+        with read_only(self.factory) as session:
+            attachment = session.get(Attachment, attachment_id)
+            if attachment is None or attachment.status != FETCHING or attachment.source_ct is None:
+                return None
+            tip = session.get(Tip, attachment.tip_id)
+            assert tip is not None
+            source = json.loads(crypto.open_sealed(store.tip_dek(keyring, tip), attachment.source_ct, _aad(attachment.id, "source")))
+            return _Job(attachment.id, tip.channel, source["source"], source.get("message"), attachment.attempts)
+
+    def _work(self, attachment_id: str) -> None:
+        try:
+            job = self._load(attachment_id)
+        except (crypto.IntegrityError, crypto.MissingKeyError) as error:
+            log.error("attachment %s cannot be decrypted: %s", attachment_id[:8], type(error).__name__)
+            self._settle(attachment_id, FAILED, "integrity", None)
+            return
+        if job is None:
+            return
+        channel = self.channels.get(job.channel)
+        if channel is None:
+            self._retry(job, ChannelError("channel_off", permanent=False))  # configured again later, perhaps
+            return
+        try:
+            data = channel.fetch_media(job.source, self.settings.media_max_bytes)
+            image = media.clean(data, self.settings.media_max_pixels, isolate=self.isolate)
+        except media.Refused as refused:
+            self._settle(job.attachment_id, REFUSED, refused.reason, None, job)
+        except ChannelError as error:
+            self._retry(job, error)
+        except Exception as error:  # noqa: BLE001 - a network fault or a bug must not lose the photo
+            log.warning("attachment %s fetch failed unexpectedly: %s", attachment_id[:8], type(error).__name__)
+            self._retry(job, ChannelError(type(error).__name__, permanent=False))
+        else:
+            del data  # the original: gone from memory as soon as the cleaned copy exists
+            self._settle(job.attachment_id, STORED, None, image, job)
+
+    def _retry(self, job: _Job, error: ChannelError) -> None:
+        attempts = job.attempts + 1
+        if error.permanent or attempts >= MAX_ATTEMPTS:
+            self._settle(job.attachment_id, FAILED, error.code[:16], None, job)
+            return
+        delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2**attempts)
+        with self.factory.begin() as session:
+            attachment = session.get(Attachment, job.attachment_id)
+            if attachment is None or attachment.status != FETCHING:
+                return
+            attachment.status = PENDING
+            attachment.attempts = attempts
+            attachment.reason = error.code[:16]
+            attachment.lease_until = None
+            attachment.next_attempt_at = self.clock() + min(delay, BACKOFF_CAP)
+        log.info("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
+
+    def _settle(
+        self, attachment_id: str, status: str, reason: str | None, image: media.CleanImage | None, job: _Job | None = None,
+    ) -> None:
+        keyring = self.keys.keyring
+        now = self.clock()
+        with self.factory.begin() as session:
+            tip_id = session.scalar(select(Attachment.tip_id).where(Attachment.id == attachment_id))
+            # Lock the tip, then the attachment (the order a re-encrypting rotation takes them too),
+            # and use the tip's key as it is now: such a rotation may have replaced it meanwhile.
+            tip = session.get(Tip, tip_id, with_for_update=True) if tip_id is not None else None
+            attachment = session.get(Attachment, attachment_id, with_for_update=True)
+            if tip is None or attachment is None or attachment.status != FETCHING:
+                return  # deleted with its tip, or settled by another worker whose lease we outlived
+            tip_key = store.tip_dek(keyring, tip)
+            attachment.status = status
+            attachment.reason = reason
+            attachment.lease_until = None
+            attachment.source_ct = None
+            attachment.attempts += 1
+            if image is not None:
+                attachment.data_ct = crypto.seal(tip_key, image.data, _aad(attachment.id, "data"))
+                attachment.content_type = image.content_type
+                attachment.source_format = image.source_format
+                attachment.width, attachment.height = image.width, image.height
+                attachment.size = len(image.data)
+                attachment.frames = image.frames
+            tip.updated_at = to_minute(now)
+            contact = session.get(Contact, tip.contact_id) if tip.contact_id is not None else None
+            if contact is not None and job is not None:
+                # The dispatcher that runs this worker performs the queued rows on its next pass.
+                self._after(session, tip, tip_key, contact, attachment, job, now)
+        log.info("attachment %s %s%s", attachment_id[:8], status, f": {reason}" if reason else "")
+
+    def _after(
+        self, session: Session, tip: Tip, tip_key: bytes, contact: Contact, attachment: Attachment, job: _Job,
+        now: dt.datetime,
+    ) -> None:
+        """Queue the provider deletions and, if the file could not be used, a word to the tipster."""
+        channel = self.channels.get(job.channel)
+        contact_key = store.contact_dek(self.keys.keyring, contact)
+        if channel is not None and channel.deletes_provider_copies and self.settings.provider_delete:
+            media_copy = media_copy_id(job.source, job.provider_message_id)
+            if media_copy is not None:
+                outbox.enqueue_delete(session, contact, contact_key, media_copy, now)
+            unsettled = session.scalar(
+                select(func.count()).select_from(Attachment).where(
+                    Attachment.batch == attachment.batch, Attachment.status.not_in(SETTLED), Attachment.id != attachment.id,
+                )
+            )
+            if not unsettled and job.provider_message_id:
+                outbox.enqueue_delete(session, contact, contact_key, job.provider_message_id, now)
+        if attachment.status != STORED and contact.address_ct is not None and not contact.opted_out:
+            conversation = session.get(Conversation, contact.id)
+            language = conversation.language if conversation is not None else "en"
+            key = "media_failed" if attachment.status == FAILED else f"media_refused_{attachment.reason}"
+            text = render(Text.of(key, ref=tip.reference), language, self.defaults)
+            message = store.append_message(session, tip, tip_key, "bot", text, now, delivery="queued")
+            session.flush()
+            outbox.enqueue_send(session, contact, contact_key, text, now, message.id)
+
+
+def media_copy_id(source: str, provider_message_id: str | None) -> str | None:
+    """The provider's id of one media file, for deleting it on its own (Twilio: 'MM…/ME…')."""
+    if not provider_message_id or "/Media/" not in source:
+        return None
+    return f"{provider_message_id}/{source.rsplit('/Media/', 1)[1]}"
