@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/console_list.py
+	$(BIN)/python bench/media.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

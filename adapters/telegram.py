@@ -131,7 +131,7 @@ def parse_update(data: Any) -> tuple[int, Parsed]:
         files, refused = (), ()  # an edit re-sends the same file: it was taken (or refused) the first time
     return update.update_id, Parsed(inbound=InboundMessage(
         channel=CHANNEL, address=address, delivery_id=delivery, text=clean_text(text), media=files,
-        refused_media=refused, language_hint=language,
+        refused_media=refused, language_hint=language, album=message.media_group_id if files else None,
     ))
 
 

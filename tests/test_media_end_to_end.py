@@ -303,6 +303,23 @@ def test_telegram_photos_and_images_sent_as_files_are_cleaned_and_their_names_dr
     assert scan_database(harness.runtime.engine, needles) == []
 
 
+def test_a_telegram_album_is_thanked_for_once(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    told: list[str] = []
+    for n in range(3):
+        fake.files[f"documents/AgAlbum{n}.bin"] = samples.camera_jpeg(1).data
+        sizes = [{"file_id": f"AgAlbum{n}", "file_unique_id": f"a{n}", "width": 96, "height": 64}]
+        told += deliver(harness, fake, message_update(photo=sizes, media_group_id="13579246801357924"))
+    assert told == ["Thank you, we got your photo. We remove its location and camera details before anyone sees it.",
+                    "What does it show, and what happened? Please do not include your name."]
+    assert [a.status for a in photos(harness)] == ["stored"] * 3
+    # Another album later is thanked for again.
+    fake.files["documents/AgAlbumX.bin"] = samples.camera_jpeg(1).data
+    again = deliver(harness, fake, message_update(photo=[{"file_id": "AgAlbumX", "file_unique_id": "x", "width": 96,
+                                                          "height": 64}], media_group_id="24680135792468013"))
+    assert again[0].startswith("Thank you, we got your photo.")
+
+
 @pytest.mark.parametrize("extra,words", [
     ({"document": {"file_id": "BQbig", "file_unique_id": "b", "mime_type": "image/jpeg", "file_size": 19_000_000}},
      "too large for us"),
@@ -328,3 +345,23 @@ def test_the_worker_recovers_a_photo_whose_worker_died_mid_fetch(tipline: Harnes
     later(tipline, int(attachments.LEASE.total_seconds() // 60) + 1)
     tipline.dispatch()
     assert photos(tipline)[0].status == "stored"
+
+
+def test_a_telegram_file_larger_than_declared_is_refused_before_download(
+    env: dict[str, str], twilio_server, log_file: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    fake, server = fake_telegram.start(TOKEN)
+    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET,
+                            "TELEGRAM_API_BASE_URL": fake.url, "TIPLINE_MEDIA_MAX_BYTES": "20000"}, twilio_server, log_file)
+    try:
+        # The update says nothing of the size; getFile does, and the download never starts.
+        fake.files["documents/AgACAgQAAx-huge.bin"] = samples.camera_jpeg(1).data + b"\x00" * 30_000
+        told = deliver(harness, fake, message_update(photo=[{"file_id": "AgACAgQAAx-huge", "file_unique_id": "h",
+                                                              "width": 96, "height": 64}]))
+        assert told[0].startswith("Thank you, we got your photo.")
+        assert [(a.status, a.reason) for a in photos(harness)] == [("refused", "size")]
+        assert "too large for us" in fake.called("sendMessage")[-1]["text"] and fake.called("download") == []
+    finally:
+        harness.runtime.close()
+        server.shutdown()
+        server.server_close()

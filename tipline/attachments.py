@@ -141,7 +141,7 @@ class MediaWorker:
 
     def __init__(
         self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel], settings: Settings,
-        clock: Callable[[], dt.datetime] = utcnow, isolate: bool = True, batch: int = 5,
+        clock: Callable[[], dt.datetime] = utcnow, isolate: bool = True, batch: int = 2,
     ):
         self.factory = factory
         self.keys = keys

@@ -39,6 +39,9 @@ class InboundMessage:
     provider_intent: Intent | None = None
     language_hint: str | None = None
     provider_message_id: str | None = None  # our copy at the provider, deleted once stored (G5)
+    # Photos sent together arrive one message each on Telegram (an album): its id, so that the bot
+    # thanks the tipster once per album rather than once per photo.
+    album: str | None = None
     # The tipster asked to erase the chat (Telegram's /erase): the provider's request, opaque here.
     erase_request: str | None = None
 

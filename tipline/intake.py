@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ from tipline.models import Contact, Conversation, Message, ProcessedDelivery, Ti
 log = logging.getLogger(__name__)
 
 DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) to a day (Telegram)
+ALBUM_MEMORY = 120.0  # seconds: the photos of one Telegram album arrive within moments of each other
 CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit, conv_mod.Attach)
 
 # The hot path's statements, built once so SQLAlchemy compiles them once.
@@ -85,6 +88,9 @@ class Intake:
         self.on_outbox = on_outbox
         # SQLite: concurrent messages share one durable commit (see db.GroupCommitter).
         self.committer = GroupCommitter(factory) if factory.kw["bind"].dialect.name == "sqlite" else None
+        # Albums already answered: keyed hash -> (monotonic time, delivery id). Memory only, bounded.
+        self._albums: dict[str, tuple[float, str]] = {}
+        self._albums_lock = threading.Lock()
         self.defaults = {
             "agency": settings.agency_name,
             "non_emergency": settings.non_emergency_number,
@@ -149,6 +155,9 @@ class Intake:
             provider_intent=msg.provider_intent, language_hint=msg.language_hint,
         )
         outcome = conv_mod.step(state, inbound, context)
+        if files and not refused and not msg.text.strip() and msg.album and self._album_answered(msg):
+            # Another photo of an album the tipster was just thanked for: take it, say nothing twice.
+            outcome = conv_mod.Outcome(outcome.conversation, (), outcome.effects)
         thread: list[dict[str, object]] = []
         incoming = attachments.Incoming(files, refused, msg.provider_message_id)
         files_rows: list[dict[str, object]] = []
@@ -184,6 +193,20 @@ class Intake:
         except IntegrityError:
             raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
         return replies, queued, f"{state.state.value} -> {outcome.conversation.state.value}"
+
+    def _album_answered(self, msg: InboundMessage) -> bool:
+        """Whether an earlier photo of this album (from this sender) was answered moments ago."""
+        assert msg.album is not None
+        key = self.keys.keyring.keyed_hash("album", f"{msg.channel}:{msg.address}:{msg.album}")[1]
+        now = time.monotonic()
+        with self._albums_lock:
+            if len(self._albums) > 10_000:
+                self._albums = {k: v for k, v in self._albums.items() if now - v[0] < ALBUM_MEMORY}
+            seen = self._albums.get(key)
+            if seen is not None and now - seen[0] < ALBUM_MEMORY and seen[1] != msg.delivery_id:
+                return True
+            self._albums[key] = (now, msg.delivery_id)  # the first photo (or its retried transaction)
+            return False
 
     def _erase(
         self, session: Session, msg: InboundMessage, contact: Contact, contact_key: bytes, conversation: Conversation,

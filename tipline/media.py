@@ -8,8 +8,9 @@ because nothing of the original but pixel values is ever handed to the encoder.
 
 Decoding untrusted images is the riskiest thing the tip line does, so by default it happens in a
 short-lived child process (`python -m tipline.media`) that may not write files, dump core, use more
-than `CHILD_MEMORY` bytes or `CHILD_CPU_SECONDS` of CPU. The original bytes reach it through a pipe
-and never touch the disk. A decoder that crashes or runs away costs one child, not the tip line.
+than `CHILD_MEMORY` bytes or `CHILD_CPU_SECONDS` of CPU, and whose environment holds no secret (no
+master key, no provider token). The original bytes reach it through a pipe and never touch the
+disk. A decoder that crashes or runs away costs one child, not the tip line.
 
 Supported: JPEG, PNG, WebP, GIF and HEIC/HEIF. Animated GIFs and WebPs keep their first frame only.
 PNG and GIF become PNG (lossless, transparency kept: screenshots stay legible); the others become
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -94,10 +96,28 @@ def clean(data: bytes, max_pixels: int, *, isolate: bool = True) -> CleanImage:
     return _clean_in_child(data, max_pixels)
 
 
+def child_environment(parent: dict[str, str] | None = None) -> dict[str, str]:
+    """What the cleaner child may see of the environment: where to find Python code, nothing else.
+
+    Settings such as TIPLINE_MASTER_KEY or TWILIO_AUTH_TOKEN may live in the service's environment;
+    a decoder exploited by a crafted image must not find them in its own.
+    """
+    parent = dict(os.environ) if parent is None else parent
+    return {
+        "PATH": os.defpath,
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
+        **({"SYSTEMROOT": parent["SYSTEMROOT"]} if "SYSTEMROOT" in parent else {}),
+    }
+
+
 def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:
     command = [sys.executable, "-B", "-m", "tipline.media", str(max_pixels)]
     try:
-        done = subprocess.run(command, input=data, capture_output=True, timeout=CHILD_TIMEOUT, check=False)
+        done = subprocess.run(
+            command, input=data, capture_output=True, timeout=CHILD_TIMEOUT, check=False,
+            env=child_environment(), cwd="/",
+        )
     except subprocess.TimeoutExpired:
         raise Refused(UNREADABLE) from None
     if done.returncode != 0:
