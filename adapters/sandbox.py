@@ -3,15 +3,25 @@
 Its "return address" is a random token kept in the browser's cookie; the same state machine,
 encryption and outbox serve it as SMS. Delivering a message means marking it sent: the page then
 reads it back from the outbox, so replies appear even when the dispatcher runs in another process.
+
+A photo sent from the page waits in this process's memory (never on disk) until the media worker
+fetches it, as it would wait at a provider: so the sandbox shows photo cleaning only when the
+dispatcher runs in the same process (`make run`, `tipline serve`), and forgets unfetched photos
+after an hour.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections import OrderedDict
 
 from tipline.channels import ChannelError, InboundMessage, Sent
 
 CHANNEL = "sandbox"
+HOLD_SECONDS = 3600.0
+HOLD_MAX_FILES = 20  # the oldest waiting photo is dropped beyond this: a sandbox, not a store
 
 
 def new_address() -> str:
@@ -27,11 +37,35 @@ class SandboxChannel:
     deletes_provider_copies = False
     replies_inline = True
 
+    def __init__(self) -> None:
+        self._held: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hold(self, data: bytes) -> str:
+        """Keep a photo from the page until the media worker fetches it; returns its reference."""
+        reference = secrets.token_urlsafe(18)
+        now = time.monotonic()
+        with self._lock:
+            self._held[reference] = (now, data)
+            while len(self._held) > HOLD_MAX_FILES or next(iter(self._held.values()))[0] < now - HOLD_SECONDS:
+                self._held.popitem(last=False)
+        return reference
+
     def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
         return Sent(None)
 
     def delete(self, provider_message_id: str) -> None:  # pragma: no cover - nothing is kept elsewhere
         return None
 
-    def fetch_media(self, source: str, max_bytes: int) -> bytes:  # pragma: no cover - the page sends text only
-        raise ChannelError("unsupported", permanent=True)
+    def release(self, reference: str) -> None:
+        """Forget a held photo that will not be fetched (its message was a duplicate, or failed)."""
+        with self._lock:
+            self._held.pop(reference, None)
+
+    def fetch_media(self, source: str, max_bytes: int) -> bytes:
+        """Hand over a held photo, once. Gone (another process, a restart, an hour) is permanent."""
+        with self._lock:
+            held = self._held.pop(source, None)
+        if held is None or time.monotonic() - held[0] > HOLD_SECONDS:
+            raise ChannelError("gone", permanent=True)
+        return held[1]

@@ -149,6 +149,33 @@ def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served
     assert scan_files(data_dir.parent, ["CANARY-SANDBOX", "stolen phones", "Which market stall"]) == []
 
 
+def test_serve_cleans_a_photo_from_the_sandbox_in_its_isolated_child(served: tuple[str, dict[str, str]]) -> None:
+    from sqlalchemy import select
+
+    from tests.support import samples
+    from tipline.models import Attachment
+
+    base, env = served
+    browser = requests.Session()
+    browser.get(base + "/sandbox", timeout=5)
+    sent = browser.post(base + "/sandbox/photos", data=samples.camera_jpeg(6).data,
+                        headers={"Content-Type": "image/jpeg"}, timeout=5)
+    assert sent.json()["replies"][0].startswith("Thank you, we got your photo.")
+    runtime = build_runtime(load_settings(env))
+    try:
+        for _ in range(100):  # the server's own dispatcher fetches and cleans it
+            with runtime.factory() as session:
+                stored = session.scalars(select(Attachment)).all()
+            if stored and stored[0].status != "pending" and stored[0].status != "fetching":
+                break
+            time.sleep(0.1)
+    finally:
+        runtime.close()
+    assert [(a.status, a.width, a.height, a.source_format) for a in stored] == [("stored", 64, 96, "JPEG")]
+    data_dir = Path(env["TIPLINE_DATA_DIR"])
+    assert scan_files(data_dir.parent, [samples.MAKE, samples.SERIAL, samples.OWNER, samples.XMP_GPS]) == []
+
+
 def test_the_sandbox_refuses_nonsense(served: tuple[str, dict[str, str]]) -> None:
     base, _ = served
     browser = requests.Session()

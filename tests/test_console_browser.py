@@ -12,7 +12,9 @@ import pyotp
 import pytest
 
 from tests.conftest import make_harness
-from tests.support.harness import REFERENCE, Harness
+from tests.support import samples
+from tests.support.harness import REFERENCE, Harness, new_sid
+from tests.test_media_end_to_end import photos
 from tipline.users import add_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -143,9 +145,6 @@ def test_tipster_markup_renders_as_text_and_runs_nothing(live: tuple[Harness, st
 
 
 def test_a_photo_appears_cleaned_once_fetched_without_a_reload(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
-    from tests.support import samples
-    from tests.support.harness import new_sid
-
     harness, base = live
     add_user(harness.runtime.factory, "dana", ["detective"], PASSWORD)
     reference = submit_tip(harness, "A man keeps breaking into cars on Birch Street")
@@ -167,3 +166,15 @@ def test_a_photo_appears_cleaned_once_fetched_without_a_reload(live: tuple[Harne
     with page.expect_download() as download:
         page.click(".entry.media figcaption a[download]")
     assert download.value.suggested_filename.startswith(f"{reference}-photo-")
+
+
+def test_the_sandbox_page_sends_a_photo(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
+    harness, base = live
+    page = browser.new_page()
+    page.goto(f"{base}/sandbox")
+    page.set_input_files("#photo", files=[{"name": "IMG_20261120_221405.jpg", "mimeType": "image/jpeg",
+                                           "buffer": samples.camera_jpeg(6).data}])
+    page.locator("#chat li.bot", has_text="we got your photo").wait_for(timeout=10_000)
+    assert page.locator("#chat li.me").inner_text().startswith("[photo: ")
+    harness.dispatch()
+    assert [(a.status, a.width, a.height) for a in photos(harness)] == [("stored", 64, 96)]

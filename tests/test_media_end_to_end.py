@@ -365,3 +365,24 @@ def test_a_telegram_file_larger_than_declared_is_refused_before_download(
         harness.runtime.close()
         server.shutdown()
         server.server_close()
+
+
+def test_the_sandbox_page_sends_photos_through_the_same_pipeline(tipline: Harness) -> None:
+    browser = tipline.app.test_client()
+    browser.get("/sandbox")
+    sent = browser.post("/sandbox/photos", data=samples.camera_jpeg(6).data, content_type="image/jpeg",
+                        headers={"X-Sandbox-Id": "photo-0001"})
+    assert sent.status_code == 200
+    assert sent.get_json()["replies"][0].startswith("Thank you, we got your photo.")
+    again = browser.post("/sandbox/photos", data=samples.camera_jpeg(6).data, content_type="image/jpeg",
+                         headers={"X-Sandbox-Id": "photo-0001"})
+    assert again.get_json() == {"replies": [], "duplicate": True}  # a retried upload is taken once
+    not_a_photo = browser.post("/sandbox/photos", data=samples.NOT_IMAGES["zip"], content_type="image/png")
+    assert not_a_photo.status_code == 200
+    tipline.dispatch()
+    assert [(a.status, a.width, a.height) for a in photos(tipline)] == [("stored", 64, 96), ("refused", None, None)]
+    assert tipline.runtime.channels["sandbox"]._held == {}  # nothing of the originals is kept
+    inbox = [m["text"] for m in browser.get("/sandbox/inbox").get_json()["messages"]]
+    assert inbox and inbox[-1].startswith("We can only accept photos")
+    assert browser.post("/sandbox/photos", data=b"", content_type="image/jpeg").status_code == 400
+    assert tipline.app.test_client().post("/sandbox/photos", data=b"x").status_code == 400  # no sandbox identity

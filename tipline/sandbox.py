@@ -14,6 +14,7 @@ from sqlalchemy import select
 from adapters import sandbox as channel
 from adapters.sms import clean_text
 from tipline import crypto, outbox, store
+from tipline.channels import InboundMessage, MediaRef
 from tipline.db import read_only
 from tipline.models import Contact, OutboxItem
 
@@ -57,6 +58,40 @@ def send() -> Response:
     if not isinstance(delivery, str) or not DELIVERY.match(delivery):
         delivery = store.new_id()
     result = runtime.intake.receive(channel.inbound(token, text, delivery))
+    return jsonify(replies=list(result.replies), duplicate=result.duplicate)
+
+
+@bp.post("/photos")
+def send_photo() -> Response:
+    """A photo from the page: the request body is the file itself (read into memory, never spooled
+    to disk as a multipart upload would be). It goes through the same pipeline as an MMS photo."""
+    runtime = current_app.extensions["tipline"]
+    token = _token()
+    if token is None:
+        abort(400, "open /sandbox first: it gives this browser a sandbox identity")
+    sandbox = runtime.channels.get(channel.CHANNEL)
+    if not isinstance(sandbox, channel.SandboxChannel):
+        abort(404)
+    # Twice the limit is read, so that a file just over it is refused kindly by the tip line itself.
+    request.max_content_length = 2 * runtime.settings.media_max_bytes
+    data = request.get_data(cache=False)
+    if not data:
+        abort(400, "send the photo's bytes as the request body")
+    delivery = request.headers.get("X-Sandbox-Id", "")
+    if not DELIVERY.match(delivery):
+        delivery = store.new_id()
+    # A file over the limit is refused by the tip line from its size, as a provider would declare it.
+    too_large = len(data) > runtime.settings.media_max_bytes
+    ref = MediaRef("" if too_large else sandbox.hold(data), request.mimetype or "", len(data))
+    try:
+        result = runtime.intake.receive(
+            InboundMessage(channel=channel.CHANNEL, address=token, delivery_id=delivery, text="", media=(ref,))
+        )
+    except Exception:
+        sandbox.release(ref.source)
+        raise
+    if result.duplicate:
+        sandbox.release(ref.source)  # the first upload is the one being fetched
     return jsonify(replies=list(result.replies), duplicate=result.duplicate)
 
 

@@ -36,6 +36,28 @@
     }
   });
 
+  const photo = document.getElementById("photo");
+  photo.addEventListener("change", async function () {
+    const file = photo.files && photo.files[0];
+    if (!file) return;
+    photo.value = "";
+    add("me", "[photo: " + Math.round(file.size / 1024) + " KB]");
+    const id = (crypto.randomUUID && crypto.randomUUID()) || String(Date.now()) + "-" + Math.random().toString(16).slice(2);
+    try {
+      const response = await fetch("/sandbox/photos", {
+        method: "POST",
+        headers: { "Content-Type": file.type || "application/octet-stream", "X-Sandbox-Id": id },
+        body: file,
+        credentials: "same-origin",
+      });
+      if (!response.ok) { add("error", "Could not send: " + (await response.text())); return; }
+      const data = await response.json();
+      data.replies.forEach(function (reply) { add("bot", reply); });
+    } catch (error) {
+      add("error", "Could not reach the tip line. Try again.");
+    }
+  });
+
   async function poll() {
     try {
       const response = await fetch("/sandbox/inbox", { credentials: "same-origin" });
