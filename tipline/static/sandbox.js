@@ -14,48 +14,38 @@
     item.scrollIntoView({ block: "end" });
   }
 
-  form.addEventListener("submit", async function (event) {
+  function newId() {
+    return (crypto.randomUUID && crypto.randomUUID()) || String(Date.now()) + "-" + Math.random().toString(16).slice(2);
+  }
+
+  // Send to the tip line and show the bot's answers (the id makes a retried send count once).
+  async function send(url, headers, body) {
+    try {
+      const response = await fetch(url, { method: "POST", headers: headers, body: body, credentials: "same-origin" });
+      if (!response.ok) { add("error", "Could not send: " + (await response.text())); return; }
+      const data = await response.json();
+      data.replies.forEach(function (reply) { add("bot", reply); });
+    } catch (error) {
+      add("error", "Could not reach the tip line. Try again.");
+    }
+  }
+
+  form.addEventListener("submit", function (event) {
     event.preventDefault();
     const text = input.value;
     if (!text.trim()) return;
     input.value = "";
     add("me", text);
-    const id = (crypto.randomUUID && crypto.randomUUID()) || String(Date.now()) + "-" + Math.random().toString(16).slice(2);
-    try {
-      const response = await fetch("/sandbox/messages", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ text: text, id: id }),
-        credentials: "same-origin",
-      });
-      if (!response.ok) { add("error", "Could not send: " + (await response.text())); return; }
-      const data = await response.json();
-      data.replies.forEach(function (reply) { add("bot", reply); });
-    } catch (error) {
-      add("error", "Could not reach the tip line. Try again.");
-    }
+    send("/sandbox/messages", { "Content-Type": "application/json" }, JSON.stringify({ text: text, id: newId() }));
   });
 
   const photo = document.getElementById("photo");
-  photo.addEventListener("change", async function () {
+  photo.addEventListener("change", function () {
     const file = photo.files && photo.files[0];
     if (!file) return;
     photo.value = "";
     add("me", "[photo: " + Math.round(file.size / 1024) + " KB]");
-    const id = (crypto.randomUUID && crypto.randomUUID()) || String(Date.now()) + "-" + Math.random().toString(16).slice(2);
-    try {
-      const response = await fetch("/sandbox/photos", {
-        method: "POST",
-        headers: { "Content-Type": file.type || "application/octet-stream", "X-Sandbox-Id": id },
-        body: file,
-        credentials: "same-origin",
-      });
-      if (!response.ok) { add("error", "Could not send: " + (await response.text())); return; }
-      const data = await response.json();
-      data.replies.forEach(function (reply) { add("bot", reply); });
-    } catch (error) {
-      add("error", "Could not reach the tip line. Try again.");
-    }
+    send("/sandbox/photos", { "Content-Type": file.type || "application/octet-stream", "X-Sandbox-Id": newId() }, file);
   });
 
   async function poll() {
