@@ -232,6 +232,8 @@ def test_the_console_shows_and_downloads_photos_to_detectives_only_and_audits_it
     photo_id = photos(tipline)[0].id
     dana = person(tipline.app, tipline.runtime.factory, "dana")
     dana.sign_in()
+    listed = dana.get("/console/").get_data(as_text=True)
+    assert f'data-reference="{reference}"' in listed and '<span class="badge photos">1 photo</span>' in listed
     page = dana.get(f"/console/tips/{reference}").get_data(as_text=True)
     url = f"/console/tips/{reference}/photos/{photo_id}"
     assert f'<img src="{url}"' in page and "Location, camera and other hidden details were removed." in page

@@ -8,7 +8,7 @@ The review console (and, until it exists, scripts and tests) call these function
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,6 +96,7 @@ class TipSummary:
     category: str | None = None
     assignee: str | None = None
     assignee_id: int | None = None
+    photos: int = 0  # cleaned photos stored with the tip (shown in the list)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,12 @@ def list_tips(
             _filtered(select(Tip, User.username).outerjoin(User, User.id == Tip.assignee_id), flt)
             .order_by(Tip.id.desc()).offset((max(page, 1) - 1) * per_page).limit(per_page)
         ).all()
-        return [_summary(keyring, tip, assignee) for tip, assignee in rows], total
+        ids = [tip.id for tip, _ in rows]
+        photos = dict(session.execute(
+            select(Attachment.tip_id, func.count()).where(Attachment.tip_id.in_(ids), Attachment.status == "stored")
+            .group_by(Attachment.tip_id)
+        ).all()) if ids else {}
+        return [replace(_summary(keyring, tip, assignee), photos=photos.get(tip.id, 0)) for tip, assignee in rows], total
 
 
 def latest_change(factory: sessionmaker[Session]) -> dict[str, int]:
