@@ -60,10 +60,6 @@ class CleanImage:
     source_format: str  # what the bytes were (JPEG, PNG, WEBP, GIF, HEIF), whatever was declared
     frames: int  # frames in the original; only the first is kept
 
-    @property
-    def extension(self) -> str:
-        return "png" if self.content_type == "image/png" else "jpg"
-
 
 # Magic numbers of what tipsters commonly send, to tell "this is a video" from "this is broken".
 _SIGNATURES = (

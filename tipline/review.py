@@ -58,10 +58,6 @@ class AttachmentView:
     frames: int | None
     attempts: int
 
-    @property
-    def extension(self) -> str:
-        return "png" if self.content_type == "image/png" else "jpg"
-
 
 @dataclass(frozen=True)
 class ThreadEntry:
