@@ -86,7 +86,7 @@ def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
             raise MalformedWebhook(f"MediaUrl{n} is missing or not a media URL of this message")
         declared = form.get(f"MediaContentType{n}", "").split(";")[0].strip().lower()
         if declared in PHOTO_TYPES:
-            files.append(MediaRef(url, declared))
+            files.append(MediaRef(url, declared, provider_copy=f"{sid}/{url.rsplit('/', 1)[1]}"))
         else:
             refused.append(media_mod.TYPE)
     return InboundMessage(

@@ -3,6 +3,7 @@ set), a stand-in Twilio server, and the tip line initialised and served through 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fake_twilio
+from tests.support import fake_telegram, fake_twilio
 from tests.support.scratch import scratch_database
 from tests.support.harness import ACCOUNT_SID, AUTH_TOKEN, LINE_NUMBER, PUBLIC_URL, Harness
 from tipline.app import build_runtime, create_app
@@ -84,6 +85,28 @@ def make_harness(env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: 
     runtime = build_runtime(settings)
     app = create_app(runtime)
     return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file, settings.public_url)
+
+
+@contextlib.contextmanager
+def telegram_harness(
+    env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: Path, **extra: str,
+) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
+    """The tip line with its Telegram channel pointed at a stand-in Bot API (plus `extra` settings)."""
+    fake, server = fake_telegram.start(fake_telegram.TOKEN)
+    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": fake_telegram.TOKEN, "TELEGRAM_WEBHOOK_SECRET": fake_telegram.SECRET,
+                            "TELEGRAM_API_BASE_URL": fake.url, **extra}, twilio, log_file)
+    try:
+        yield harness, fake
+    finally:
+        harness.runtime.close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def tg(env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file: Path) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
+    with telegram_harness(env, twilio_server, log_file) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -151,9 +151,11 @@ def test_sniffing_reads_content_not_names() -> None:
     assert media.sniff(samples.NOT_IMAGES["mp4"]) is None
 
 
-def test_the_child_sees_no_secret_of_the_service() -> None:
+def test_the_child_sees_no_secret_of_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
     parent = {"TIPLINE_MASTER_KEY": "c2VjcmV0", "TWILIO_AUTH_TOKEN": "tok", "TELEGRAM_BOT_TOKEN": "1:abc",
               "TIPLINE_DATABASE_URL": "postgresql+psycopg://u:pw@db/tips", "HOME": "/home/service-account"}
-    child = media.child_environment(parent)
+    for name, value in parent.items():
+        monkeypatch.setenv(name, value)
+    child = media.child_environment()
     assert set(child) == {"PATH", "LC_ALL", "PYTHONPATH"}
     assert not any(value in " ".join(child.values()) for value in parent.values())

@@ -17,13 +17,14 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from tests.conftest import make_harness
+from tests.conftest import make_harness, telegram_harness
 from tests.support import fake_telegram, samples
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.console import person
 from tests.support.harness import REFERENCE, TIPSTER, Harness, new_sid, replies
 from tests.test_key_rotation import master
-from tests.test_telegram import SECRET, TOKEN, USER_ID, USERNAME, message_update, post
+from tests.support.fake_telegram import TOKEN
+from tests.test_telegram import USER_ID, USERNAME, message_update, post
 from tipline import attachments, review, rotation
 from tipline.models import Attachment, AuditEntry
 
@@ -202,6 +203,20 @@ def test_a_draft_discarded_before_its_photo_arrived_still_has_its_twilio_copy_de
     assert photos(tipline) == [] and sid in tipline.twilio.deleted and tipline.twilio.media == {}
 
 
+def test_a_media_url_on_another_host_never_receives_our_credentials(tipline: Harness) -> None:
+    # Signed, for this account and this message, but pointing elsewhere (here: the stand-in CDN's host,
+    # which records every request it gets).
+    sid = new_sid("MM")
+    path = f"/2010-04-01/Accounts/{tipline.twilio.account_sid}/Messages/{sid}/Media/ME{'c' * 32}"
+    answer = replies(tipline.sms("look", sid=sid, NumMedia="1", MediaContentType0="image/jpeg",
+                                 MediaUrl0=tipline.twilio.cdn_url + path))
+    assert answer[0].startswith("Thank you, we got your photo.")
+    tipline.dispatch()
+    assert tipline.twilio.cdn_requests == [] and tipline.twilio.media_fetches == []
+    assert [(a.status, a.reason) for a in photos(tipline)] == [("failed", "media_url")]
+    assert tipline.twilio.sent[-1]["Body"].startswith("We could not receive a photo you sent")
+
+
 def test_a_redelivered_mms_is_fetched_once(tipline: Harness) -> None:
     sid = new_sid("MM")
     url = tipline.twilio.add_media(sid, samples.camera_jpeg(1).data)
@@ -249,6 +264,10 @@ def test_the_console_shows_and_downloads_photos_to_detectives_only_and_audits_it
     assert "tip.photo_view" in actions and "tip.photo_download" in actions
 
     assert dana.get(f"/console/tips/{reference}/photos/{'0' * 32}").status_code == 404
+    mms(tipline, "", [(samples.NOT_IMAGES["text"], "image/jpeg")])  # refused: nothing to show
+    tipline.dispatch()
+    refused = photos(tipline)[-1]
+    assert refused.status == "refused" and dana.get(f"/console/tips/{reference}/photos/{refused.id}").status_code == 404
     admin = person(tipline.app, tipline.runtime.factory, "ada", roles=("admin",))
     admin.sign_in()
     assert admin.get(url).status_code == 403
@@ -256,17 +275,6 @@ def test_the_console_shows_and_downloads_photos_to_detectives_only_and_audits_it
 
 
 # Telegram ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def tg(env: dict[str, str], twilio_server, log_file: Path) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:  # type: ignore[no-untyped-def]
-    fake, server = fake_telegram.start(TOKEN)
-    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET,
-                            "TELEGRAM_API_BASE_URL": fake.url}, twilio_server, log_file)
-    yield harness, fake
-    harness.runtime.close()
-    server.shutdown()
-    server.server_close()
-
 
 def deliver(harness: Harness, fake: fake_telegram.FakeTelegram, update: dict) -> list[str]:  # type: ignore[type-arg]
     before = len(fake.called("sendMessage"))
@@ -322,6 +330,17 @@ def test_a_telegram_album_is_thanked_for_once(tg: tuple[Harness, fake_telegram.F
     assert again[0].startswith("Thank you, we got your photo.")
 
 
+def test_an_edited_telegram_photo_is_not_taken_twice(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
+    harness, fake = tg
+    fake.files["documents/AgEdit.bin"] = samples.camera_jpeg(1).data
+    update = message_update(photo=[{"file_id": "AgEdit", "file_unique_id": "e", "width": 96, "height": 64}],
+                            caption="the van")
+    deliver(harness, fake, update)
+    edited = {"update_id": update["update_id"] + 1, "edited_message": {**update["message"], "caption": "the white van"}}
+    deliver(harness, fake, edited)
+    assert len(fake.called("getFile")) == 1 and [a.status for a in photos(harness)] == ["stored"]
+
+
 @pytest.mark.parametrize("extra,words", [
     ({"document": {"file_id": "BQbig", "file_unique_id": "b", "mime_type": "image/jpeg", "file_size": 19_000_000}},
      "too large for us"),
@@ -352,10 +371,7 @@ def test_the_worker_recovers_a_photo_whose_worker_died_mid_fetch(tipline: Harnes
 def test_a_telegram_file_larger_than_declared_is_refused_before_download(
     env: dict[str, str], twilio_server, log_file: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    fake, server = fake_telegram.start(TOKEN)
-    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET,
-                            "TELEGRAM_API_BASE_URL": fake.url, "TIPLINE_MEDIA_MAX_BYTES": "20000"}, twilio_server, log_file)
-    try:
+    with telegram_harness(env, twilio_server, log_file, TIPLINE_MEDIA_MAX_BYTES="20000") as (harness, fake):
         # The update says nothing of the size; getFile does, and the download never starts.
         fake.files["documents/AgACAgQAAx-huge.bin"] = samples.camera_jpeg(1).data + b"\x00" * 30_000
         told = deliver(harness, fake, message_update(photo=[{"file_id": "AgACAgQAAx-huge", "file_unique_id": "h",
@@ -363,10 +379,6 @@ def test_a_telegram_file_larger_than_declared_is_refused_before_download(
         assert told[0].startswith("Thank you, we got your photo.")
         assert [(a.status, a.reason) for a in photos(harness)] == [("refused", "size")]
         assert "too large for us" in fake.called("sendMessage")[-1]["text"] and fake.called("download") == []
-    finally:
-        harness.runtime.close()
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_sandbox_page_sends_photos_through_the_same_pipeline(tipline: Harness) -> None:

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import make_harness
 from tests.support import fake_telegram
+from tests.support.fake_telegram import SECRET, TOKEN
 from tests.support.anonymity import scan_database, scan_files
 from tests.support.harness import REFERENCE, Harness
 from tests.test_cli_and_serve import run
 from tipline import review
 from tipline.models import Contact, OutboxItem
 
-TOKEN = "7000000001:" + "AAH-canary_test_token_0123456789"
-SECRET = "webhook-secret_0123456789"
 USER_ID = 7123456789
 USERNAME = "canary_tipster"
 FIRST, LAST = "Canarina", "Tipsterova"
@@ -54,17 +51,6 @@ def callback_update(data: str, user_id: int = USER_ID) -> dict[str, Any]:
         "message": {"message_id": next(_message_ids), "date": int(time.time()), "chat": chat(user_id),
                     "from": {"id": fake_telegram.BOT_ID, "is_bot": True, "first_name": "Tip line"}, "text": "..."},
     }}
-
-
-@pytest.fixture
-def tg(env: dict[str, str], twilio_server, log_file: Path) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:  # type: ignore[no-untyped-def]
-    fake, server = fake_telegram.start(TOKEN)
-    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": SECRET,
-                            "TELEGRAM_API_BASE_URL": fake.url}, twilio_server, log_file)
-    yield harness, fake
-    harness.runtime.close()
-    server.shutdown()
-    server.server_close()
 
 
 def post(harness: Harness, update: dict[str, Any], secret: str | None = SECRET):  # type: ignore[no-untyped-def]

@@ -22,14 +22,14 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tipline import crypto, media, outbox, store
 from tipline.catalog import Text, render
 from tipline.channels import Channel, ChannelError, MediaRef
 from tipline.config import Settings
-from tipline.db import is_postgres, read_only
+from tipline.db import claim_due, read_only
 from tipline.keys import KeyStore
 from tipline.models import Attachment, Contact, Conversation, Tip, to_minute, utcnow
 
@@ -78,7 +78,7 @@ def record(
         entry = store.message_row(tip, tip_key, "media", "", now)
         thread.append(entry)
         attachment_id = store.new_id()
-        source = json.dumps({"source": ref.source, "message": incoming.provider_message_id})
+        source = json.dumps({"source": ref.source, "copy": ref.provider_copy, "message": incoming.provider_message_id})
         rows.append({
             "id": attachment_id, "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": PENDING,
             "source_ct": crypto.seal(tip_key, source.encode(), _aad(attachment_id, "source")),
@@ -132,6 +132,7 @@ class _Job:
     attachment_id: str
     channel: str
     source: str
+    provider_copy: str | None
     provider_message_id: str | None
     attempts: int
 
@@ -150,10 +151,7 @@ class MediaWorker:
         self.clock = clock
         self.isolate = isolate
         self.batch = batch
-        self.defaults = {
-            "agency": settings.agency_name, "non_emergency": settings.non_emergency_number,
-            "victim_services": settings.victim_services,
-        }
+        self.defaults = settings.catalog_defaults
 
     def run_once(self) -> int:
         """Work on every due attachment once; returns how many were attempted."""
@@ -169,18 +167,7 @@ class MediaWorker:
             and_(Attachment.status == FETCHING, Attachment.lease_until < now),  # a worker died mid-fetch
         )
         query = select(Attachment.id).where(due).order_by(Attachment.next_attempt_at).limit(self.batch)
-        with read_only(self.factory) as session:
-            if session.scalar(query) is None:
-                return []  # an idle worker costs intake nothing
-        with self.factory.begin() as session:
-            if is_postgres(session):
-                query = query.with_for_update(skip_locked=True)
-            ids = list(session.scalars(query).all())
-            if ids:
-                session.execute(
-                    update(Attachment).where(Attachment.id.in_(ids)).values(status=FETCHING, lease_until=now + LEASE)
-                )
-            return ids
+        return claim_due(self.factory, Attachment, query, {"status": FETCHING, "lease_until": now + LEASE})
 
     def _load(self, attachment_id: str) -> _Job | None:
         keyring = self.keys.keyring
@@ -191,7 +178,8 @@ class MediaWorker:
             tip = session.get(Tip, attachment.tip_id)
             assert tip is not None
             source = json.loads(crypto.open_sealed(store.tip_dek(keyring, tip), attachment.source_ct, _aad(attachment.id, "source")))
-            return _Job(attachment.id, tip.channel, source["source"], source.get("message"), attachment.attempts)
+            return _Job(attachment.id, tip.channel, source["source"], source.get("copy"), source.get("message"),
+                        attachment.attempts)
 
     def _work(self, attachment_id: str) -> None:
         try:
@@ -225,7 +213,6 @@ class MediaWorker:
         if error.permanent or attempts >= MAX_ATTEMPTS:
             self._settle(job.attachment_id, FAILED, error.code[:16], None, job)
             return
-        delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2**attempts)
         with self.factory.begin() as session:
             attachment = session.get(Attachment, job.attachment_id)
             if attachment is None or attachment.status != FETCHING:
@@ -234,7 +221,7 @@ class MediaWorker:
             attachment.attempts = attempts
             attachment.reason = error.code[:16]
             attachment.lease_until = None
-            attachment.next_attempt_at = self.clock() + min(delay, BACKOFF_CAP)
+            attachment.next_attempt_at = self.clock() + outbox.retry_delay(error, attempts, BACKOFF_CAP)
         log.info("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
 
     def _settle(
@@ -278,9 +265,8 @@ class MediaWorker:
         channel = self.channels.get(job.channel)
         contact_key = store.contact_dek(self.keys.keyring, contact)
         if channel is not None and channel.deletes_provider_copies and self.settings.provider_delete:
-            media_copy = media_copy_id(job.source, job.provider_message_id)
-            if media_copy is not None:
-                outbox.enqueue_delete(session, contact, contact_key, media_copy, now)
+            if job.provider_copy:
+                outbox.enqueue_delete(session, contact, contact_key, job.provider_copy, now)
             unsettled = session.scalar(
                 select(func.count()).select_from(Attachment).where(
                     Attachment.batch == attachment.batch, Attachment.status.not_in(SETTLED), Attachment.id != attachment.id,
@@ -297,9 +283,3 @@ class MediaWorker:
             session.flush()
             outbox.enqueue_send(session, contact, contact_key, text, now, message.id)
 
-
-def media_copy_id(source: str, provider_message_id: str | None) -> str | None:
-    """The provider's id of one media file, for deleting it on its own (Twilio: 'MM…/ME…')."""
-    if not provider_message_id or "/Media/" not in source:
-        return None
-    return f"{provider_message_id}/{source.rsplit('/Media/', 1)[1]}"

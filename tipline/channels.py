@@ -20,6 +20,8 @@ class MediaRef:
     source: str  # how the channel fetches it (Twilio media URL, Telegram file_id): never stored in clear
     declared_type: str = ""  # what the provider says it is: for triage only, the bytes decide
     declared_size: int | None = None  # when the provider says (Telegram), larger files are refused unfetched
+    # The provider's id of its copy of this file, for Channel.delete once it is settled (Twilio: 'MM…/ME…').
+    provider_copy: str | None = None
 
     def __repr__(self) -> str:
         return f"MediaRef(declared_type={self.declared_type!r}, declared_size={self.declared_size})"

@@ -72,6 +72,14 @@ class Settings:
     media_max_pixels: int = 40_000_000
 
     @property
+    def catalog_defaults(self) -> dict[str, str]:
+        """The agency's own words every bot text may use ({agency}, {non_emergency}, {victim_services})."""
+        return {
+            "agency": self.agency_name, "non_emergency": self.non_emergency_number,
+            "victim_services": self.victim_services,
+        }
+
+    @property
     def sqlite_path(self) -> Path | None:
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///"))

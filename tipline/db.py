@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -103,6 +103,27 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
         session.expunge_all()  # what was read stays usable after the transaction ends
         session.rollback()
+
+
+def claim_due(
+    factory: sessionmaker[Session], model: Any, query: Any, values: dict[str, object]
+) -> list[Any]:
+    """Lease the rows `query` (a select of `model.id`) finds: set `values` on them, return their ids.
+
+    It looks first without the write lock, so an idle queue costs intake nothing; then, on
+    PostgreSQL, candidates are locked with SKIP LOCKED so that several workers never take one row
+    (on SQLite the claim is serialised by the write lock).
+    """
+    with read_only(factory) as session:
+        if session.scalar(query) is None:
+            return []
+    with factory.begin() as session:
+        if is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        ids = list(session.scalars(query).all())
+        if ids:
+            session.execute(update(model).where(model.id.in_(ids)).values(**values))
+        return ids
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

@@ -91,11 +91,7 @@ class Intake:
         # Albums already answered: keyed hash -> (monotonic time, delivery id). Memory only, bounded.
         self._albums: dict[str, tuple[float, str]] = {}
         self._albums_lock = threading.Lock()
-        self.defaults = {
-            "agency": settings.agency_name,
-            "non_emergency": settings.non_emergency_number,
-            "victim_services": settings.victim_services,
-        }
+        self.defaults = settings.catalog_defaults
 
     def receive(self, msg: InboundMessage) -> Result:
         """Process one inbound message exactly once; returns the texts to answer with."""

@@ -92,19 +92,13 @@ def clean(data: bytes, max_pixels: int, *, isolate: bool = True) -> CleanImage:
     return _clean_in_child(data, max_pixels)
 
 
-def child_environment(parent: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment() -> dict[str, str]:
     """What the cleaner child may see of the environment: where to find Python code, nothing else.
 
     Settings such as TIPLINE_MASTER_KEY or TWILIO_AUTH_TOKEN may live in the service's environment;
     a decoder exploited by a crafted image must not find them in its own.
     """
-    parent = dict(os.environ) if parent is None else parent
-    return {
-        "PATH": os.defpath,
-        "LC_ALL": "C.UTF-8",
-        "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
-        **({"SYSTEMROOT": parent["SYSTEMROOT"]} if "SYSTEMROOT" in parent else {}),
-    }
+    return {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
 
 
 def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:

@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tipline import crypto, store
 from tipline.channels import Channel, ChannelError
 from tipline.crypto import Keyring
-from tipline.db import is_postgres, read_only
+from tipline.db import claim_due
 from tipline.keys import KeyStore
 from tipline.models import Contact, Message, OutboxItem, utcnow
 
@@ -122,6 +122,12 @@ def record_status(
     return True
 
 
+def retry_delay(error: ChannelError, attempts: int, cap: dt.timedelta) -> dt.timedelta:
+    """How long to wait before trying again: what the provider asked for, else exponential backoff."""
+    delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2**attempts)
+    return min(delay, cap)
+
+
 def recipient_gone(session: Session, contact: Contact, reason: str) -> None:
     """The tipster can never be written to again (opted out at the carrier, blocked the bot)."""
     contact.opted_out = True
@@ -160,19 +166,7 @@ class Dispatcher:
         )
         query = select(OutboxItem.id).where(due, OutboxItem.channel.in_(list(self.channels)))
         query = query.order_by(OutboxItem.next_attempt_at).limit(self.batch)
-        # Look before taking the write lock: an idle outbox must cost intake nothing.
-        with read_only(self.factory) as session:
-            if session.scalar(query) is None:
-                return []
-        with self.factory.begin() as session:
-            if is_postgres(session):
-                query = query.with_for_update(skip_locked=True)
-            ids = list(session.scalars(query).all())
-            if ids:
-                session.execute(
-                    update(OutboxItem).where(OutboxItem.id.in_(ids)).values(status="sending", lease_until=now + LEASE)
-                )
-            return ids
+        return claim_due(self.factory, OutboxItem, query, {"status": "sending", "lease_until": now + LEASE})
 
     def run_once(self) -> int:
         """Perform every due row once, then the due photo downloads; returns how many were attempted."""
@@ -276,9 +270,8 @@ class Dispatcher:
                     if contact is not None:
                         recipient_gone(session, contact, "stop" if error.code == "21610" else "blocked")
             else:
-                delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2 ** item.attempts)
                 item.status = "pending"
-                item.next_attempt_at = now + min(delay, BACKOFF_CAP[item.kind])
+                item.next_attempt_at = now + retry_delay(error, item.attempts, BACKOFF_CAP[item.kind])
         log.info("outbox %s attempt failed with %s%s", item_id[:8], error.code, " (giving up)" if give_up else "")
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:

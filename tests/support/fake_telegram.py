@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 BOT_ID = 7000000001
+TOKEN = "7000000001:" + "AAH-canary_test_token_0123456789"  # the bot token the tests configure
+SECRET = "webhook-secret_0123456789"  # and the webhook secret
 
 
 @dataclass
