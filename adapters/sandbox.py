@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from tipline.channels import ChannelError, InboundMessage, Sent
+from tipline.core.channels import ChannelError, InboundMessage, Sent
 
 CHANNEL = "sandbox"
 HOLD_SECONDS = 3600.0

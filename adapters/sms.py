@@ -26,10 +26,10 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tipline import media as media_mod
-from tipline.channels import ChannelError, InboundMessage, MediaRef, Sent
+from tipline.core import images as media_mod
+from tipline.core.channels import ChannelError, InboundMessage, MediaRef, Sent
 from tipline.config import TwilioSettings
-from tipline.conversation import Intent
+from tipline.core.conversation import Intent
 
 CHANNEL = "sms"
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
@@ -159,7 +159,7 @@ class TwilioSms:
 
 
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
-        """Download one MMS media file, streamed and capped at max_bytes (media.Refused past it)."""
+        """Download one MMS media file, streamed and capped at max_bytes (images.Refused past it)."""
         prefix = f"{self.settings.api_base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages/"
         if not source.startswith(prefix) or not MEDIA_URL.match(source):
             # Never send our credentials anywhere else, whatever the webhook said.

@@ -34,8 +34,8 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update  # 
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut  # noqa: E402
 
 from adapters.sms import clean_text  # noqa: E402
-from tipline import media  # noqa: E402
-from tipline.channels import ChannelError, InboundMessage, MediaRef, Sent  # noqa: E402
+from tipline.core import images  # noqa: E402
+from tipline.core.channels import ChannelError, InboundMessage, MediaRef, Sent  # noqa: E402
 from tipline.config import TelegramSettings  # noqa: E402
 
 CHANNEL = "telegram"
@@ -124,7 +124,7 @@ def parse_update(data: Any) -> tuple[int, Parsed]:
         elif not message.text:
             # Anything else attached (video, voice, a non-image file, sticker, contact card, venue...)
             # is refused: none of it is fetched or stored.
-            refused = (media.TYPE,)
+            refused = (images.TYPE,)
     if update.edited_message is not None and text:
         text = f"(edited) {text}"
     if update.edited_message is not None:
@@ -218,12 +218,12 @@ class TelegramChannel:
         try:
             file = self.call(self.bot.get_file(source))
             if file.file_size and file.file_size > max_bytes:
-                raise media.Refused(media.SIZE)
+                raise images.Refused(images.SIZE)
             data = bytes(self.call(file.download_as_bytearray()))
         except TelegramError as error:
             raise _channel_error(error) from None
         if len(data) > max_bytes:
-            raise media.Refused(media.SIZE)
+            raise images.Refused(images.SIZE)
         return data
 
     def close(self) -> None:

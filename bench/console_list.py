@@ -26,12 +26,13 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from tests.support.scratch import scratch_database  # noqa: E402
-from tipline import crypto  # noqa: E402
-from tipline.app import build_runtime, create_app  # noqa: E402
-from tipline.bootstrap import initialise  # noqa: E402
+from tipline.core import crypto  # noqa: E402
+from tipline.runtime import build_runtime
+from tipline.web.app import create_app  # noqa: E402
+from tipline.setup import initialise  # noqa: E402
 from tipline.config import load_settings  # noqa: E402
-from tipline.models import Tip, utcnow  # noqa: E402
-from tipline.users import add_user  # noqa: E402
+from tipline.storage.models import Tip, utcnow  # noqa: E402
+from tipline.services.accounts import add_user  # noqa: E402
 
 PASSWORD = "benchmark passphrase long enough"
 

@@ -4,7 +4,7 @@ Cleans a 12-megapixel phone-style JPEG (with EXIF, GPS, XMP, IPTC and a thumbnai
 the same picture, each several times in this process (the baseline: decode, orient, re-encode) and
 through the isolated child the media worker uses, and prints the times and their ratio.
 
-    python bench/media.py [--runs 5] [--megapixels 12]
+    python bench/images.py [--runs 5] [--megapixels 12]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image, ImageFilter  # noqa: E402
 
 from tests.support import samples  # noqa: E402
-from tipline import media  # noqa: E402
+from tipline.core import images  # noqa: E402
 
 
 def photo(megapixels: float) -> Image.Image:
@@ -45,11 +45,11 @@ def encode(picture: Image.Image, kind: str) -> bytes:
     return buf.getvalue()
 
 
-def timed(data: bytes, isolate: bool, runs: int) -> tuple[float, media.CleanImage]:
+def timed(data: bytes, isolate: bool, runs: int) -> tuple[float, images.CleanImage]:
     times, image = [], None
     for _ in range(runs):
         start = time.perf_counter()
-        image = media.clean(data, 50_000_000, isolate=isolate)
+        image = images.clean(data, 50_000_000, isolate=isolate)
         times.append(time.perf_counter() - start)
     assert image is not None
     return statistics.median(times), image

@@ -28,12 +28,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from tests.support.scratch import scratch_database  # noqa: E402
-from tipline import crypto, rotation  # noqa: E402
-from tipline.app import build_runtime  # noqa: E402
-from tipline.bootstrap import initialise  # noqa: E402
+from tipline.core import crypto  # noqa: E402
+from tipline.services import rotation
+from tipline.runtime import build_runtime  # noqa: E402
+from tipline.setup import initialise  # noqa: E402
 from tipline.config import load_settings  # noqa: E402
-from tipline.keys import load_master_key  # noqa: E402
-from tipline.models import utcnow  # noqa: E402
+from tipline.storage.keystore import load_master_key  # noqa: E402
+from tipline.storage.models import utcnow  # noqa: E402
 
 
 def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]

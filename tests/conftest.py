@@ -14,8 +14,9 @@ import pytest
 from tests.support import fake_telegram, fake_twilio
 from tests.support.scratch import scratch_database
 from tests.support.harness import ACCOUNT_SID, AUTH_TOKEN, LINE_NUMBER, PUBLIC_URL, Harness
-from tipline.app import build_runtime, create_app
-from tipline.bootstrap import initialise
+from tipline.runtime import build_runtime
+from tipline.web.app import create_app
+from tipline.setup import initialise
 from tipline.config import load_settings
 
 PG_URL = os.environ.get("TIPLINE_TEST_DATABASE_URL", "").strip()

@@ -16,8 +16,8 @@ import requests
 
 from tests.support.anonymity import scan_files
 from tests.support.harness import REFERENCE
-from tipline import review
-from tipline.app import build_runtime
+from tipline.services import review
+from tipline.runtime import build_runtime
 from tipline.config import load_settings
 
 TIPLINE = [sys.executable, "-m", "tipline.cli"]
@@ -153,7 +153,7 @@ def test_serve_cleans_a_photo_from_the_sandbox_in_its_isolated_child(served: tup
     from sqlalchemy import select
 
     from tests.support import samples
-    from tipline.models import Attachment
+    from tipline.storage.models import Attachment
 
     base, env = served
     browser = requests.Session()
@@ -207,7 +207,7 @@ def test_purge_and_dispatch_once_report_what_they_did(cli_env: dict[str, str]) -
 def test_audit_verify_exits_non_zero_on_tampering(cli_env: dict[str, str]) -> None:
     from sqlalchemy import select, update
 
-    from tipline.models import AuditEntry
+    from tipline.storage.models import AuditEntry
 
     run(cli_env, "init")
     assert run(cli_env, "users", "add", "dana", "--role", "detective", "--role", "admin").returncode == 0

@@ -15,7 +15,7 @@ from tests.conftest import make_harness
 from tests.support import samples
 from tests.support.harness import REFERENCE, Harness, new_sid
 from tests.test_media_end_to_end import photos
-from tipline.users import add_user
+from tipline.services.accounts import add_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")

@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.console import PASSWORD, Person, person
 from tests.support.harness import CARRIER_CITY, CARRIER_ZIP, REFERENCE, TIPSTER, Harness, new_sid
-from tipline import audit, auth
-from tipline.models import AuditEntry, ConsoleSession, Tip, User
+from tipline.services import audit, auth
+from tipline.storage.models import AuditEntry, ConsoleSession, Tip, User
 
 CONSOLE_HEADERS = {
     "Cache-Control": "no-store",
@@ -341,7 +341,7 @@ def test_nothing_identifying_reaches_any_console_page_or_the_audit_log(tipline: 
 
 
 def test_expired_sessions_are_purged_and_https_pages_demand_https(tipline: Harness, detective: Person) -> None:
-    from tipline.maintenance import purge
+    from tipline.services.maintenance import purge
 
     idle(tipline, minutes=16)
     report = purge(tipline.runtime.intake, retention_days=90)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tipline import conversation as c
-from tipline.catalog import CATALOGS, Text, render
-from tipline.conversation import ConversationState, Context, Inbound, Intent, State
+from tipline.core import conversation as c
+from tipline.core.catalog import CATALOGS, Text, render
+from tipline.core.conversation import ConversationState, Context, Inbound, Intent, State
 
 REF = "T-ABCDEF"
 NEXT = "T-NEWREF"

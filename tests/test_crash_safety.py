@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from tests.support.harness import PUBLIC_URL, inbound_form, sign
 from tests.test_cli_and_serve import free_port, run
-from tipline import store
-from tipline.app import build_runtime
+from tipline.storage import records
+from tipline.runtime import build_runtime
 from tipline.config import load_settings
-from tipline.models import Message, Tip
+from tipline.storage.models import Message, Tip
 
 PATH = "/webhooks/twilio/sms"
 
@@ -94,7 +94,7 @@ def test_messages_survive_kill_9_and_redelivery_stores_them_once(env: dict[str, 
         with runtime.factory() as session:
             texts = []
             for tip in session.scalars(select(Tip)):
-                texts.append(store.read_tip_field(tip, store.tip_dek(runtime.keys.keyring, tip), "what"))
+                texts.append(records.read_tip_field(tip, records.tip_dek(runtime.keys.keyring, tip), "what"))
             tipster_messages = session.scalars(select(Message).where(Message.kind == "tipster")).all()
     finally:
         runtime.close()

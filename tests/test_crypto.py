@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.support.harness import REFERENCE, Harness
-from tipline import crypto, review
-from tipline.app import build_runtime
+from tipline.core import crypto
+from tipline.services import review
+from tipline.runtime import build_runtime
 from tipline.config import load_settings
-from tipline.keys import KeyStoreError
-from tipline.models import KeyVersion, Message, Tip
+from tipline.storage.keystore import KeyStoreError
+from tipline.storage.models import KeyVersion, Message, Tip
 
 
 def test_aes_256_gcm_known_answer() -> None:

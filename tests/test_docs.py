@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from tipline import conversation
+from tipline.core import conversation
 from tipline.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def test_readme_diagram_is_the_state_machine_diagram() -> None:
 
 
 def test_every_transition_in_the_diagram_exists_in_the_code() -> None:
-    from tipline.conversation import Context, ConversationState, Inbound, State, expire, step
+    from tipline.core.conversation import Context, ConversationState, Inbound, State, expire, step
 
     def after(state: str, event: str) -> str:
         drafting = state not in ("new", "await_what") or "photo draft" in event

@@ -10,8 +10,8 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.support.harness import Harness
-from tipline.db import GroupCommitter
-from tipline.models import Conversation, ProcessedDelivery
+from tipline.storage.db import GroupCommitter
+from tipline.storage.models import Conversation, ProcessedDelivery
 from tests.conftest import PG_URL
 
 

@@ -20,12 +20,14 @@ from tests.support.anonymity import scan_database
 from tests.support.console import person
 from tests.support.harness import REFERENCE, Harness
 from tests.test_cli_and_serve import run
-from tipline import crypto, review, rotation, store
-from tipline.app import build_runtime
-from tipline.db import read_only
+from tipline.core import crypto
+from tipline.services import review, rotation
+from tipline.storage import records
+from tipline.runtime import build_runtime
+from tipline.storage.db import read_only
 from tipline.config import load_settings
-from tipline.keys import KeyStoreError, load_keyring, load_master_key
-from tipline.models import Contact, KeyRotation, KeyVersion, Message, Tip, utcnow
+from tipline.storage.keystore import KeyStoreError, load_keyring, load_master_key
+from tipline.storage.models import Contact, KeyRotation, KeyVersion, Message, Tip, utcnow
 
 
 def submit(tipline: Harness, text: str, sender: str) -> str:
@@ -46,10 +48,10 @@ def all_readable(tipline: Harness) -> dict[str, str]:
     keyring = tipline.runtime.keys.keyring
     with tipline.runtime.factory() as session:
         for tip in session.scalars(select(Tip)):
-            key = store.tip_dek(keyring, tip)
-            out[tip.reference] = store.read_tip_field(tip, key, "what")
+            key = records.tip_dek(keyring, tip)
+            out[tip.reference] = records.read_tip_field(tip, key, "what")
             for message in session.scalars(select(Message).where(Message.tip_id == tip.id)):
-                store.read_message(tip, key, message)
+                records.read_message(tip, key, message)
     return out
 
 
@@ -99,14 +101,14 @@ def test_reencrypt_gives_fresh_data_keys_and_keeps_content(tipline: Harness) -> 
     review.reply(tipline.runtime.factory, tipline.runtime.keys.keyring, tipline.runtime.settings, reference, "Queued reply")
     with tipline.runtime.factory() as session:
         old_tip = session.scalars(select(Tip)).one()
-        old_dek = store.tip_dek(tipline.runtime.keys.keyring, old_tip)
+        old_dek = records.tip_dek(tipline.runtime.keys.keyring, old_tip)
         old_what = old_tip.what_ct
     for purpose in ("tips", "contacts"):
         rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), purpose, reencrypt=True)
         assert rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
     with tipline.runtime.factory() as session:
         tip = session.scalars(select(Tip)).one()
-        assert tip.what_ct != old_what and store.tip_dek(tipline.runtime.keys.keyring, tip) != old_dek
+        assert tip.what_ct != old_what and records.tip_dek(tipline.runtime.keys.keyring, tip) != old_dek
     detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
     assert detail.what == "A tip that must survive re-encryption" and detail.thread[-1].text == "Queued reply"
     tipline.dispatch()  # the outbox payload was re-sealed under the contact's new data key
@@ -320,11 +322,11 @@ def test_a_rotation_killed_at_random_points_resumes_and_completes(
             assert sorted(tip_versions) == [1, 2]  # ten resumes, one new version
             assert session.scalar(select(func.count()).select_from(Tip).where(Tip.kek_version != 2)) == 0
             for tip in session.scalars(select(Tip)):
-                key = store.tip_dek(keyring, tip)  # a double-wrapped key would fail here
-                assert store.read_tip_field(tip, key, "what") == f"tip {int(tip.reference[3:])}"
+                key = records.tip_dek(keyring, tip)  # a double-wrapped key would fail here
+                assert records.read_tip_field(tip, key, "what") == f"tip {int(tip.reference[3:])}"
             for message in session.scalars(select(Message).limit(500)):
                 tip = session.get(Tip, message.tip_id)
-                assert store.read_message(tip, store.tip_dek(keyring, tip), message).startswith("message ")
+                assert records.read_message(tip, records.tip_dek(keyring, tip), message).startswith("message ")
             record = session.scalars(select(KeyRotation)).one()
             assert record.status == "done" and record.reencrypt is reencrypt
         rotation.retire(runtime.factory, runtime.keys, "tips", 1)  # nothing needs v1 any more
@@ -344,7 +346,7 @@ def test_an_admin_starts_a_rotation_that_the_dispatcher_finishes(tipline: Harnes
     page = alex.get("/console/admin/keys").get_data(as_text=True)
     assert '<td class="state">done</td>' in page and "1 / 1" in page
     with tipline.runtime.factory() as session:
-        from tipline.models import AuditEntry
+        from tipline.storage.models import AuditEntry
 
         actions = [(e.actor, e.action) for e in session.scalars(select(AuditEntry))]
     assert ("alex", "keys.rotate") in actions and ("alex", "keys.rotate_done") in actions

@@ -15,7 +15,7 @@ from PIL import ExifTags, Image, ImageChops, ImageStat, IptcImagePlugin
 from pillow_heif import register_heif_opener
 
 from tests.support import samples
-from tipline import media
+from tipline.core import images
 
 register_heif_opener()
 MAX_PIXELS = 40_000_000
@@ -62,7 +62,7 @@ def test_the_original_carries_what_the_test_looks_for(sample: samples.Sample) ->
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
 def test_a_cleaned_image_keeps_pixels_and_nothing_else(sample: samples.Sample) -> None:
-    image = media.clean(sample.data, MAX_PIXELS)
+    image = images.clean(sample.data, MAX_PIXELS)
 
     for secret in sample.secrets:
         assert secret not in image.data, f"{secret!r} survived cleaning"
@@ -85,7 +85,7 @@ def test_a_cleaned_image_keeps_pixels_and_nothing_else(sample: samples.Sample) -
 
 def test_orientation_is_applied_to_the_pixels_not_kept_as_a_tag() -> None:
     sample = samples.camera_jpeg(6)
-    image = media.clean(sample.data, MAX_PIXELS)
+    image = images.clean(sample.data, MAX_PIXELS)
     assert (image.width, image.height) == (64, 96)  # stored 96 x 64, shown upright
     with Image.open(io.BytesIO(image.data)) as cleaned:
         # The red quadrant the camera recorded top-left is top-right once the photo is upright.
@@ -94,7 +94,7 @@ def test_orientation_is_applied_to_the_pixels_not_kept_as_a_tag() -> None:
 
 
 def test_animated_gif_keeps_its_first_frame_and_says_how_many_there_were() -> None:
-    image = media.clean(samples.animated_gif().data, MAX_PIXELS)
+    image = images.clean(samples.animated_gif().data, MAX_PIXELS)
     assert image.frames == 3 and image.source_format == "GIF"
     with Image.open(io.BytesIO(image.data)) as cleaned:
         assert getattr(cleaned, "n_frames", 1) == 1
@@ -105,7 +105,7 @@ def test_transparency_survives_for_png() -> None:
     im.putpixel((0, 0), (0, 0, 0, 0))
     buf = io.BytesIO()
     im.save(buf, "PNG")
-    image = media.clean(buf.getvalue(), MAX_PIXELS)
+    image = images.clean(buf.getvalue(), MAX_PIXELS)
     with Image.open(io.BytesIO(image.data)) as cleaned:
         assert cleaned.mode == "RGBA" and cleaned.getpixel((0, 0))[3] == 0
 
@@ -113,42 +113,42 @@ def test_transparency_survives_for_png() -> None:
 @pytest.mark.parametrize("bomb", [samples.png_bomb(), samples.jpeg_bomb()], ids=["png", "jpeg"])
 def test_decompression_bombs_are_refused_from_their_header(bomb: bytes) -> None:
     assert len(bomb) < 2000  # tiny on the wire, gigapixels once decoded
-    with pytest.raises(media.Refused) as refused:
-        media.clean(bomb, MAX_PIXELS)
-    assert refused.value.reason == media.PIXELS
+    with pytest.raises(images.Refused) as refused:
+        images.clean(bomb, MAX_PIXELS)
+    assert refused.value.reason == images.PIXELS
 
 
 def test_the_pixel_limit_is_a_setting() -> None:
     data = samples.camera_jpeg(1, (200, 200)).data
-    with pytest.raises(media.Refused) as refused:
-        media.clean(data, 39_999)
-    assert refused.value.reason == media.PIXELS
-    assert media.clean(data, 40_000).width == 200
+    with pytest.raises(images.Refused) as refused:
+        images.clean(data, 39_999)
+    assert refused.value.reason == images.PIXELS
+    assert images.clean(data, 40_000).width == 200
 
 
 @pytest.mark.parametrize("kind", sorted(samples.NOT_IMAGES))
 def test_files_that_are_not_images_are_refused_whatever_they_claim(kind: str) -> None:
-    with pytest.raises(media.Refused) as refused:
-        media.clean(samples.NOT_IMAGES[kind], MAX_PIXELS)
-    assert refused.value.reason == media.TYPE
+    with pytest.raises(images.Refused) as refused:
+        images.clean(samples.NOT_IMAGES[kind], MAX_PIXELS)
+    assert refused.value.reason == images.TYPE
 
 
 def test_an_image_that_cannot_be_decoded_is_refused_not_crashed_on() -> None:
     for isolate in (True, False):
-        with pytest.raises(media.Refused) as refused:
-            media.clean(samples.truncated_jpeg(), MAX_PIXELS, isolate=isolate)
-        assert refused.value.reason == media.UNREADABLE
+        with pytest.raises(images.Refused) as refused:
+            images.clean(samples.truncated_jpeg(), MAX_PIXELS, isolate=isolate)
+        assert refused.value.reason == images.UNREADABLE
 
 
 def test_the_isolated_child_gives_the_same_result_as_cleaning_in_process() -> None:
     data = samples.camera_jpeg(3).data
-    assert media.clean(data, MAX_PIXELS, isolate=True) == media.clean(data, MAX_PIXELS, isolate=False)
+    assert images.clean(data, MAX_PIXELS, isolate=True) == images.clean(data, MAX_PIXELS, isolate=False)
 
 
 def test_sniffing_reads_content_not_names() -> None:
-    assert media.sniff(samples.heic_with_location().data) == "HEIF"
-    assert media.sniff(samples.webp_with_exif().data) == "WEBP"
-    assert media.sniff(samples.NOT_IMAGES["mp4"]) is None
+    assert images.sniff(samples.heic_with_location().data) == "HEIF"
+    assert images.sniff(samples.webp_with_exif().data) == "WEBP"
+    assert images.sniff(samples.NOT_IMAGES["mp4"]) is None
 
 
 def test_the_child_sees_no_secret_of_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,6 +156,6 @@ def test_the_child_sees_no_secret_of_the_service(monkeypatch: pytest.MonkeyPatch
               "TIPLINE_DATABASE_URL": "postgresql+psycopg://u:pw@db/tips", "HOME": "/home/service-account"}
     for name, value in parent.items():
         monkeypatch.setenv(name, value)
-    child = media.child_environment()
+    child = images.child_environment()
     assert set(child) == {"PATH", "LC_ALL", "PYTHONPATH"}
     assert not any(value in " ".join(child.values()) for value in parent.values())

@@ -25,8 +25,8 @@ from tests.support.harness import REFERENCE, TIPSTER, Harness, new_sid, replies
 from tests.test_key_rotation import master
 from tests.support.fake_telegram import TOKEN
 from tests.test_telegram import USER_ID, USERNAME, message_update, post
-from tipline import attachments, review, rotation
-from tipline.models import Attachment, AuditEntry
+from tipline.services import attachments, review, rotation
+from tipline.storage.models import Attachment, AuditEntry
 
 METADATA = [
     samples.MAKE, samples.MODEL, samples.SERIAL, samples.OWNER, samples.TAKEN, samples.XMP_GPS,

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from tests.support.harness import Harness
-from tipline.models import Base
+from tipline.storage.models import Base
 
 
 def test_migrations_match_the_models(tipline: Harness) -> None:
@@ -16,7 +16,7 @@ def test_migrations_match_the_models(tipline: Harness) -> None:
 
 
 def test_init_twice_changes_nothing(tipline: Harness, env: dict[str, str]) -> None:
-    from tipline.bootstrap import initialise
+    from tipline.setup import initialise
     from tipline.config import load_settings
 
     report = initialise(load_settings(env))

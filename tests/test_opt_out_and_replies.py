@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.harness import REFERENCE, TIPSTER, Harness
-from tipline import review
-from tipline.models import Contact
+from tipline.services import review
+from tipline.storage.models import Contact
 
 
 def submit_tip(tipline: Harness, sender: str = TIPSTER) -> str:

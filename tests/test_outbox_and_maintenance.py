@@ -8,10 +8,10 @@ import threading
 from sqlalchemy import func, select, update
 
 from tests.support.harness import REFERENCE, TIPSTER, Harness
-from tipline import review
-from tipline.maintenance import purge
-from tipline.models import Contact, OutboxItem, ProcessedDelivery, Tip, utcnow
-from tipline.outbox import Dispatcher
+from tipline.services import review
+from tipline.services.maintenance import purge
+from tipline.storage.models import Contact, OutboxItem, ProcessedDelivery, Tip, utcnow
+from tipline.services.outbox import Dispatcher
 
 
 def submit_tip(tipline: Harness, sender: str = TIPSTER) -> str:

@@ -6,8 +6,8 @@ from sqlalchemy import func, select
 
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.harness import CARRIER_CITY, CARRIER_ZIP, LINE_NUMBER, REFERENCE, TIPSTER, Harness, inbound_form, new_sid, replies
-from tipline import review
-from tipline.models import OutboxItem, Tip
+from tipline.services import review
+from tipline.storage.models import OutboxItem, Tip
 
 TIP_TEXT = "CANARY-TIP a blue van with plate QX-4417 unloads boxes behind Lincoln school at night"
 PLACE = "CANARY-PLACE behind the gym on Maple Street"

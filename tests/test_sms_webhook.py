@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_harness
 from tests.support.harness import Harness, inbound_form, new_sid, replies, sign
-from tipline.models import Message, ProcessedDelivery
+from tipline.storage.models import Message, ProcessedDelivery
 
 PATH = "/webhooks/twilio/sms"
 
@@ -129,7 +129,7 @@ def test_concurrent_first_messages_from_one_new_sender_make_one_contact(tipline:
     for thread in threads:
         thread.join()
     assert statuses == [200] * 4
-    from tipline.models import Contact
+    from tipline.storage.models import Contact
 
     assert count(tipline, Contact) == 1
     with tipline.runtime.factory() as session:

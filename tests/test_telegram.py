@@ -15,8 +15,8 @@ from tests.support.fake_telegram import SECRET, TOKEN
 from tests.support.anonymity import scan_database, scan_files
 from tests.support.harness import REFERENCE, Harness
 from tests.test_cli_and_serve import run
-from tipline import review
-from tipline.models import Contact, OutboxItem
+from tipline.services import review
+from tipline.storage.models import Contact, OutboxItem
 
 USER_ID = 7123456789
 USERNAME = "canary_tipster"

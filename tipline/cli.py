@@ -39,8 +39,8 @@ def with_settings(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
-    from tipline.app import NotInitialised, build_runtime
-    from tipline.keys import KeyStoreError
+    from tipline.runtime import NotInitialised, build_runtime
+    from tipline.storage.keystore import KeyStoreError
 
     try:
         return build_runtime(settings)
@@ -49,7 +49,7 @@ def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _audit(runtime, action: str, username: str, detail: dict[str, object] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from tipline import audit
+    from tipline.services import audit
 
     audit.log_event(runtime.factory, runtime.keys.keyring, action, actor="cli", object_type="user",
                     object_id=username.strip().lower(), detail=detail)
@@ -67,8 +67,8 @@ def cli() -> None:
 @with_settings
 def init(settings: Settings) -> None:
     """Create or upgrade the schema, the data directory, the keys and the first admin. Idempotent."""
-    from tipline.bootstrap import initialise
-    from tipline.keys import KeyStoreError
+    from tipline.setup import initialise
+    from tipline.storage.keystore import KeyStoreError
 
     from sqlalchemy.exc import OperationalError
 
@@ -96,7 +96,7 @@ def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher:
     """Serve webhooks, sandbox and /healthz with a production WSGI server (waitress)."""
     import waitress
 
-    from tipline.app import create_app
+    from tipline.web.app import create_app
 
     runtime = _runtime(settings)
     app = create_app(runtime)
@@ -163,7 +163,7 @@ def users() -> None:
 @with_settings
 def users_add(settings: Settings, username: str, roles: tuple[str, ...], password_stdin: bool) -> None:
     """Create an account; prints a one-time password unless --password-stdin."""
-    from tipline.users import UserError, add_user, generate_password
+    from tipline.services.accounts import UserError, add_user, generate_password
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
     runtime = _runtime(settings)
@@ -183,7 +183,7 @@ def users_add(settings: Settings, username: str, roles: tuple[str, ...], passwor
 @with_settings
 def users_list(settings: Settings) -> None:
     """List accounts with their role and state."""
-    from tipline.users import list_users
+    from tipline.services.accounts import list_users
 
     runtime = _runtime(settings)
     try:
@@ -198,7 +198,7 @@ def users_list(settings: Settings) -> None:
 
 def _account_action(settings: Settings, username: str, action: str, done: str) -> None:
     """Run one account action (tipline.users), audit it, and say what happened."""
-    from tipline import users as accounts
+    from tipline.services import accounts
 
     perform = {
         "user.disable": lambda factory: accounts.set_disabled(factory, username),
@@ -252,7 +252,7 @@ def keys_status(settings: Settings, as_json: bool) -> None:
     """Every key purpose and version, which is primary, and how many rows each protects."""
     import json
 
-    from tipline import rotation
+    from tipline.services import rotation
 
     runtime = _runtime(settings)
     try:
@@ -282,8 +282,8 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
     Safe to interrupt at any moment (Ctrl-C, kill -9, power loss): run the same command again and
     it resumes where it stopped. The tip line keeps working meanwhile.
     """
-    from tipline import rotation
-    from tipline.keys import load_master_key
+    from tipline.services import rotation
+    from tipline.storage.keystore import load_master_key
 
     runtime = _runtime(settings)
     purposes = list(rotation.ROTATABLE) if purpose == "all" else [purpose]
@@ -318,7 +318,7 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
 @with_settings
 def keys_retire(settings: Settings, purpose: str, version: int) -> None:
     """Destroy a key version; refused while any row still needs it."""
-    from tipline import rotation
+    from tipline.services import rotation
 
     runtime = _runtime(settings)
     try:
@@ -338,8 +338,8 @@ def keys_rotate_master(settings: Settings) -> None:
     import base64
     import binascii
 
-    from tipline import rotation
-    from tipline.keys import load_master_key
+    from tipline.services import rotation
+    from tipline.storage.keystore import load_master_key
 
     raw = os.environ.get("TIPLINE_NEW_MASTER_KEY", "").strip() or sys.stdin.readline().strip()
     try:
@@ -452,7 +452,7 @@ def audit_group() -> None:
 @with_settings
 def audit_verify(settings: Settings) -> None:
     """Recompute the audit log's hash chain; exit 1 if any entry was altered or removed."""
-    from tipline import audit
+    from tipline.services import audit
 
     runtime = _runtime(settings)
     try:

@@ -13,7 +13,7 @@ import logging
 from flask import Blueprint, Response, abort, current_app, request
 
 from adapters import sms
-from tipline import outbox
+from tipline.services import outbox
 
 bp = Blueprint("twilio", __name__, url_prefix="/webhooks/twilio")
 log = logging.getLogger(__name__)

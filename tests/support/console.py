@@ -11,8 +11,8 @@ import pyotp
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tipline.auth import TOTP_PERIOD
-from tipline.users import add_user
+from tipline.services.auth import TOTP_PERIOD
+from tipline.services.accounts import add_user
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET = re.compile(r'data-totp-secret="([A-Z2-7]+)"')

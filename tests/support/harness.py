@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from twilio.request_validator import RequestValidator
 from werkzeug.test import TestResponse
 
-from tipline.app import Runtime
+from tipline.runtime import Runtime
 from tests.support.fake_twilio import FakeTwilio
 
 PUBLIC_URL = "https://tips.example.org"

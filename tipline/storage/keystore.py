@@ -15,10 +15,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import crypto
+from tipline.core import crypto
 from tipline.config import Settings
-from tipline.db import read_only
-from tipline.models import Contact, KeyVersion, Tip
+from tipline.storage.db import read_only
+from tipline.storage.models import Contact, KeyVersion, Tip
 
 MASTER_KEY_FILE = "master.key"
 
@@ -161,7 +161,7 @@ def _fingerprint(session: Session) -> tuple[tuple[object, ...], ...]:
 
 def row_counts(session: Session) -> dict[tuple[str, int], int]:
     """How many rows need each (purpose, version): what keeps a key version alive."""
-    from tipline.models import AuditEntry, User
+    from tipline.storage.models import AuditEntry, User
 
     counts: dict[tuple[str, int], int] = {}
     for purpose, column, where in (
@@ -192,3 +192,17 @@ def key_status(factory: sessionmaker[Session]) -> list[dict[str, object]]:
             }
             for row in rows
         ]
+
+
+SECRET_KEY_FILE = "secret.key"  # signs console cookies (Flask SECRET_KEY) when TIPLINE_SECRET_KEY is unset
+
+
+def secret_key(settings: Settings, create: bool = False) -> str:
+    if settings.secret_key:
+        return settings.secret_key
+    path = settings.data_dir / SECRET_KEY_FILE
+    if not path.exists():
+        if not create:
+            raise KeyStoreError(f"no secret key: set TIPLINE_SECRET_KEY or run `tipline init` to create {path}")
+        write_secret_file(path, base64.b64encode(crypto.new_key()) + b"\n")
+    return path.read_text().strip()

@@ -7,7 +7,7 @@ ICC profiles; comments; maker notes; embedded thumbnails and extra frames are no
 because nothing of the original but pixel values is ever handed to the encoder.
 
 Decoding untrusted images is the riskiest thing the tip line does, so by default it happens in a
-short-lived child process (`python -m tipline.media`) that may not write files, dump core, use more
+short-lived child process (`python -m tipline.core.images`) that may not write files, dump core, use more
 than `CHILD_MEMORY` bytes or `CHILD_CPU_SECONDS` of CPU, and whose environment holds no secret (no
 master key, no provider token). The original bytes reach it through a pipe and never touch the
 disk. A decoder that crashes or runs away costs one child, not the tip line.
@@ -102,7 +102,7 @@ def child_environment() -> dict[str, str]:
 
 
 def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:
-    command = [sys.executable, "-B", "-m", "tipline.media", str(max_pixels)]
+    command = [sys.executable, "-B", "-m", "tipline.core.images", str(max_pixels)]
     try:
         done = subprocess.run(
             command, input=data, capture_output=True, timeout=CHILD_TIMEOUT, check=False,

@@ -12,9 +12,9 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from tipline import crypto
-from tipline.crypto import Keyring
-from tipline.models import Contact, Message, Tip, to_minute
+from tipline.core import crypto
+from tipline.core.crypto import Keyring
+from tipline.storage.models import Contact, Message, Tip, to_minute
 
 # Tip references: random, short, and free of look-alike characters (no 0/O, 1/I/L, U/V).
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tipline.conversation import Intent
+from tipline.core.conversation import Intent
+from tipline.core.vocabulary import ErasedReason
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,31 @@ class Sent:
 
 
 class ChannelError(Exception):
-    """A provider refused or failed. `code` is the provider's error code, safe to store and log."""
+    """A provider refused or failed. `code` is the provider's error code, safe to store and log.
 
-    def __init__(self, code: str, *, permanent: bool, recipient_gone: bool = False, retry_after: float | None = None):
+    The adapter, which knows its provider's codes, says what the failure means for the core:
+    `recipient_gone` (why the tipster can never be written to again: opted out at the carrier,
+    blocked the bot), `missing` (the copy to delete is already gone), `retry_after` (seconds the
+    provider asked us to wait).
+    """
+
+    def __init__(
+        self, code: str, *, permanent: bool, recipient_gone: ErasedReason | None = None,
+        retry_after: float | None = None, missing: bool = False,
+    ):
         super().__init__(code)
         self.code = code
         self.permanent = permanent
-        # The recipient can never be reached again (opted out at the carrier, blocked the bot).
         self.recipient_gone = recipient_gone
         self.retry_after = retry_after
+        self.missing = missing
+
+
+class MalformedWebhook(ValueError):
+    """A provider's request passed authentication but does not have the expected shape (answer 400).
+
+    Its text names the field that is wrong, never its value.
+    """
 
 
 class Channel(Protocol):

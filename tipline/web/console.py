@@ -24,11 +24,11 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from tipline import audit, auth, review
-from tipline.auth import STAGE_ENROL, STAGE_FULL, STAGE_PASSWORD
-from tipline.keys import key_status
-from tipline.models import User, utcnow
-from tipline.users import UserError, add_user, check_password, hasher, reset_2fa, set_disabled, unlock
+from tipline.services import audit, auth, review
+from tipline.services.auth import STAGE_ENROL, STAGE_FULL, STAGE_PASSWORD
+from tipline.storage.keystore import key_status
+from tipline.storage.models import User, utcnow
+from tipline.services.accounts import UserError, add_user, check_password, hasher, reset_2fa, set_disabled, unlock
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 COOKIE = "tipline_console"
@@ -447,7 +447,7 @@ def api_thread(reference: str) -> Response:
 @bp.get("/admin/users")
 @page(role="admin")
 def admin_users() -> str:
-    from tipline.users import list_users
+    from tipline.services.accounts import list_users
 
     return render_template("console/admin_users.html", users=list_users(_runtime().factory), now=utcnow(),
                            created=request.args.get("created"), password=None, error=request.args.get("error"))
@@ -456,7 +456,7 @@ def admin_users() -> str:
 @bp.post("/admin/users")
 @page(role="admin")
 def admin_users_create() -> Response | str:
-    from tipline.users import generate_password, list_users
+    from tipline.services.accounts import generate_password, list_users
 
     runtime = _runtime()
     username = request.form.get("username", "")
@@ -500,7 +500,7 @@ def admin_user_action(username: str, action: str) -> Response:
 @bp.get("/admin/keys")
 @page(role="admin")
 def admin_keys() -> str:
-    from tipline import rotation
+    from tipline.services import rotation
 
     runtime = _runtime()
     audit.log_event(runtime.factory, runtime.keys.keyring, "keys.status", actor=g.username)
@@ -512,8 +512,8 @@ def admin_keys() -> str:
 @bp.post("/admin/keys/rotate")
 @page(role="admin")
 def admin_keys_rotate() -> Response:
-    from tipline import rotation
-    from tipline.keys import load_master_key
+    from tipline.services import rotation
+    from tipline.storage.keystore import load_master_key
 
     runtime = _runtime()
     purpose = request.form.get("purpose", "")

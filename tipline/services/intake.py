@@ -19,15 +19,16 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import attachments, outbox, store
-from tipline import conversation as conv_mod
-from tipline.catalog import Text, render
-from tipline.channels import InboundMessage
+from tipline.services import attachments, outbox
+from tipline.storage import records
+from tipline.core import conversation as conv_mod
+from tipline.core.catalog import Text, render
+from tipline.core.channels import InboundMessage
 from tipline.config import Settings
-from tipline.db import GroupCommitter
-from tipline.conversation import ConversationState, State
-from tipline.keys import KeyStore
-from tipline.models import Contact, Conversation, Message, ProcessedDelivery, Tip, to_minute, utcnow
+from tipline.storage.db import GroupCommitter
+from tipline.core.conversation import ConversationState, State
+from tipline.storage.keystore import KeyStore
+from tipline.storage.models import Contact, Conversation, Message, ProcessedDelivery, Tip, to_minute, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Intake:
             return self._erase(session, msg, contact, contact_key, conversation, now)
         state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
         context = conv_mod.Context(
-            opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=store.new_reference(),
+            opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=records.new_reference(),
         )
         files, refused = attachments.triage(msg.media, msg.refused_media, self.settings.media_max_bytes)
         inbound = conv_mod.Inbound(
@@ -162,7 +163,7 @@ class Intake:
             state.state is State.SUBMITTED,
         )
         if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
-            store.store_address(contact, contact_key, msg.address)
+            records.store_address(contact, contact_key, msg.address)
         queued = False
         if replies and not self.replies_inline(msg.channel):
             # The channel cannot answer in the webhook response: the answers go through the outbox,
@@ -236,7 +237,7 @@ class Intake:
         pseudonyms = [keyring.pseudonym(msg.channel, msg.address, v)[1] for v in keyring.pseudonym_versions()]
         row = session.execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
         if row is None:
-            contact, contact_key = store.new_contact(keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now)
+            contact, contact_key = records.new_contact(keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now)
             conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
             session.add_all([contact, conversation])
             try:
@@ -253,7 +254,7 @@ class Intake:
         if conversation is None:
             conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
             session.add(conversation)
-        return contact, store.contact_dek(keyring, contact), conversation, tip
+        return contact, records.contact_dek(keyring, contact), conversation, tip
 
     def _apply(
         self, session: Session, contact: Contact, contact_key: bytes, conversation: Conversation,
@@ -263,24 +264,24 @@ class Intake:
     ) -> tuple[str, ...]:
         """Carry out a step's effects; returns the rendered replies (none for an opted-out sender)."""
         keyring = self.keys.keyring
-        tip_key = store.tip_dek(keyring, tip) if tip is not None else None
+        tip_key = records.tip_dek(keyring, tip) if tip is not None else None
         forgotten = False
         for effect in outcome.effects:
             match effect:
                 case conv_mod.CreateDraft(reference=reference, what=what):
-                    tip, tip_key = store.new_tip(keyring, reference, contact.channel, contact.id, now)
+                    tip, tip_key = records.new_tip(keyring, reference, contact.channel, contact.id, now)
                     session.add(tip)
                     session.flush()
                     if what:  # a draft begun with a photo has no description yet
-                        store.set_tip_field(tip, tip_key, "what", what)
-                        thread.append(store.message_row(tip, tip_key, "tipster", what, now))
+                        records.set_tip_field(tip, tip_key, "what", what)
+                        thread.append(records.message_row(tip, tip_key, "tipster", what, now))
                 case conv_mod.SetField(name=name, text=value):
                     assert tip is not None and tip_key is not None
-                    store.set_tip_field(tip, tip_key, name, value)
-                    thread.append(store.message_row(tip, tip_key, "tipster", value, now))
+                    records.set_tip_field(tip, tip_key, name, value)
+                    thread.append(records.message_row(tip, tip_key, "tipster", value, now))
                 case conv_mod.FollowUp(text=value):
                     assert tip is not None and tip_key is not None
-                    thread.append(store.message_row(tip, tip_key, "tipster", value, now))
+                    thread.append(records.message_row(tip, tip_key, "tipster", value, now))
                     tip.unread += 1
                 case conv_mod.Submit():
                     assert tip is not None
@@ -303,7 +304,7 @@ class Intake:
                         tip = None
                 case conv_mod.OptOut():
                     contact.opted_out = True
-                    store.erase_address(contact, "stop")
+                    records.erase_address(contact, "stop")
                     outbox.cancel_sends(session, contact.id, "stop")
                 case conv_mod.OptIn():
                     contact.opted_out = False
@@ -311,7 +312,7 @@ class Intake:
                 case conv_mod.Forget():
                     # The tip stays; nothing links this sender to it any more.
                     contact.pseudonym = None
-                    store.erase_address(contact, "forget")
+                    records.erase_address(contact, "forget")
                     outbox.cancel_sends(session, contact.id, "forget")
                     forgotten = True
         if tip is not None and tip_key is not None and incoming is not None and (incoming.files or incoming.refused):
@@ -335,7 +336,7 @@ class Intake:
             return ()
         replies = tuple(render(t, new_state.language, self.defaults) for t in outcome.replies)
         if tip is not None and tip_key is not None and any(isinstance(e, CONTENT_EFFECTS) for e in outcome.effects):
-            thread.extend(store.message_row(tip, tip_key, "bot", reply, now) for reply in replies)
+            thread.extend(records.message_row(tip, tip_key, "bot", reply, now) for reply in replies)
         return replies
 
     def expire_idle(self) -> int:
@@ -370,7 +371,7 @@ class Intake:
                 return False
             contact = session.get(Contact, contact_id)
             assert contact is not None
-            contact_key = store.contact_dek(keyring, contact)
+            contact_key = records.contact_dek(keyring, contact)
             if tip is not None and tip.status == "draft" and any(isinstance(e, conv_mod.Submit) for e in outcome.effects):
                 tip.status = "new"
                 tip.submitted_at = to_minute(now)
@@ -379,12 +380,12 @@ class Intake:
             conversation.tip_id = tip.id if tip is not None and outcome.conversation.tip_ref else None
             conversation.updated_at = to_minute(now)
             if not contact.opted_out and contact.address_ct is not None:
-                tip_key = store.tip_dek(keyring, tip) if tip is not None else None
+                tip_key = records.tip_dek(keyring, tip) if tip is not None else None
                 for text in outcome.replies:
                     body = render(text, outcome.conversation.language, self.defaults)
                     message_id = None
                     if tip is not None and tip_key is not None:
-                        message = store.append_message(session, tip, tip_key, "bot", body, now, delivery="queued")
+                        message = records.append_message(session, tip, tip_key, "bot", body, now, delivery="queued")
                         session.flush()
                         message_id = message.id
                     outbox.enqueue_send(session, contact, contact_key, body, now, message_id)

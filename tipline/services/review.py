@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import attachments, audit, outbox, store
-from tipline.catalog import Text, render
+from tipline.services import attachments, audit, outbox
+from tipline.storage import records
+from tipline.core.catalog import Text, render
 from tipline.config import Settings
-from tipline.crypto import Keyring
-from tipline.db import read_only
-from tipline.models import Attachment, Contact, Conversation, Message, Tip, User, utcnow
+from tipline.core.crypto import Keyring
+from tipline.storage.db import read_only
+from tipline.storage.models import Attachment, Contact, Conversation, Message, Tip, User, utcnow
 
 MAX_REPLY_CHARS = 1000
 REPLY_BLOCKERS = {
@@ -107,7 +108,7 @@ class TipDetail:
 
 def _summary(keyring: Keyring, tip: Tip, assignee: str | None = None) -> TipSummary:
     return TipSummary(
-        reference=tip.reference, alias=store.alias(tip), channel=tip.channel,
+        reference=tip.reference, alias=records.alias(tip), channel=tip.channel,
         status=tip.status, urgent=tip.urgent, submitted_at=tip.submitted_at, updated_at=tip.updated_at,
         unread=tip.unread, category=tip.category, assignee=assignee, assignee_id=tip.assignee_id,
     )
@@ -196,11 +197,11 @@ def thread_since(
         tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
         if tip is None:
             raise TipNotFound(reference)
-        key = store.tip_dek(keyring, tip)
+        key = records.tip_dek(keyring, tip)
         messages = session.scalars(select(Message).where(Message.tip_id == tip.id).order_by(Message.seq)).all()
         files = _attachment_views(session, tip)
         new = [
-            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, None, files.get(m.seq))
+            ThreadEntry(m.seq, m.kind, records.read_message(tip, key, m), m.created_at, m.delivery, None, files.get(m.seq))
             for m in messages if m.seq > after_seq
         ]
         deliveries = {m.seq: m.delivery for m in messages if m.kind == "agency"}
@@ -283,23 +284,23 @@ def read_tip(
         tip = session.scalars(select(Tip).where(Tip.reference == reference, Tip.status != "draft")).first()
         if tip is None:
             raise TipNotFound(reference)
-        key = store.tip_dek(keyring, tip)
+        key = records.tip_dek(keyring, tip)
         rows = session.execute(
             select(Message, User.username).outerjoin(User, User.id == Message.author_id)
             .where(Message.tip_id == tip.id).order_by(Message.seq)
         ).all()
         files = _attachment_views(session, tip)
         thread = tuple(
-            ThreadEntry(m.seq, m.kind, store.read_message(tip, key, m), m.created_at, m.delivery, author, files.get(m.seq))
+            ThreadEntry(m.seq, m.kind, records.read_message(tip, key, m), m.created_at, m.delivery, author, files.get(m.seq))
             for m, author in rows
         )
         contact = session.get(Contact, tip.contact_id) if tip.contact_id else None
         assignee = session.get(User, tip.assignee_id) if tip.assignee_id else None
         detail = TipDetail(
             summary=_summary(keyring, tip, assignee.username if assignee else None),
-            what=store.read_tip_field(tip, key, "what"),
-            where=store.read_tip_field(tip, key, "where"),
-            when=store.read_tip_field(tip, key, "when"),
+            what=records.read_tip_field(tip, key, "what"),
+            where=records.read_tip_field(tip, key, "where"),
+            when=records.read_tip_field(tip, key, "when"),
             thread=thread,
             replies_blocked=REPLY_BLOCKERS.get(b, b) if (b := _blocker(contact)) else None,
         )
@@ -340,11 +341,11 @@ def reply(
             # are in the middle of a new draft, which we must not hijack.
             conversation.tip_id = tip.id
             conversation.state = "submitted"
-        key = store.tip_dek(keyring, tip)
-        message = store.append_message(session, tip, key, "agency", text, now, author_id=author_id, delivery="queued")
+        key = records.tip_dek(keyring, tip)
+        message = records.append_message(session, tip, key, "agency", text, now, author_id=author_id, delivery="queued")
         session.flush()
         body = render(Text.of("agency_reply", text=text), language, {"agency": settings.agency_name})
-        outbox.enqueue_send(session, contact, store.contact_dek(keyring, contact), body, now, message.id)
+        outbox.enqueue_send(session, contact, records.contact_dek(keyring, contact), body, now, message.id)
         if actor is not None:
             audit.record(session, keyring, "tip.reply", actor=actor, object_type="tip", object_id=reference)
         return message.id
@@ -362,7 +363,7 @@ def add_note(
         tip = session.scalars(select(Tip).where(Tip.reference == reference).with_for_update()).first()
         if tip is None:
             raise TipNotFound(reference)
-        message = store.append_message(session, tip, store.tip_dek(keyring, tip), "note", text, now or utcnow(), author_id=author_id)
+        message = records.append_message(session, tip, records.tip_dek(keyring, tip), "note", text, now or utcnow(), author_id=author_id)
         session.flush()
         if actor is not None:
             audit.record(session, keyring, "tip.note", actor=actor, object_type="tip", object_id=reference)

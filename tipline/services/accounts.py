@@ -8,7 +8,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline.models import ConsoleSession, User
+from tipline.storage.models import ConsoleSession, User
 
 ROLES = ("detective", "admin")
 MIN_PASSWORD_LENGTH = 12

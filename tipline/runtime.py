@@ -1,36 +1,33 @@
-"""The Flask app factory and the runtime it serves: settings, database, keys, channels, outbox.
+"""The composition root: settings, database, keys, channels and services, wired once.
 
-`build_runtime(settings)` wires the parts; `create_app(runtime)` assembles the blueprints
-(webhooks, sandbox, later the console) around it. Nothing in here logs request data.
+`build_runtime(settings)` connects to an initialised database, loads the keys and builds the
+channel adapters and the services that use them; the web app (`tipline.web.app.create_app`), the
+command line and the tests all start from a `Runtime`.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import threading
-import traceback
 from dataclasses import dataclass, field
 
-from flask import Flask, Response, jsonify
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.exceptions import HTTPException
 
 from adapters.sandbox import SandboxChannel
 from adapters.sms import TwilioSms
-from tipline import crypto, db, logs
-from tipline.attachments import MediaWorker
-from tipline.channels import Channel
+from tipline.storage import db
+from tipline import logs
+from tipline.services.attachments import MediaWorker
+from tipline.core.channels import Channel
 from tipline.config import Settings
-from tipline.intake import Intake
-from tipline.keys import KeyStore, KeyStoreError, load_master_key, write_secret_file
-from tipline.maintenance import purge
-from tipline.outbox import Dispatcher
+from tipline.services.context import ServiceContext
+from tipline.services.intake import Intake
+from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key
+from tipline.services.maintenance import purge
+from tipline.services.outbox import Dispatcher
 
-MAX_REQUEST_BYTES = 256 * 1024  # Twilio bodies are at most 1600 characters; nothing legitimate is bigger
-SECRET_KEY_FILE = "secret.key"
 
 
 class NotInitialised(Exception):
@@ -44,11 +41,13 @@ class Runtime:
     factory: sessionmaker[Session]
     keys: KeyStore
     channels: dict[str, Channel]
+    ctx: ServiceContext = field(init=False)
     intake: Intake = field(init=False)
     media: MediaWorker = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
+        self.ctx = ServiceContext(self.factory, self.keys, self.settings)
         self.intake = Intake(
             self.factory, self.keys, self.settings,
             deletes_provider_copies=lambda name: name in self.channels and self.channels[name].deletes_provider_copies,
@@ -75,7 +74,7 @@ class Runtime:
 
         Returns how much work remains to be done now (non-zero keeps the dispatcher from sleeping).
         """
-        from tipline import rotation
+        from tipline.services import rotation
 
         busy = 0
         for record in rotation.running(self.factory):
@@ -103,17 +102,6 @@ class Runtime:
             if close is not None:
                 close()
         self.engine.dispose()
-
-
-def secret_key(settings: Settings, create: bool = False) -> str:
-    if settings.secret_key:
-        return settings.secret_key
-    path = settings.data_dir / SECRET_KEY_FILE
-    if not path.exists():
-        if not create:
-            raise NotInitialised(f"no secret key: set TIPLINE_SECRET_KEY or run `tipline init` to create {path}")
-        write_secret_file(path, base64.b64encode(crypto.new_key()) + b"\n")
-    return path.read_text().strip()
 
 
 def build_channels(settings: Settings) -> dict[str, Channel]:
@@ -145,7 +133,7 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
         raise NotInitialised("the database has no tipline schema: run `tipline init`")
     factory = db.make_sessionmaker(engine)
     try:
-        from tipline.rotation import recover_master
+        from tipline.services.rotation import recover_master
 
         recover_master(settings, factory)
         keys = KeyStore(factory, load_master_key(settings))
@@ -153,59 +141,3 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
         engine.dispose()
         raise
     return Runtime(settings, engine, factory, keys, build_channels(settings) if channels is None else channels)
-
-
-def create_app(runtime: Runtime) -> Flask:
-    from tipline import console, sandbox
-    from webhooks import telegram, twilio
-
-    app = Flask(__name__)
-    app.config.update(
-        SECRET_KEY=secret_key(runtime.settings),
-        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=runtime.settings.public_url.startswith("https://"),
-    )
-    app.extensions["tipline"] = runtime
-    app.register_blueprint(twilio.bp)
-    app.register_blueprint(telegram.bp)
-    app.register_blueprint(console.bp)
-    if runtime.settings.sandbox:
-        app.register_blueprint(sandbox.bp)
-
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        try:
-            with runtime.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"
-            return jsonify(status="unavailable", database="down"), 503
-        return jsonify(status="ok", database="ok", channels=sorted(runtime.channels)), 200
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Response, int]:
-        # Plain, short, and never an echo of the request.
-        code = error.code or 500
-        return Response(f"{code} {error.name}: {error.description}\n" if code < 500 else f"{code} {error.name}\n",
-                        content_type="text/plain; charset=utf-8"), code
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Response, int]:
-        # The exception's text may quote input; log only its type and where it was raised.
-        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
-        app.logger.error("request failed: %s at %s", type(error).__name__, where)
-        return Response("500 Internal Server Error: nothing was acknowledged; the provider will retry.\n",
-                        content_type="text/plain; charset=utf-8"), 500
-
-    @app.after_request
-    def headers(response: Response) -> Response:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
-        if runtime.settings.public_url.startswith("https://"):
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        return response
-
-    return app

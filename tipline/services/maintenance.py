@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
-from tipline import outbox, store
-from tipline.intake import Intake, forget_deliveries
-from tipline.models import ConsoleSession, Contact, OutboxItem, utcnow
+from tipline.services import outbox
+from tipline.storage import records
+from tipline.services.intake import Intake, forget_deliveries
+from tipline.storage.models import ConsoleSession, Contact, OutboxItem, utcnow
 
 FINISHED_OUTBOX_KEPT = dt.timedelta(days=7)
 
@@ -47,7 +48,7 @@ def purge(
             select(Contact).where(Contact.last_activity_at < cutoff, Contact.address_ct.is_not(None))
         ).all()
         for contact in stale:
-            store.erase_address(contact, "retention")
+            records.erase_address(contact, "retention")
             outbox.cancel_sends(session, contact.id, "retention")
         deliveries = forget_deliveries(session, now)
         finished = session.execute(

@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import crypto, store
-from tipline.channels import Channel, ChannelError
-from tipline.crypto import Keyring
-from tipline.db import claim_due
-from tipline.keys import KeyStore
-from tipline.models import Contact, Message, OutboxItem, utcnow
+from tipline.core import crypto
+from tipline.storage import records
+from tipline.core.channels import Channel, ChannelError
+from tipline.core.crypto import Keyring
+from tipline.storage.db import claim_due
+from tipline.storage.keystore import KeyStore
+from tipline.storage.models import Contact, Message, OutboxItem, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _enqueue(
     session: Session, contact: Contact, contact_key: bytes, kind: str, payload: str, due: dt.datetime,
     message_id: int | None = None,
 ) -> str:
-    item_id = store.new_id()
+    item_id = records.new_id()
     session.execute(_INSERT, {
         "id": item_id, "kind": kind, "channel": contact.channel, "contact_id": contact.id, "message_id": message_id,
         "payload_ct": crypto.seal(contact_key, payload.encode(), _payload_aad(item_id)),
@@ -118,7 +119,7 @@ def record_status(
         if contact is not None and error_code == "21610":  # the number opted out at the carrier
             recipient_gone(session, contact, "stop")
         if contact is not None and status in FINAL_DELIVERY and delete_delay is not None and channel.deletes_provider_copies:
-            enqueue_delete(session, contact, store.contact_dek(keyring, contact), provider_message_id, now + delete_delay)
+            enqueue_delete(session, contact, records.contact_dek(keyring, contact), provider_message_id, now + delete_delay)
     return True
 
 
@@ -131,7 +132,7 @@ def retry_delay(error: ChannelError, attempts: int, cap: dt.timedelta) -> dt.tim
 def recipient_gone(session: Session, contact: Contact, reason: str) -> None:
     """The tipster can never be written to again (opted out at the carrier, blocked the bot)."""
     contact.opted_out = True
-    store.erase_address(contact, reason)
+    records.erase_address(contact, reason)
     cancel_sends(session, contact.id, reason)
 
 
@@ -195,9 +196,9 @@ class Dispatcher:
                 return None
             contact = session.get(Contact, item.contact_id)
             kind, channel_name = item.kind, item.channel
-            contact_key = store.contact_dek(keyring, contact) if contact is not None else None
+            contact_key = records.contact_dek(keyring, contact) if contact is not None else None
             payload = crypto.open_sealed(contact_key, item.payload_ct, _payload_aad(item.id)).decode() if contact_key else None
-            address = store.read_address(contact, contact_key) if contact is not None and contact_key else None
+            address = records.read_address(contact, contact_key) if contact is not None and contact_key else None
             if contact is not None and contact.opted_out:
                 address = None
             session.rollback()

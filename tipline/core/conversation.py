@@ -35,7 +35,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 
-from tipline.catalog import DEFAULT_LANGUAGE, LANGUAGES, Text
+from tipline.core.catalog import DEFAULT_LANGUAGE, LANGUAGES, Text
 
 
 class State(enum.StrEnum):

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import attachments, audit, crypto, store
+from tipline.services import attachments, audit
+from tipline.core import crypto
+from tipline.storage import records
 from tipline.config import Settings
-from tipline.db import read_only
-from tipline.keys import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
-from tipline.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
+from tipline.storage.db import read_only
+from tipline.storage.keystore import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
+from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
 BATCH = 2000
 REENCRYPT_BATCH = 100
@@ -185,7 +187,7 @@ def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows
     if rotation.purpose == crypto.PURPOSE_PSEUDONYM:
         moved = 0
         for contact in rows:
-            address = store.read_address(contact, store.contact_dek(keyring, contact))
+            address = records.read_address(contact, records.contact_dek(keyring, contact))
             if address is None:
                 contact.pseudonym = None  # erased address: the link cannot be recomputed, by design
                 rotation.unlinked += 1
@@ -239,15 +241,15 @@ def _rewrap_batch(session: Session, keyring: crypto.Keyring, purpose: str, versi
 
 
 def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
-    old = store.tip_dek(keyring, tip)
-    fields = {name: store.read_tip_field(tip, old, name) for name in store.TIP_FIELDS}
+    old = records.tip_dek(keyring, tip)
+    fields = {name: records.read_tip_field(tip, old, name) for name in records.TIP_FIELDS}
     messages = session.scalars(select(Message).where(Message.tip_id == tip.id)).all()
-    bodies = [(m, store.read_message(tip, old, m)) for m in messages]
+    bodies = [(m, records.read_message(tip, old, m)) for m in messages]
     new = crypto.new_key()
     tip.kek_version, tip.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_TIPS, new, tip.reference)
     for name, value in fields.items():
         if value is not None:
-            store.set_tip_field(tip, new, name, value)
+            records.set_tip_field(tip, new, name, value)
     for message, body in bodies:
         message.body_ct = crypto.seal(new, body.encode(), crypto.aad("messages", "body", f"{tip.reference}#{message.seq}"))
     for attachment in session.scalars(select(Attachment).where(Attachment.tip_id == tip.id)):
@@ -256,15 +258,15 @@ def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
 
 
 def _reencrypt_contact(session: Session, keyring: crypto.Keyring, contact: Contact) -> int:
-    old = store.contact_dek(keyring, contact)
-    address = store.read_address(contact, old)
+    old = records.contact_dek(keyring, contact)
+    address = records.read_address(contact, old)
     items = session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id, OutboxItem.payload_ct != b"")).all()
     payloads = [(i, crypto.open_sealed(old, i.payload_ct, crypto.aad("outbox", "payload", i.id))) for i in items]
     new = crypto.new_key()
     contact.kek_version, contact.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_CONTACTS, new, contact.id)
     if address is not None:
         reason = contact.erased_reason
-        store.store_address(contact, new, address)
+        records.store_address(contact, new, address)
         contact.erased_reason = reason
     for item, payload in payloads:
         item.payload_ct = crypto.seal(new, payload, crypto.aad("outbox", "payload", item.id))
@@ -387,7 +389,7 @@ def recover_master(settings: Settings, factory: sessionmaker[Session]) -> str | 
 
 def status_rows(factory: sessionmaker[Session]) -> list[dict[str, object]]:
     """`tipline keys status --json`: every version with its rows."""
-    from tipline.keys import key_status
+    from tipline.storage.keystore import key_status
 
     out = []
     for row in key_status(factory):

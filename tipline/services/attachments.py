@@ -5,7 +5,7 @@
    data key. Files refused at the door (a video, a file too large) get an entry saying so and
    nothing else. The webhook answers at once: nothing slow happens in it.
 2. `MediaWorker` (run by the dispatcher) claims pending attachments with a lease, downloads each
-   through its channel (outside any transaction), cleans it (media.py) and commits the cleaned
+   through its channel (outside any transaction), cleans it (images.py) and commits the cleaned
    image, encrypted under the tip's data key with associated data naming the attachment. The
    original bytes exist only in memory and in the cleaner's pipe, never on disk.
 3. Once an attachment is settled (stored, refused, or failed after retries) its provider copy is
@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import crypto, media, outbox, store
-from tipline.catalog import Text, render
-from tipline.channels import Channel, ChannelError, MediaRef
+from tipline.core import crypto, images
+from tipline.services import outbox
+from tipline.storage import records
+from tipline.core.catalog import Text, render
+from tipline.core.channels import Channel, ChannelError, MediaRef
 from tipline.config import Settings
-from tipline.db import claim_due, read_only
-from tipline.keys import KeyStore
-from tipline.models import Attachment, Contact, Conversation, Tip, to_minute, utcnow
+from tipline.storage.db import claim_due, read_only
+from tipline.storage.keystore import KeyStore
+from tipline.storage.models import Attachment, Contact, Conversation, Tip, to_minute, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _aad(attachment_id: str, column: str) -> bytes:
 def triage(refs: tuple[MediaRef, ...], refused: tuple[str, ...], max_bytes: int) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
     """Split attachments into those worth fetching and refusals, by what the provider declared."""
     accepted = tuple(ref for ref in refs if ref.declared_size is None or ref.declared_size <= max_bytes)
-    too_large = tuple(media.SIZE for ref in refs if ref not in accepted)
+    too_large = tuple(images.SIZE for ref in refs if ref not in accepted)
     return accepted, refused + too_large
 
 
@@ -72,12 +74,12 @@ def record(
     recorded either way, so the detective knows the tipster tried to send something.
     """
     rows: list[dict[str, object]] = []
-    batch = store.new_id()
+    batch = records.new_id()
     minute = to_minute(now)
     for ref in incoming.files if attach else ():
-        entry = store.message_row(tip, tip_key, "media", "", now)
+        entry = records.message_row(tip, tip_key, "media", "", now)
         thread.append(entry)
-        attachment_id = store.new_id()
+        attachment_id = records.new_id()
         source = json.dumps({"source": ref.source, "copy": ref.provider_copy, "message": incoming.provider_message_id})
         rows.append({
             "id": attachment_id, "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": PENDING,
@@ -85,10 +87,10 @@ def record(
             "attempts": 0, "next_attempt_at": now, "created_at": minute,
         })
     for reason in incoming.refused:
-        entry = store.message_row(tip, tip_key, "media", "", now)
+        entry = records.message_row(tip, tip_key, "media", "", now)
         thread.append(entry)
         rows.append({
-            "id": store.new_id(), "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": REFUSED,
+            "id": records.new_id(), "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": REFUSED,
             "reason": reason, "attempts": 0, "next_attempt_at": now, "created_at": minute,
         })
     return rows
@@ -115,7 +117,7 @@ def abandon(session: Session, tip: Tip, tip_key: bytes) -> set[str]:
 def open_image(keyring: crypto.Keyring, tip: Tip, attachment: Attachment) -> bytes:
     """The cleaned image's bytes (for the console). Raises crypto.IntegrityError if tampered with."""
     assert attachment.data_ct is not None
-    return crypto.open_sealed(store.tip_dek(keyring, tip), attachment.data_ct, _aad(attachment.id, "data"))
+    return crypto.open_sealed(records.tip_dek(keyring, tip), attachment.data_ct, _aad(attachment.id, "data"))
 
 
 def reseal(attachment: Attachment, old_key: bytes, new_key: bytes) -> None:
@@ -177,7 +179,7 @@ class MediaWorker:
                 return None
             tip = session.get(Tip, attachment.tip_id)
             assert tip is not None
-            source = json.loads(crypto.open_sealed(store.tip_dek(keyring, tip), attachment.source_ct, _aad(attachment.id, "source")))
+            source = json.loads(crypto.open_sealed(records.tip_dek(keyring, tip), attachment.source_ct, _aad(attachment.id, "source")))
             return _Job(attachment.id, tip.channel, source["source"], source.get("copy"), source.get("message"),
                         attachment.attempts)
 
@@ -196,8 +198,8 @@ class MediaWorker:
             return
         try:
             data = channel.fetch_media(job.source, self.settings.media_max_bytes)
-            image = media.clean(data, self.settings.media_max_pixels, isolate=self.isolate)
-        except media.Refused as refused:
+            image = images.clean(data, self.settings.media_max_pixels, isolate=self.isolate)
+        except images.Refused as refused:
             self._settle(job.attachment_id, REFUSED, refused.reason, None, job)
         except ChannelError as error:
             self._retry(job, error)
@@ -225,7 +227,7 @@ class MediaWorker:
         log.info("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
 
     def _settle(
-        self, attachment_id: str, status: str, reason: str | None, image: media.CleanImage | None, job: _Job | None = None,
+        self, attachment_id: str, status: str, reason: str | None, image: images.CleanImage | None, job: _Job | None = None,
     ) -> None:
         keyring = self.keys.keyring
         now = self.clock()
@@ -237,7 +239,7 @@ class MediaWorker:
             attachment = session.get(Attachment, attachment_id, with_for_update=True)
             if tip is None or attachment is None or attachment.status != FETCHING:
                 return  # deleted with its tip, or settled by another worker whose lease we outlived
-            tip_key = store.tip_dek(keyring, tip)
+            tip_key = records.tip_dek(keyring, tip)
             attachment.status = status
             attachment.reason = reason
             attachment.lease_until = None
@@ -263,7 +265,7 @@ class MediaWorker:
     ) -> None:
         """Queue the provider deletions and, if the file could not be used, a word to the tipster."""
         channel = self.channels.get(job.channel)
-        contact_key = store.contact_dek(self.keys.keyring, contact)
+        contact_key = records.contact_dek(self.keys.keyring, contact)
         if channel is not None and channel.deletes_provider_copies and self.settings.provider_delete:
             if job.provider_copy:
                 outbox.enqueue_delete(session, contact, contact_key, job.provider_copy, now)
@@ -279,7 +281,7 @@ class MediaWorker:
             language = conversation.language if conversation is not None else "en"
             key = "media_failed" if attachment.status == FAILED else f"media_refused_{attachment.reason}"
             text = render(Text.of(key, ref=tip.reference), language, self.defaults)
-            message = store.append_message(session, tip, tip_key, "bot", text, now, delivery="queued")
+            message = records.append_message(session, tip, tip_key, "bot", text, now, delivery="queued")
             session.flush()
             outbox.enqueue_send(session, contact, contact_key, text, now, message.id)
 

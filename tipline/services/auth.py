@@ -20,10 +20,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tipline import crypto
-from tipline.crypto import Keyring
-from tipline.models import ConsoleSession, User, utcnow
-from tipline.users import hasher
+from tipline.core import crypto
+from tipline.core.crypto import Keyring
+from tipline.storage.models import ConsoleSession, User, utcnow
+from tipline.services.accounts import hasher
 
 SIGN_IN_FAILED = "Sign-in failed. Check your username, password and code, then try again."
 MAX_FAILURES = 5  # consecutive failures before the account locks (CJIS AC-7)

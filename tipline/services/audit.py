@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline import crypto
-from tipline.crypto import Keyring
-from tipline.models import AuditEntry, utcnow
+from tipline.core import crypto
+from tipline.core.crypto import Keyring
+from tipline.storage.models import AuditEntry, utcnow
 
 GENESIS = "0" * 64
 _PG_CHAIN_LOCK = 7_311_771  # advisory lock id: one appender at a time on PostgreSQL

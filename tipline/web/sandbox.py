@@ -13,10 +13,12 @@ from sqlalchemy import select
 
 from adapters import sandbox as channel
 from adapters.sms import clean_text
-from tipline import crypto, outbox, store
-from tipline.channels import InboundMessage, MediaRef
-from tipline.db import read_only
-from tipline.models import Contact, OutboxItem
+from tipline.core import crypto
+from tipline.services import outbox
+from tipline.storage import records
+from tipline.core.channels import InboundMessage, MediaRef
+from tipline.storage.db import read_only
+from tipline.storage.models import Contact, OutboxItem
 
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")
 COOKIE = "tipline_sandbox"
@@ -56,7 +58,7 @@ def send() -> Response:
         abort(400, f"messages are at most {MAX_TEXT} characters, as on SMS")
     delivery = payload.get("id")
     if not isinstance(delivery, str) or not DELIVERY.match(delivery):
-        delivery = store.new_id()
+        delivery = records.new_id()
     result = runtime.intake.receive(channel.inbound(token, text, delivery))
     return jsonify(replies=list(result.replies), duplicate=result.duplicate)
 
@@ -79,7 +81,7 @@ def send_photo() -> Response:
         abort(400, "send the photo's bytes as the request body")
     delivery = request.headers.get("X-Sandbox-Id", "")
     if not DELIVERY.match(delivery):
-        delivery = store.new_id()
+        delivery = records.new_id()
     # A file over the limit is refused by the tip line from its size, as a provider would declare it.
     too_large = len(data) > runtime.settings.media_max_bytes
     ref = MediaRef("" if too_large else sandbox.hold(data), request.mimetype or "", len(data))
@@ -108,7 +110,7 @@ def inbox() -> Response:
     with read_only(runtime.factory) as session:
         contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
         if contact is not None:
-            key = store.contact_dek(keyring, contact)
+            key = records.contact_dek(keyring, contact)
             rows = session.scalars(
                 select(OutboxItem)
                 .where(OutboxItem.contact_id == contact.id, OutboxItem.kind == "send", OutboxItem.status == "sent")

@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from tipline.db import make_engine
-from tipline.models import Base
+from tipline.storage.db import make_engine
+from tipline.storage.models import Base
 
 config = context.config
 

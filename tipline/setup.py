@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from tipline import audit, db
-from tipline.app import secret_key
+from tipline.services import audit
+from tipline.storage import db
+from tipline.storage.keystore import secret_key
 from tipline.config import Settings
-from tipline.keys import ensure_keys, load_keyring, load_master_key
-from tipline.models import KeyVersion
-from tipline.users import add_user, any_users, generate_password
+from tipline.storage.keystore import ensure_keys, load_keyring, load_master_key
+from tipline.storage.models import KeyVersion
+from tipline.services.accounts import add_user, any_users, generate_password
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""The Flask app factory: webhooks, console, sandbox and `/healthz` around one `Runtime`.
+
+Nothing in here logs request data.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from flask import Flask, Response, jsonify
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+
+from tipline.runtime import Runtime
+from tipline.storage.keystore import secret_key
+
+MAX_REQUEST_BYTES = 256 * 1024  # Twilio bodies are at most 1600 characters; nothing legitimate is bigger
+
+
+def create_app(runtime: Runtime) -> Flask:
+    from tipline.web import console, context, sandbox
+    from webhooks import telegram, twilio
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key(runtime.settings),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=runtime.settings.public_url.startswith("https://"),
+    )
+    context.install(app, runtime)
+    app.register_blueprint(twilio.bp)
+    app.register_blueprint(telegram.bp)
+    app.register_blueprint(console.bp)
+    if runtime.settings.sandbox:
+        app.register_blueprint(sandbox.bp)
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        try:
+            with runtime.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return jsonify(status="unavailable", database="down"), 503
+        return jsonify(status="ok", database="ok", channels=sorted(runtime.channels)), 200
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        # Plain, short, and never an echo of the request.
+        code = error.code or 500
+        return Response(f"{code} {error.name}: {error.description}\n" if code < 500 else f"{code} {error.name}\n",
+                        content_type="text/plain; charset=utf-8"), code
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int]:
+        # The exception's text may quote input; log only its type and where it was raised.
+        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
+        app.logger.error("request failed: %s at %s", type(error).__name__, where)
+        return Response("500 Internal Server Error: nothing was acknowledged; the provider will retry.\n",
+                        content_type="text/plain; charset=utf-8"), 500
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        if runtime.settings.public_url.startswith("https://"):
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    return app
