@@ -1,4 +1,5 @@
-"""SMS through Twilio: verify inbound webhooks, parse them channel-neutrally, send and delete.
+"""SMS through Twilio: verify inbound webhooks, parse them and status callbacks channel-neutrally,
+answer in TwiML, send and delete. Only this module knows Twilio's fields and error codes.
 
 Of an inbound message we keep exactly: `MessageSid` (for dedupe and deletion, never in clear),
 `From` (the return address, handed to intake which pseudonymises and encrypts it), `Body`,
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from xml.sax.saxutils import escape
 
 import requests
@@ -26,29 +27,40 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tipline.core import images as media_mod
-from tipline.core.channels import ChannelError, InboundMessage, MediaRef, Sent
 from tipline.config import TwilioSettings
+from tipline.core import images as media_mod
+from tipline.core.channels import ChannelError, InboundMessage, MalformedWebhook, MediaRef, Sent, StatusReport
 from tipline.core.conversation import Intent
+from tipline.core.vocabulary import DeliveryStatus, ErasedReason
 
 CHANNEL = "sms"
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 PHONE = re.compile(r"^\+?[0-9]{3,15}$")  # E.164, or a short code
 OPT_OUT_TYPES = {"STOP": Intent.STOP, "START": Intent.START, "HELP": Intent.HELP}
-# Twilio error codes that mean "this number will never get our messages".
-RECIPIENT_GONE = {21610, 21614, 21211}
+# Twilio error codes that mean "this number will never get our messages", and why.
+RECIPIENT_GONE = {
+    21610: ErasedReason.STOP,  # the number opted out at the carrier (replied STOP to our line)
+    21614: ErasedReason.UNREACHABLE,  # not a mobile number
+    21211: ErasedReason.UNREACHABLE,  # not a valid phone number
+}
 RETRYABLE = {20009, 20429, 30001}
+NOT_FOUND = 20404  # the resource (a message or media to delete) does not exist
 MEDIA_URL = re.compile(
     r"^https?://[^/?#]+/2010-04-01/Accounts/AC[0-9a-fA-F]{32}/Messages/(?P<message>(?:SM|MM)[0-9a-fA-F]{32})"
     r"/Media/ME[0-9a-fA-F]{32}$"
 )
 # Declared types worth downloading; the content is checked again. Anything else (video/3gpp,
 # audio/amr, text/vcard, application/pdf, image/tiff...) is refused without being fetched.
-PHOTO_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif"}
-
-
-class MalformedWebhook(ValueError):
-    """The webhook lacks a required field or has an impossible value. The message names the field only."""
+PHOTO_TYPES = {
+    "image/jpeg",
+    "image/jpg",
+    "image/pjpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+}
 
 
 def clean_text(text: str) -> str:
@@ -65,21 +77,37 @@ def verify(auth_token: str, url: str, params: Mapping[str, str], signature: str 
 
 
 def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
+    """An inbound SMS or MMS webhook, channel-neutral; MalformedWebhook names the field that is wrong."""
     sid = form.get("MessageSid", "")
     if not MESSAGE_SID.match(sid):
         raise MalformedWebhook("MessageSid is missing or malformed")
     sender = form.get("From", "")
     if not PHONE.match(sender):
         raise MalformedWebhook("From is missing or not a phone number")
+    files, refused = _media(form, sid)
+    return InboundMessage(
+        channel=CHANNEL,
+        address=sender,
+        delivery_id=sid,
+        text=clean_text(form.get("Body", "")),
+        media=files,
+        refused_media=refused,
+        provider_intent=OPT_OUT_TYPES.get(form.get("OptOutType", "").upper()),
+        provider_message_id=sid,
+    )
+
+
+def _media(form: Mapping[str, str], sid: str) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
+    """An MMS's photos worth fetching, and one refusal per other attachment (video, vCard...)."""
     try:
-        media = int(form.get("NumMedia", "0") or "0")
+        count = int(form.get("NumMedia", "0") or "0")
     except ValueError:
         raise MalformedWebhook("NumMedia is not a number") from None
-    if not 0 <= media <= 10:
+    if not 0 <= count <= 10:
         raise MalformedWebhook("NumMedia is out of range")
     files: list[MediaRef] = []
     refused: list[str] = []
-    for n in range(media):
+    for n in range(count):
         url = form.get(f"MediaUrl{n}", "")
         match = MEDIA_URL.match(url)
         if not match or match.group("message") != sid:
@@ -89,19 +117,26 @@ def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
             files.append(MediaRef(url, declared, provider_copy=f"{sid}/{url.rsplit('/', 1)[1]}"))
         else:
             refused.append(media_mod.TYPE)
-    return InboundMessage(
-        channel=CHANNEL,
-        address=sender,
-        delivery_id=sid,
-        text=clean_text(form.get("Body", "")),
-        media=tuple(files),
-        refused_media=tuple(refused),
-        provider_intent=OPT_OUT_TYPES.get(form.get("OptOutType", "").upper()),
-        provider_message_id=sid,
-    )
+    return tuple(files), tuple(refused)
 
 
-def twiml(replies: tuple[str, ...] | list[str]) -> str:
+def parse_status(form: Mapping[str, str]) -> StatusReport:
+    """A delivery status callback: which message, its status (any Twilio reports) and error code."""
+    sid = form.get("MessageSid", "")
+    if not MESSAGE_SID.match(sid):
+        raise MalformedWebhook("MessageSid is missing or malformed")
+    try:
+        status = DeliveryStatus(form.get("MessageStatus", "").lower())
+    except ValueError:
+        raise MalformedWebhook("MessageStatus is missing or unknown") from None
+    error_code = form.get("ErrorCode") or None
+    if error_code is not None and not error_code.isdigit():
+        raise MalformedWebhook("ErrorCode is malformed")
+    gone = RECIPIENT_GONE.get(int(error_code)) if error_code is not None else None
+    return StatusReport(sid, status, error_code, recipient_gone=gone)
+
+
+def twiml(replies: Iterable[str]) -> str:
     """The TwiML answer: one <Message> per reply, or an empty <Response/>."""
     body = "".join(f"<Message>{escape(r)}</Message>" for r in replies)
     return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
@@ -113,6 +148,7 @@ class TwilioSms:
     name = CHANNEL
     deletes_provider_copies = True
     replies_inline = True  # TwiML in the webhook response
+    answer_type = "text/xml; charset=utf-8"  # the content type of `answer`
 
     def __init__(self, settings: TwilioSettings, status_callback: str | None = None):
         self.settings = settings
@@ -120,10 +156,26 @@ class TwilioSms:
         # environment= non-empty so TWILIO_REGION/TWILIO_EDGE in the process environment cannot
         # silently rewrite the host (the client reads os.environ when given a falsy mapping).
         self.client = Client(
-            settings.account_sid, settings.auth_token,
-            http_client=TwilioHttpClient(timeout=15), environment={"TIPLINE": "1"},
+            settings.account_sid,
+            settings.auth_token,
+            http_client=TwilioHttpClient(timeout=15),
+            environment={"TIPLINE": "1"},
         )
         self.client.api.base_url = settings.api_base_url
+
+    def authenticate(self, url: str, form: Mapping[str, str], signature: str | None) -> bool:
+        """Whether Twilio signed this webhook: `url` is the public URL it called, query included."""
+        return verify(self.settings.auth_token, url, form, signature)
+
+    def parse_inbound(self, form: Mapping[str, str]) -> InboundMessage:
+        return parse_inbound(form)
+
+    def parse_status(self, form: Mapping[str, str]) -> StatusReport:
+        return parse_status(form)
+
+    def answer(self, replies: Iterable[str]) -> str:
+        """The webhook's answer carrying the bot's replies (TwiML)."""
+        return twiml(replies)
 
     def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
         kwargs: dict[str, str] = {"to": address, "body": text}
@@ -151,12 +203,9 @@ class TwilioSms:
             else:
                 self.client.messages(message_sid).delete()
         except TwilioRestException as error:
-            if error.status == 404:
-                return  # already gone
-            raise _channel_error(error) from None
+            raise _channel_error(error, deleting=True) from None
         except requests.RequestException as error:
             raise ChannelError(type(error).__name__, permanent=False) from None
-
 
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
         """Download one MMS media file, streamed and capped at max_bytes (images.Refused past it)."""
@@ -183,8 +232,11 @@ class TwilioSms:
             raise ChannelError(type(error).__name__, permanent=False) from None
 
 
-def _channel_error(error: TwilioRestException) -> ChannelError:
+def _channel_error(error: TwilioRestException, deleting: bool = False) -> ChannelError:
+    """What a Twilio failure means for the core; `deleting`: a 404 then means the copy is already gone."""
     # Only the numeric code and HTTP status leave this function: str(error) holds the request URI.
-    code = error.code or error.status
-    permanent = not (error.status >= 500 or error.status == 429 or code in RETRYABLE)
-    return ChannelError(str(code), permanent=permanent, recipient_gone=code in RECIPIENT_GONE)
+    status = int(error.status)
+    code = int(error.code or status)
+    permanent = not (status >= 500 or status == 429 or code in RETRYABLE)
+    missing = deleting and (status == 404 or code == NOT_FOUND)
+    return ChannelError(str(code), permanent=permanent, recipient_gone=RECIPIENT_GONE.get(code), missing=missing)

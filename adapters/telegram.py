@@ -1,4 +1,5 @@
-"""Telegram through python-telegram-bot 22: parse updates, send, and erase a chat's messages.
+"""Telegram through python-telegram-bot 22: authenticate and parse updates (webhook or polling),
+set the webhook, send, and erase a chat's messages. Only this module knows the Bot API.
 
 Of an update we keep exactly: the chat id (the return address, handed to intake, which
 pseudonymises and encrypts it), the text or caption, a location the tipster chose to share (as
@@ -9,6 +10,10 @@ The user id, username, first and last name, language code (used once, to pick th
 then forgotten), premium flag, forward origin, contact cards, `via_bot` and quotes from other chats
 are dropped here. Nothing here logs an id, a name or a text.
 
+Each kind of update has its handler (`_HANDLERS`), and the kinds in that table are the ones the
+bot subscribes to. Telegram's errors become ChannelError here: a 403 means the tipster blocked the
+bot (`recipient_gone`), "message to delete not found" that there is nothing left to erase.
+
 Sending runs on one long-lived asyncio loop owned by the channel (python-telegram-bot is async,
 the app is WSGI): calls from the dispatcher thread are submitted to it.
 """
@@ -16,30 +21,40 @@ the app is WSGI): calls from the dispatcher thread are submitted to it.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 # Opt in to python-telegram-bot's future behaviour (time spans as timedelta) instead of its
 # deprecation warnings; _channel_error handles both forms.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update  # noqa: E402
+from telegram import Bot, Chat, ChatMember, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update  # noqa: E402
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut  # noqa: E402
 
 from adapters.sms import clean_text  # noqa: E402
-from tipline.core import images  # noqa: E402
-from tipline.core.channels import ChannelError, InboundMessage, MediaRef, Sent  # noqa: E402
 from tipline.config import TelegramSettings  # noqa: E402
+from tipline.core import images  # noqa: E402
+from tipline.core.channels import (  # noqa: E402
+    ChannelError,
+    ChatUpdate,
+    InboundMessage,
+    MalformedWebhook,
+    MediaRef,
+    Sent,
+)
+from tipline.core.vocabulary import ErasedReason  # noqa: E402
+
+T = TypeVar("T")
 
 CHANNEL = "telegram"
-ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
 BUTTONS = {  # callback data -> label, per language; callback data is a keyword of the conversation
     "draft": {"en": [("skip", "Skip"), ("done", "Done")], "es": [("skip", "Saltar"), ("done", "Listo")]},
     "submitted": {"en": [("new", "New tip")], "es": [("new", "Nueva denuncia")]},
@@ -49,23 +64,10 @@ CALLBACKS = {"skip", "done", "new", "en", "es"}
 ERASE_WINDOW = 500  # how many of the chat's latest message ids /erase asks Telegram to delete
 PER_CHAT_INTERVAL = 1.0  # Telegram: about one message per second per chat
 GLOBAL_PER_SECOND = 30  # and about thirty per second overall
-
+MESSAGE_GONE = "message to delete not found"  # Telegram's description when there is nothing left to delete
 
 # Images sent as files ("documents") worth downloading; the content is checked again.
 PHOTO_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif"}
-
-
-class MalformedUpdate(ValueError):
-    """Not a Telegram update we can read; the message never quotes it."""
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """What an update asks of the tip line."""
-
-    inbound: InboundMessage | None = None
-    callback_query_id: str | None = None
-    blocked_address: str | None = None  # the tipster blocked the bot: replies become impossible
 
 
 def erase_payload(address: str, up_to: int) -> str:
@@ -73,66 +75,162 @@ def erase_payload(address: str, up_to: int) -> str:
     return json.dumps({"chat": address, "up_to": up_to})
 
 
-def parse_update(data: Any) -> tuple[int, Parsed]:
-    """(update_id, what to do). Raises MalformedUpdate for anything that is not an update."""
+def parse_update(data: object) -> tuple[int, ChatUpdate]:
+    """(update_id, what it asks of the tip line). Raises MalformedWebhook for anything that is not an update."""
     if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
-        raise MalformedUpdate("not a Telegram update (no integer update_id)")
+        raise MalformedWebhook("not a Telegram update (no integer update_id)")
     try:
         update = Update.de_json(data, None)
     except Exception:  # noqa: BLE001 - the library's parse errors quote the payload
-        raise MalformedUpdate("the update could not be parsed") from None
-    delivery = f"update:{update.update_id}"
+        raise MalformedWebhook("the update could not be parsed") from None
+    try:
+        return update.update_id, interpret(update)
+    except (AttributeError, TypeError, ValueError):
+        # The library builds objects without checking types or required parts: a text that is a
+        # number, a membership change without its new status, fail only when read.
+        raise MalformedWebhook("the update has a field of an unexpected type or lacks one") from None
 
-    if update.callback_query is not None:
-        query = update.callback_query
-        message = query.message
-        if message is None or message.chat is None or message.chat.type != "private" or query.data not in CALLBACKS:
-            return update.update_id, Parsed(callback_query_id=query.id)
-        inbound = InboundMessage(channel=CHANNEL, address=str(message.chat.id), delivery_id=delivery, text=query.data)
-        return update.update_id, Parsed(inbound=inbound, callback_query_id=query.id)
 
-    if update.my_chat_member is not None:
-        member = update.my_chat_member
-        if member.chat.type == "private" and member.new_chat_member.status in ("kicked", "left"):
-            return update.update_id, Parsed(blocked_address=str(member.chat.id))
-        return update.update_id, Parsed()
+def interpret(update: Update) -> ChatUpdate:
+    """What an update asks of the tip line. Kinds not subscribed to (reactions, channel posts...) ask nothing."""
+    for kind, handler in _HANDLERS.items():
+        if getattr(update, kind) is not None:
+            return handler(update)
+    return ChatUpdate()
 
-    message = update.message or update.edited_message
-    if message is None or message.chat is None or message.chat.type != "private":
-        return update.update_id, Parsed()  # a channel post, a group, a reaction: acknowledged and dropped
+
+def _delivery(update: Update) -> str:
+    return f"update:{update.update_id}"
+
+
+def _private(chat: Chat | None) -> bool:
+    """A tipster's own chat with the bot. (The library leaves a missing chat as None.)"""
+    return chat is not None and chat.type == Chat.PRIVATE
+
+
+def _button(update: Update) -> ChatUpdate:
+    """A button press: its callback data is a keyword of the conversation, taken in as if typed."""
+    query = update.callback_query
+    if query is None:
+        return ChatUpdate()
+    message = query.message
+    keyword = query.data if query.data in CALLBACKS else None
+    if message is None or not _private(message.chat) or keyword is None:
+        return ChatUpdate(button_press=query.id)  # acknowledged, nothing else
+    inbound = InboundMessage(channel=CHANNEL, address=str(message.chat.id), delivery_id=_delivery(update), text=keyword)
+    return ChatUpdate(inbound=inbound, button_press=query.id)
+
+
+def _membership(update: Update) -> ChatUpdate:
+    """The tipster blocked the bot (Telegram says: kicked, or left, from their private chat)."""
+    member = update.my_chat_member
+    if member is None or not _private(member.chat):
+        return ChatUpdate()
+    if member.new_chat_member.status in (ChatMember.BANNED, ChatMember.LEFT):
+        return ChatUpdate(blocked_address=str(member.chat.id))
+    return ChatUpdate()
+
+
+def _new_message(update: Update) -> ChatUpdate:
+    return _message(update, update.message, edited=False)
+
+
+def _edited_message(update: Update) -> ChatUpdate:
+    return _message(update, update.edited_message, edited=True)
+
+
+def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUpdate:
+    """A tipster's message in their private chat with the bot; groups and channels are dropped."""
+    if message is None or not _private(message.chat):
+        return ChatUpdate()
     address = str(message.chat.id)
     if message.text and message.text.strip().split("@", 1)[0].lower() == "/erase":
-        return update.update_id, Parsed(inbound=InboundMessage(
-            channel=CHANNEL, address=address, delivery_id=delivery, text="",
-            erase_request=erase_payload(address, message.message_id),
-        ))
-    language = None
-    if message.from_user is not None and message.from_user.language_code:
-        language = message.from_user.language_code[:2].lower()
-    files: tuple[MediaRef, ...] = ()
+        erase = erase_payload(address, message.message_id)
+        return ChatUpdate(
+            inbound=InboundMessage(
+                channel=CHANNEL,
+                address=address,
+                delivery_id=_delivery(update),
+                text="",
+                erase_request=erase,
+            )
+        )
+    content = _content(message)
+    if edited:
+        # An edit re-sends the same file: it was taken (or refused) the first time.
+        content = _Content(f"(edited) {content.text}" if content.text else "")
+    return ChatUpdate(
+        inbound=InboundMessage(
+            channel=CHANNEL,
+            address=address,
+            delivery_id=_delivery(update),
+            text=clean_text(content.text),
+            media=content.media,
+            refused_media=content.refused,
+            language_hint=_language(message),
+            album=message.media_group_id if content.media else None,
+        )
+    )
+
+
+def _language(message: Message) -> str | None:
+    """The sender's app language, to pick the first language of the conversation (then forgotten)."""
+    user = message.from_user
+    return user.language_code[:2].lower() if user is not None and user.language_code else None
+
+
+# Which handler reads which kind of update; also the kinds the bot subscribes to.
+_HANDLERS: dict[str, Callable[[Update], ChatUpdate]] = {
+    "message": _new_message,
+    "edited_message": _edited_message,
+    "callback_query": _button,
+    "my_chat_member": _membership,
+}
+ALLOWED_UPDATES = list(_HANDLERS)
+
+
+@dataclass(frozen=True)
+class _Content:
+    """What a message says and carries, before it becomes an InboundMessage."""
+
+    text: str
+    media: tuple[MediaRef, ...] = ()
     refused: tuple[str, ...] = ()
-    if message.location is not None and message.venue is None:
-        text = f"Shared location: {message.location.latitude:.5f}, {message.location.longitude:.5f}"
-    else:
-        text = message.text or message.caption or ""
-        if message.photo:
-            largest = message.photo[-1]  # Telegram lists the sizes smallest first
-            files = (MediaRef(largest.file_id, "image/jpeg", largest.file_size),)
-        elif message.document is not None and (message.document.mime_type or "").lower() in PHOTO_TYPES:
-            document = message.document
-            files = (MediaRef(document.file_id, (document.mime_type or "").lower(), document.file_size),)
-        elif not message.text:
-            # Anything else attached (video, voice, a non-image file, sticker, contact card, venue...)
-            # is refused: none of it is fetched or stored.
-            refused = (images.TYPE,)
-    if update.edited_message is not None and text:
-        text = f"(edited) {text}"
-    if update.edited_message is not None:
-        files, refused = (), ()  # an edit re-sends the same file: it was taken (or refused) the first time
-    return update.update_id, Parsed(inbound=InboundMessage(
-        channel=CHANNEL, address=address, delivery_id=delivery, text=clean_text(text), media=files,
-        refused_media=refused, language_hint=language, album=message.media_group_id if files else None,
-    ))
+
+
+def _content(message: Message) -> _Content:
+    """The text of a message and its photo; anything else attached is refused unfetched."""
+    location = message.location
+    if location is not None and message.venue is None:
+        # A location shared on purpose becomes the tip's "where", as text.
+        return _Content(f"Shared location: {location.latitude:.5f}, {location.longitude:.5f}")
+    text = message.text or message.caption or ""
+    for attachment in _PHOTOS:
+        photo = attachment(message)
+        if photo is not None:
+            return _Content(text, media=(photo,))
+    # Anything else attached (video, voice, a non-image file, sticker, contact card, venue...) is
+    # refused: none of it is fetched or stored.
+    return _Content(text, refused=() if message.text else (images.TYPE,))
+
+
+def _photo(message: Message) -> MediaRef | None:
+    if not message.photo:
+        return None
+    largest = message.photo[-1]  # Telegram lists the sizes smallest first
+    return MediaRef(largest.file_id, "image/jpeg", largest.file_size)
+
+
+def _image_file(message: Message) -> MediaRef | None:
+    """An image sent as a file; its file name (often a date or a name) is not kept."""
+    document = message.document
+    declared = (document.mime_type or "").lower() if document is not None else ""
+    if document is None or declared not in PHOTO_TYPES:
+        return None
+    return MediaRef(document.file_id, declared, document.file_size)
+
+
+_PHOTOS: tuple[Callable[[Message], MediaRef | None], ...] = (_photo, _image_file)
 
 
 def keyboard(name: str | None) -> InlineKeyboardMarkup | None:
@@ -185,21 +283,86 @@ class TelegramChannel:
         self._limiter = _Limiter()
         self._initialised = False
 
-    def call(self, coroutine: Any, timeout: float = 60.0) -> Any:
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         """Run a Bot coroutine on the channel's loop from any thread."""
         if not self._initialised:
             asyncio.run_coroutine_threadsafe(self.bot.initialize(), self._loop).result(timeout)
             self._initialised = True
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    def send(self, address: str, text: str, keyboard_name: str | None = None) -> Sent:
-        self._limiter.wait(address)
+    def _request(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """`call`, with Telegram's failures as ChannelError."""
         try:
-            message = self.call(self.bot.send_message(
-                chat_id=int(address), text=text, reply_markup=keyboard(keyboard_name), protect_content=True,
-            ))
+            return self.call(coroutine, timeout)
         except TelegramError as error:
             raise _channel_error(error) from None
+
+    # The webhook (webhooks/telegram.py)
+
+    def authenticate(self, secret_header: str | None) -> bool:
+        """Whether a webhook request carries the secret token set with setWebhook (constant time)."""
+        expected = (self.settings.webhook_secret or "").encode()
+        return bool(expected) and hmac.compare_digest((secret_header or "").encode(), expected)
+
+    def parse(self, data: object) -> ChatUpdate:
+        """What a webhook's update asks of the tip line; MalformedWebhook if it is not an update."""
+        return parse_update(data)[1]
+
+    def webhook_response(self, update: ChatUpdate) -> Mapping[str, object]:
+        """The webhook's own answer: acknowledge a button press at once (Telegram shows a spinner until then)."""
+        if update.button_press:
+            return {"method": "answerCallbackQuery", "callback_query_id": update.button_press}
+        return {}
+
+    # Setting up and polling (`tipline telegram set-webhook`, `tipline telegram poll`)
+
+    def set_webhook(self, url: str, drop_pending: bool) -> None:
+        """Have Telegram post updates to `url`, with the configured secret token."""
+        if not self.settings.webhook_secret:
+            raise ValueError("a webhook needs TELEGRAM_WEBHOOK_SECRET")
+        self._request(
+            self.bot.set_webhook(
+                url=url,
+                secret_token=self.settings.webhook_secret,
+                allowed_updates=ALLOWED_UPDATES,
+                drop_pending_updates=drop_pending,
+                max_connections=10,
+            )
+        )
+
+    def delete_webhook(self) -> None:
+        """Stop webhook delivery (polling and a webhook exclude each other); queued updates stay."""
+        self._request(self.bot.delete_webhook(drop_pending_updates=False))
+
+    def poll_once(self, offset: int, timeout: int = 30) -> list[tuple[int, ChatUpdate]]:
+        """(update_id, what it asks) of the updates from `offset` on, waiting up to `timeout` seconds for one."""
+        updates = self._request(
+            self.bot.get_updates(offset=offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES),
+            timeout=timeout + 60,
+        )
+        return [(update.update_id, interpret(update)) for update in updates]
+
+    def confirm(self, offset: int) -> None:
+        """Tell Telegram that the updates before `offset` are handled, as the next poll would."""
+        self._request(self.bot.get_updates(offset=offset, timeout=0, allowed_updates=ALLOWED_UPDATES))
+
+    def acknowledge(self, update: ChatUpdate) -> None:
+        """Answer a polled button press (a webhook answers in its response instead)."""
+        if update.button_press:
+            self._request(self.bot.answer_callback_query(update.button_press))
+
+    # The Channel contract (the outbox dispatcher and the media worker)
+
+    def send(self, address: str, text: str, keyboard_name: str | None = None) -> Sent:
+        self._limiter.wait(address)
+        message = self._request(
+            self.bot.send_message(
+                chat_id=int(address),
+                text=text,
+                reply_markup=keyboard(keyboard_name),
+                protect_content=True,
+            )
+        )
         return Sent(str(message.message_id))
 
     def delete(self, provider_message_id: str) -> None:
@@ -207,21 +370,19 @@ class TelegramChannel:
         request = json.loads(provider_message_id)
         chat, up_to = int(request["chat"]), int(request["up_to"])
         ids = list(range(max(1, up_to - ERASE_WINDOW + 1), up_to + 1))
-        try:
-            for start in range(0, len(ids), 100):
-                self.call(self.bot.delete_messages(chat_id=chat, message_ids=ids[start : start + 100]))
-        except TelegramError as error:
-            raise _channel_error(error) from None
+        for start in range(0, len(ids), 100):
+            try:
+                self._request(self.bot.delete_messages(chat_id=chat, message_ids=ids[start : start + 100]))
+            except ChannelError as error:
+                if not error.missing:  # nothing left of this batch: go on with the next
+                    raise
 
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
         """Download a file by its file_id (getFile, then the file URL, which holds the bot token)."""
-        try:
-            file = self.call(self.bot.get_file(source))
-            if file.file_size and file.file_size > max_bytes:
-                raise images.Refused(images.SIZE)
-            data = bytes(self.call(file.download_as_bytearray()))
-        except TelegramError as error:
-            raise _channel_error(error) from None
+        file = self._request(self.bot.get_file(source))
+        if file.file_size and file.file_size > max_bytes:
+            raise images.Refused(images.SIZE)
+        data = bytes(self._request(file.download_as_bytearray()))
         if len(data) > max_bytes:
             raise images.Refused(images.SIZE)
         return data
@@ -233,25 +394,22 @@ class TelegramChannel:
 
 
 def _channel_error(error: TelegramError) -> ChannelError:
-    # Only the class of the error leaves this function: messages can quote what was sent.
+    """What a Telegram failure means for the core.
+
+    Only the class of the error leaves this function: Telegram's messages can quote what was sent.
+    """
     if isinstance(error, RetryAfter):
         with warnings.catch_warnings():
             # PTB 22 is moving retry_after from int to timedelta and warns on access; both are handled.
             warnings.simplefilter("ignore")
             retry = error.retry_after
-        seconds = retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry)
-        return ChannelError("429", permanent=False, retry_after=seconds)
+        seconds = retry if isinstance(retry, int) else retry.total_seconds()
+        return ChannelError("429", permanent=False, retry_after=float(seconds))
     if isinstance(error, Forbidden):
-        return ChannelError("403", permanent=True, recipient_gone=True)  # the tipster blocked the bot
+        # The tipster blocked the bot (or deleted their account): nothing reaches them any more.
+        return ChannelError("403", permanent=True, recipient_gone=ErasedReason.BLOCKED)
     if isinstance(error, BadRequest):
-        return ChannelError("400", permanent=True)
+        return ChannelError("400", permanent=True, missing=MESSAGE_GONE in error.message.lower())
     if isinstance(error, TimedOut | NetworkError):
         return ChannelError("network", permanent=False)
     return ChannelError(type(error).__name__, permanent=False)
-
-
-def webhook_response(parsed: Parsed) -> Mapping[str, Any]:
-    """The webhook's own answer: acknowledge a button press at once (Telegram shows a spinner until then)."""
-    if parsed.callback_query_id:
-        return {"method": "answerCallbackQuery", "callback_query_id": parsed.callback_query_id}
-    return {}

@@ -26,13 +26,14 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from tests.support.scratch import scratch_database  # noqa: E402
-from tipline.core import crypto  # noqa: E402
-from tipline.runtime import build_runtime
-from tipline.web.app import create_app  # noqa: E402
-from tipline.setup import initialise  # noqa: E402
 from tipline.config import load_settings  # noqa: E402
-from tipline.storage.models import Tip, utcnow  # noqa: E402
+from tipline.core import crypto  # noqa: E402
+from tipline.core.vocabulary import KeyPurpose
+from tipline.runtime import build_runtime
 from tipline.services.accounts import add_user  # noqa: E402
+from tipline.setup import initialise  # noqa: E402
+from tipline.storage.models import Tip, utcnow  # noqa: E402
+from tipline.web.app import create_app  # noqa: E402
 
 PASSWORD = "benchmark passphrase long enough"
 
@@ -45,14 +46,27 @@ def fill(runtime, count: int, start: int) -> None:  # type: ignore[no-untyped-de
     for n in range(start, start + count):
         reference = f"T-B{n:05d}"
         dek = crypto.new_key()
-        version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, dek, reference)
-        rows.append({
-            "reference": reference, "alias": f"{n % 65536:04X}", "channel": "sms", "status": rng.choice(["new", "new", "in_review", "actionable", "closed"]),
-            "urgent": rng.random() < 0.05, "category": rng.choice([None, "drugs", "property", "violence"]),
-            "kek_version": version, "wrapped_dek": wrapped,
-            "what_ct": crypto.seal(dek, b"a realistic description of what the tipster saw" * 3, crypto.aad("tips", "what", reference)),
-            "message_count": 3, "unread": rng.randint(0, 2), "created_at": now, "submitted_at": now, "updated_at": now,
-        })
+        version, wrapped = keyring.wrap_dek(KeyPurpose.TIPS, dek, reference)
+        rows.append(
+            {
+                "reference": reference,
+                "alias": f"{n % 65536:04X}",
+                "channel": "sms",
+                "status": rng.choice(["new", "new", "in_review", "actionable", "closed"]),
+                "urgent": rng.random() < 0.05,
+                "category": rng.choice([None, "drugs", "property", "violence"]),
+                "kek_version": version,
+                "wrapped_dek": wrapped,
+                "what_ct": crypto.seal(
+                    dek, b"a realistic description of what the tipster saw" * 3, crypto.aad("tips", "what", reference)
+                ),
+                "message_count": 3,
+                "unread": rng.randint(0, 2),
+                "created_at": now,
+                "submitted_at": now,
+                "updated_at": now,
+            }
+        )
     with runtime.factory.begin() as session:
         for i in range(0, len(rows), 2000):
             session.execute(insert(Tip), rows[i : i + 2000])
@@ -66,7 +80,9 @@ def sign_in(app):  # type: ignore[no-untyped-def]
     client = app.test_client()
     page = client.get("/console/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    client.post("/console/login", data={"csrf_token": token, "username": "bench", "password": PASSWORD, "ack": "1", "code": ""})
+    client.post(
+        "/console/login", data={"csrf_token": token, "username": "bench", "password": PASSWORD, "ack": "1", "code": ""}
+    )
     enrol = client.get("/console/enrol").get_data(as_text=True)
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', enrol).group(1)
     token = re.search(r'name="csrf_token" value="([^"]+)"', enrol).group(1)
@@ -90,7 +106,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp,
+        scratch_database(args.database_url) as database_url,
+    ):
         env = {"TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_LOG_LEVEL": "WARNING"}
         if database_url:
             env["TIPLINE_DATABASE_URL"] = database_url
@@ -98,7 +117,7 @@ def main() -> None:
         initialise(settings)
         runtime = build_runtime(settings, channels={})
         app = create_app(runtime)
-        add_user(runtime.factory, "bench", ["detective"], PASSWORD)
+        add_user(runtime.ctx, "bench", ["detective"], PASSWORD)
         client = sign_in(app)
         small = 200
         fill(runtime, small, 0)
@@ -113,14 +132,19 @@ def main() -> None:
         pages["page 4 (deep)"] = "/console/?page=4"
         pages["page 399 (deepest)"] = f"/console/?page={args.tips // 50 - 1}"
         after = {name: timings(client, path, args.repeat) for name, path in pages.items()}
-        print(f"tip list through the WSGI app, {args.repeat} requests each, database "
-              f"{'SQLite' if not args.database_url else args.database_url}, {os.cpu_count()} CPUs")
+        print(
+            f"tip list through the WSGI app, {args.repeat} requests each, database "
+            f"{'SQLite' if not args.database_url else args.database_url}, {os.cpu_count()} CPUs"
+        )
         print(f"{'page':28} {'200 tips: p50':>14} {f'{args.tips} tips: p50':>18} {'p95':>8} {'ratio':>7}")
         for name in pages:
             b = statistics.median(before[name]) if name in before else float("nan")
             a = after[name]
             p95 = sorted(a)[int(0.95 * (len(a) - 1))]
-            print(f"{name:28} {b:11.1f} ms {statistics.median(a):15.1f} ms {p95:6.1f} ms {statistics.median(a) / b if b == b else float('nan'):7.2f}")
+            print(
+                f"{name:28} {b:11.1f} ms {statistics.median(a):15.1f} ms {p95:6.1f} ms "
+                f"{statistics.median(a) / b if b == b else float('nan'):7.2f}"
+            )
         worst = max(sorted(a)[int(0.95 * (len(a) - 1))] for a in after.values())
         print(f"worst p95 with {args.tips} tips: {worst:.1f} ms (target: under 100 ms per page)")
         runtime.close()

@@ -81,16 +81,31 @@ def conversations(senders: int) -> list[list[tuple[bytes, str]]]:
 
     validator = RequestValidator(AUTH_TOKEN)
     result = []
-    for n in range(senders):
+    for _ in range(senders):
         sender = f"+1555{secrets.randbelow(10**7):07d}"
         messages = []
         for body in CONVERSATION:
             sid = "SM" + secrets.token_hex(16)
             form = {
-                "ToCountry": "US", "ToState": "NH", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "",
-                "FromZip": "00599", "SmsSid": sid, "FromState": "NH", "SmsStatus": "received", "FromCity": "BENCHVILLE",
-                "Body": body, "FromCountry": "US", "To": "+15555550100", "ToZip": "", "NumSegments": "1",
-                "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": sender, "ApiVersion": "2010-04-01",
+                "ToCountry": "US",
+                "ToState": "NH",
+                "SmsMessageSid": sid,
+                "NumMedia": "0",
+                "ToCity": "",
+                "FromZip": "00599",
+                "SmsSid": sid,
+                "FromState": "NH",
+                "SmsStatus": "received",
+                "FromCity": "BENCHVILLE",
+                "Body": body,
+                "FromCountry": "US",
+                "To": "+15555550100",
+                "ToZip": "",
+                "NumSegments": "1",
+                "MessageSid": sid,
+                "AccountSid": ACCOUNT_SID,
+                "From": sender,
+                "ApiVersion": "2010-04-01",
             }
             messages.append((urlencode(form).encode(), validator.compute_signature(PUBLIC_URL + PATH, form)))
         result.append(messages)
@@ -118,9 +133,15 @@ def load(port: int, work: list[list[tuple[bytes, str]]], connections: int) -> tu
                 break
             for body, signature in conversation:
                 start = time.perf_counter()
-                connection.request("POST", PATH, body, {
-                    "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature,
-                })
+                connection.request(
+                    "POST",
+                    PATH,
+                    body,
+                    {
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "X-Twilio-Signature": signature,
+                    },
+                )
                 response = connection.getresponse()
                 response.read()
                 mine.append(time.perf_counter() - start)
@@ -146,7 +167,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def measure(name: str, command: list[str], env: dict[str, str], port: int, work: list, connections: int) -> dict[str, float]:
+def measure(
+    name: str, command: list[str], env: dict[str, str], port: int, work: list, connections: int
+) -> dict[str, float]:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, process)
@@ -156,12 +179,18 @@ def measure(name: str, command: list[str], env: dict[str, str], port: int, work:
         process.terminate()
         process.wait(timeout=30)
     figures = {
-        "requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
-        "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / seconds,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
     }
-    print(f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
-          f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  errors {errors}", flush=True)
+    print(
+        f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
+        f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  errors {errors}",
+        flush=True,
+    )
     return figures
 
 
@@ -179,28 +208,55 @@ def main() -> None:
 
     from tests.support.scratch import scratch_database
 
-    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp,
+        scratch_database(args.database_url) as database_url,
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
-        env.update({
-            "TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_PUBLIC_URL": PUBLIC_URL, "TIPLINE_LOG_LEVEL": "WARNING",
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM_NUMBER": "+15555550100",
-            # Deletions at Twilio are due 60 s after each message, after this run: nothing is sent anywhere.
-            "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
-        })
+        env.update(
+            {
+                "TIPLINE_DATA_DIR": str(Path(tmp) / "var"),
+                "TIPLINE_PUBLIC_URL": PUBLIC_URL,
+                "TIPLINE_LOG_LEVEL": "WARNING",
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "TWILIO_FROM_NUMBER": "+15555550100",
+                # Deletions at Twilio are due 60 s after each message, after this run: nothing is sent anywhere.
+                "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+            }
+        )
         if database_url:
             env["TIPLINE_DATABASE_URL"] = database_url
         subprocess.run([sys.executable, "-m", "tipline.cli", "init"], env=env, check=True, capture_output=True, cwd=tmp)
         work = conversations(args.senders)
-        print(f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "
-              f"waitress with {args.threads} threads, database {'SQLite (WAL, synchronous=FULL)' if not args.database_url else args.database_url}, "
-              f"{os.cpu_count()} CPUs", flush=True)
+        print(
+            f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "
+            f"waitress with {args.threads} threads, "
+            f"database {'SQLite (WAL, synchronous=FULL)' if not args.database_url else args.database_url}, "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
         base_port, tip_port = free_port(), free_port()
-        baseline = measure("baseline", [sys.executable, __file__, "--serve-baseline", str(base_port), "--threads", str(args.threads)],
-                           env, base_port, work, args.connections)
-        tipline = measure("tipline", [sys.executable, "-m", "tipline.cli", "serve", "--port", str(tip_port), "--threads", str(args.threads)],
-                          env, tip_port, work, args.connections)
-        print(f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
-              f"tipline p99: {tipline['p99_ms']:.1f} ms (targets: ratio >= 0.5, p99 < 50 ms)")
+        baseline = measure(
+            "baseline",
+            [sys.executable, __file__, "--serve-baseline", str(base_port), "--threads", str(args.threads)],
+            env,
+            base_port,
+            work,
+            args.connections,
+        )
+        tipline = measure(
+            "tipline",
+            [sys.executable, "-m", "tipline.cli", "serve", "--port", str(tip_port), "--threads", str(args.threads)],
+            env,
+            tip_port,
+            work,
+            args.connections,
+        )
+        print(
+            f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
+            f"tipline p99: {tipline['p99_ms']:.1f} ms (targets: ratio >= 0.5, p99 < 50 ms)"
+        )
 
 
 if __name__ == "__main__":

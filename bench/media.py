@@ -61,16 +61,20 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=12.0)
     args = parser.parse_args()
     picture = photo(args.megapixels)
-    print(f"picture: {picture.width}x{picture.height} ({picture.width * picture.height / 1e6:.1f} MP), "
-          f"median of {args.runs} runs")
+    print(
+        f"picture: {picture.width}x{picture.height} ({picture.width * picture.height / 1e6:.1f} MP), "
+        f"median of {args.runs} runs"
+    )
     for kind in ("JPEG", "HEIF"):
         data = encode(picture, kind)
         here, clean = timed(data, isolate=False, runs=args.runs)
         child, isolated = timed(data, isolate=True, runs=args.runs)
         assert clean.data == isolated.data
-        print(f"{kind:5} {len(data) / 1e6:5.2f} MB in -> {len(clean.data) / 1e6:5.2f} MB out | "
-              f"in process {here * 1000:7.1f} ms | isolated child {child * 1000:7.1f} ms | "
-              f"ratio {child / here:4.2f} | {1 / child:5.2f} photos/s per core")
+        print(
+            f"{kind:5} {len(data) / 1e6:5.2f} MB in -> {len(clean.data) / 1e6:5.2f} MB out | "
+            f"in process {here * 1000:7.1f} ms | isolated child {child * 1000:7.1f} ms | "
+            f"ratio {child / here:4.2f} | {1 / child:5.2f} photos/s per core"
+        )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from tests.support.scratch import scratch_database  # noqa: E402
-from tipline.core import crypto  # noqa: E402
-from tipline.services import rotation
-from tipline.runtime import build_runtime  # noqa: E402
-from tipline.setup import initialise  # noqa: E402
 from tipline.config import load_settings  # noqa: E402
+from tipline.core import crypto  # noqa: E402
+from tipline.core.vocabulary import KeyPurpose
+from tipline.runtime import build_runtime  # noqa: E402
+from tipline.services import rotation
+from tipline.setup import initialise  # noqa: E402
 from tipline.storage.keystore import load_master_key  # noqa: E402
 from tipline.storage.models import utcnow  # noqa: E402
 
@@ -40,7 +41,10 @@ from tipline.storage.models import utcnow  # noqa: E402
 def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
     keyring = runtime.keys.keyring
     now = utcnow()
-    columns = "reference, alias, channel, status, urgent, kek_version, wrapped_dek, message_count, unread, created_at, updated_at"
+    columns = (
+        "reference, alias, channel, status, urgent, kek_version, wrapped_dek, message_count, unread, "
+        "created_at, updated_at"
+    )
     engine = runtime.engine
     raw = engine.raw_connection()
     try:
@@ -50,7 +54,7 @@ def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
             rows = []
             for n in range(start, min(start + chunk, count)):
                 reference = f"T-R{n:07d}"
-                version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, os.urandom(32), reference)
+                version, wrapped = keyring.wrap_dek(KeyPurpose.TIPS, os.urandom(32), reference)
                 rows.append((reference, "BNCH", "sms", "new", False, version, wrapped, 0, 0, now, now))
             if engine.dialect.name == "postgresql":
                 with cursor.copy(f"COPY tips ({columns}) FROM STDIN") as copy:
@@ -75,7 +79,9 @@ def floor(runtime, count: int) -> float:  # type: ignore[no-untyped-def]
     """Seconds for the unavoidable work: unwrap + wrap every key, and one bulk UPDATE of every row."""
     old, new = AESGCM(crypto.new_key()), AESGCM(crypto.new_key())
     nonce = os.urandom(12)
-    samples = [(old.encrypt(nonce, os.urandom(32), f"tipline/dek/v1|tips|T-R{n:07d}|kek=1".encode()), n) for n in range(1000)]
+    samples = [
+        (old.encrypt(nonce, os.urandom(32), f"tipline/dek/v1|tips|T-R{n:07d}|kek=1".encode()), n) for n in range(1000)
+    ]
     start = time.perf_counter()
     for i in range(count):
         blob, n = samples[i % 1000]
@@ -98,7 +104,12 @@ def intake_latencies(runtime, count: int, stop: threading.Event | None = None) -
     for n in range(count):
         if stop is not None and stop.is_set():
             break
-        form = {"MessageSid": "SM" + os.urandom(16).hex(), "From": f"+1555{n % 10_000_000:07d}", "Body": "A tip during a rotation", "NumMedia": "0"}
+        form = {
+            "MessageSid": "SM" + os.urandom(16).hex(),
+            "From": f"+1555{n % 10_000_000:07d}",
+            "Body": "A tip during a rotation",
+            "NumMedia": "0",
+        }
         start = time.perf_counter()
         runtime.intake.receive(parse_inbound(form))
         out.append((time.perf_counter() - start) * 1000)
@@ -115,8 +126,15 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp, scratch_database(args.database_url) as database_url:
-        env = {"TIPLINE_DATA_DIR": str(Path(tmp) / "var"), "TIPLINE_LOG_LEVEL": "WARNING", "TIPLINE_PROVIDER_DELETE": "0"}
+    with (
+        tempfile.TemporaryDirectory(prefix="tipline-bench-") as tmp,
+        scratch_database(args.database_url) as database_url,
+    ):
+        env = {
+            "TIPLINE_DATA_DIR": str(Path(tmp) / "var"),
+            "TIPLINE_LOG_LEVEL": "WARNING",
+            "TIPLINE_PROVIDER_DELETE": "0",
+        }
         if database_url:
             env["TIPLINE_DATABASE_URL"] = database_url
         settings = load_settings(env)
@@ -130,9 +148,9 @@ def main() -> None:
         floor_seconds = floor(runtime, args.keys)
 
         master = load_master_key(settings)
-        rotation_id = rotation.start(runtime.factory, runtime.keys, master, "tips", actor="bench")
+        rotation_id = rotation.start(runtime.ctx, master, "tips", actor="bench")
         start = time.perf_counter()
-        rotation.run(runtime.factory, runtime.keys, rotation_id)
+        rotation.run(runtime.ctx, rotation_id)
         seconds = time.perf_counter() - start
         with runtime.factory() as session:
             left = rotation.remaining(session, "tips", 2)
@@ -143,16 +161,19 @@ def main() -> None:
 
         # Intake while a second rotation runs (same process: it also shares the interpreter's lock).
         alone = intake_latencies(runtime, 300)
-        rotation_id = rotation.start(runtime.factory, runtime.keys, master, "tips", actor="bench")
+        rotation_id = rotation.start(runtime.ctx, master, "tips", actor="bench")
         during: list[float] = []
         stop = threading.Event()
         sampler = threading.Thread(target=lambda: during.extend(intake_latencies(runtime, 100_000, stop)))
         sampler.start()
-        rotation.run(runtime.factory, runtime.keys, rotation_id)
+        rotation.run(runtime.ctx, rotation_id)
         stop.set()
         sampler.join()
         print(f"intake alone:           p50 {statistics.median(alone):.2f} ms  p99 {p(alone, 99):.2f} ms")
-        print(f"intake during rotation: p50 {statistics.median(during):.2f} ms  p99 {p(during, 99):.2f} ms  ({len(during)} messages)")
+        print(
+            f"intake during rotation: p50 {statistics.median(during):.2f} ms  p99 {p(during, 99):.2f} ms  "
+            f"({len(during)} messages)"
+        )
         runtime.close()
 
 

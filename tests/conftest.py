@@ -1,25 +1,26 @@
 """Fixtures: a fresh database (SQLite, or a PostgreSQL schema when TIPLINE_TEST_DATABASE_URL is
-set), a stand-in Twilio server, and the tip line initialised and served through its WSGI app."""
+set), a stand-in Twilio server, and the tip line initialised and served through its WSGI app
+(`tipline`; `tg` with Telegram too). The helpers they use live in tests/support."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import fake_telegram, fake_twilio
-from tests.support.scratch import scratch_database
-from tests.support.harness import ACCOUNT_SID, AUTH_TOKEN, LINE_NUMBER, PUBLIC_URL, Harness
-from tipline.runtime import build_runtime
-from tipline.web.app import create_app
-from tipline.setup import initialise
-from tipline.config import load_settings
-
-PG_URL = os.environ.get("TIPLINE_TEST_DATABASE_URL", "").strip()
+from tests.support.harness import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    LINE_NUMBER,
+    PUBLIC_URL,
+    Harness,
+    make_harness,
+    telegram_harness,
+)
+from tests.support.scratch import PG_URL, scratch_database
 
 
 def pytest_report_header() -> str:
@@ -42,7 +43,9 @@ def twilio_server() -> Iterator[fake_twilio.FakeTwilio]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, database_url: str, twilio_server: fake_twilio.FakeTwilio, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(
+    tmp_path: Path, database_url: str, twilio_server: fake_twilio.FakeTwilio, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     for name in ("TWILIO_REGION", "TWILIO_EDGE"):
         monkeypatch.delenv(name, raising=False)
     values = {
@@ -63,6 +66,12 @@ def env(tmp_path: Path, database_url: str, twilio_server: fake_twilio.FakeTwilio
 
 
 @pytest.fixture
+def cli_env(env: dict[str, str]) -> dict[str, str]:
+    """The settings an operator's shell has for the `tipline` command (no Twilio account needed)."""
+    return {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
+
+
+@pytest.fixture
 def log_file(tmp_path: Path) -> Iterator[Path]:
     """Every log record of every logger, at every level, captured to a file for the anonymity scan."""
     path = tmp_path / "logs" / "all.log"
@@ -80,32 +89,10 @@ def log_file(tmp_path: Path) -> Iterator[Path]:
     handler.close()
 
 
-def make_harness(env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: Path) -> Harness:
-    settings = load_settings(env)
-    initialise(settings)
-    runtime = build_runtime(settings)
-    app = create_app(runtime)
-    return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file, settings.public_url)
-
-
-@contextlib.contextmanager
-def telegram_harness(
-    env: dict[str, str], twilio: fake_twilio.FakeTwilio, log_file: Path, **extra: str,
-) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
-    """The tip line with its Telegram channel pointed at a stand-in Bot API (plus `extra` settings)."""
-    fake, server = fake_telegram.start(fake_telegram.TOKEN)
-    harness = make_harness({**env, "TELEGRAM_BOT_TOKEN": fake_telegram.TOKEN, "TELEGRAM_WEBHOOK_SECRET": fake_telegram.SECRET,
-                            "TELEGRAM_API_BASE_URL": fake.url, **extra}, twilio, log_file)
-    try:
-        yield harness, fake
-    finally:
-        harness.runtime.close()
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
-def tg(env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file: Path) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
+def tg(
+    env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file: Path
+) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
     with telegram_harness(env, twilio_server, log_file) as pair:
         yield pair
 

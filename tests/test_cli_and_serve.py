@@ -2,73 +2,75 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select, update
 
+from tests.support import samples
 from tests.support.anonymity import scan_files
-from tests.support.harness import REFERENCE
-from tipline.services import review
-from tipline.runtime import build_runtime
+from tests.support.harness import reference_of
+from tests.support.processes import free_port, run, spawn, workdir
 from tipline.config import load_settings
-
-TIPLINE = [sys.executable, "-m", "tipline.cli"]
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
-    return subprocess.run([*TIPLINE, *args], env={**clean, **env}, input=stdin, capture_output=True, text=True, timeout=120,
-                          cwd=env["TIPLINE_DATA_DIR"].rsplit("/", 1)[0])
-
-
-@pytest.fixture
-def cli_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
+from tipline.core.vocabulary import AttachmentStatus
+from tipline.runtime import build_runtime
+from tipline.services import review
+from tipline.storage.models import Attachment, AuditEntry
 
 
 def test_init_is_idempotent_and_prints_the_first_admin_password_once(cli_env: dict[str, str]) -> None:
     first = run(cli_env, "init")
     assert first.returncode == 0, first.stderr
     assert "first admin account: admin" in first.stdout
-    password = re.search(r"one-time password: (\S+)", first.stdout).group(1)
-    assert len(password) >= 12
+    password = re.search(r"one-time password: (\S+)", first.stdout)
+    assert password is not None, first.stdout
+    assert len(password.group(1)) >= 12
     second = run(cli_env, "init")
-    assert second.returncode == 0 and "one-time password" not in second.stdout and "keys: present" in second.stdout
+    assert second.returncode == 0, second.stderr
+    assert "one-time password" not in second.stdout
+    assert "keys: present" in second.stdout
     listing = run(cli_env, "users", "list")
     assert re.search(r"admin\s+admin\s+active", listing.stdout)
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("TIPLINE_PUBLIC_URL", "tips.example.org", "TIPLINE_PUBLIC_URL must be an http(s) URL"),
-    ("TIPLINE_MASTER_KEY", "not-base64!", "TIPLINE_MASTER_KEY must be base64"),
-    ("TWILIO_ACCOUNT_SID", "AC123", "TWILIO_ACCOUNT_SID must look like"),
-    ("TIPLINE_SANDBOX", "maybe", "TIPLINE_SANDBOX must be 1 or 0"),
-    ("TIPLINE_DATABASE_URL", "mysql://x/y", "TIPLINE_DATABASE_URL must be"),
-])
-def test_a_bad_setting_stops_with_one_line_naming_it(cli_env: dict[str, str], name: str, value: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("TIPLINE_PUBLIC_URL", "tips.example.org", "TIPLINE_PUBLIC_URL must be an http(s) URL"),
+        ("TIPLINE_MASTER_KEY", "not-base64!", "TIPLINE_MASTER_KEY must be base64"),
+        ("TWILIO_ACCOUNT_SID", "AC123", "TWILIO_ACCOUNT_SID must look like"),
+        ("TIPLINE_SANDBOX", "maybe", "TIPLINE_SANDBOX must be 1 or 0"),
+        ("TIPLINE_DATABASE_URL", "mysql://x/y", "TIPLINE_DATABASE_URL must be"),
+    ],
+)
+def test_a_bad_setting_stops_with_one_line_naming_it(
+    cli_env: dict[str, str], name: str, value: str, message: str
+) -> None:
     result = run({**cli_env, name: value}, "init")
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_before_init_says_what_to_do(cli_env: dict[str, str]) -> None:
     result = run(cli_env, "purge")
-    assert result.returncode == 2 and "tipline init" in result.stderr
+    assert result.returncode == 2
+    assert "tipline init" in result.stderr
 
 
 def test_users_add_list_disable(cli_env: dict[str, str]) -> None:
     run(cli_env, "init")
     short = run(cli_env, "users", "add", "dana", "--role", "detective", "--password-stdin", stdin="short\n")
-    assert short.returncode == 2 and "at least 12" in short.stderr
-    added = run(cli_env, "users", "add", "dana", "--role", "detective", "--password-stdin", stdin="a long enough passphrase\n")
+    assert short.returncode == 2
+    assert "at least 12" in short.stderr
+    added = run(
+        cli_env, "users", "add", "dana", "--role", "detective", "--password-stdin", stdin="a long enough passphrase\n"
+    )
     assert added.returncode == 0, added.stderr
     assert run(cli_env, "users", "add", "dana", "--role", "detective").returncode == 2
     assert run(cli_env, "users", "disable", "dana").returncode == 0
@@ -76,27 +78,26 @@ def test_users_add_list_disable(cli_env: dict[str, str]) -> None:
 
 
 def test_every_command_has_help(cli_env: dict[str, str]) -> None:
-    for args in (["--help"], ["init", "--help"], ["serve", "--help"], ["dispatch", "--help"], ["purge", "--help"],
-                 ["users", "add", "--help"], ["keys", "status", "--help"]):
+    for args in (
+        ["--help"],
+        ["init", "--help"],
+        ["serve", "--help"],
+        ["dispatch", "--help"],
+        ["purge", "--help"],
+        ["users", "add", "--help"],
+        ["keys", "status", "--help"],
+    ):
         result = run(cli_env, *args)
-        assert result.returncode == 0 and "Usage: tipline" in result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Usage: tipline" in result.stdout, args
 
 
 @pytest.fixture
 def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     assert run(cli_env, "init").returncode == 0
     port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
-    log = Path(cli_env["TIPLINE_DATA_DIR"]).parent / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([*TIPLINE, "serve", "--port", str(port)], env={**clean, **cli_env, "TIPLINE_LOG_LEVEL": "DEBUG"},
-                                   stdout=out, stderr=subprocess.STDOUT)
+    with (workdir(cli_env) / "serve.log").open("w") as out:
+        process = spawn({**cli_env, "TIPLINE_LOG_LEVEL": "DEBUG"}, "serve", "--port", str(port), output=out)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -117,7 +118,8 @@ def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served
     assert health.json() == {"status": "ok", "database": "ok", "channels": ["sandbox"]}
     browser = requests.Session()
     page = browser.get(base + "/sandbox", timeout=5)
-    assert page.status_code == 200 and "Tip line sandbox" in page.text
+    assert page.status_code == 200
+    assert "Tip line sandbox" in page.text
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 
     def say(text: str) -> list[str]:
@@ -128,13 +130,13 @@ def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served
     assert "anonymous" in say("hi")[0]
     say("CANARY-SANDBOX a man sells stolen phones at the market")
     say("skip")
-    reference = REFERENCE.search(say("skip")[0]).group(0)
+    reference = reference_of(say("skip")[0])
 
     # A detective replies from another process; the server's dispatcher delivers it to the page
     settings = load_settings(env)
     runtime = build_runtime(settings)
     try:
-        review.reply(runtime.factory, runtime.keys.keyring, settings, reference, "Which market stall?")
+        review.reply(runtime.ctx, reference, "Which market stall?")
     finally:
         runtime.close()
     for _ in range(50):
@@ -150,28 +152,26 @@ def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served
 
 
 def test_serve_cleans_a_photo_from_the_sandbox_in_its_isolated_child(served: tuple[str, dict[str, str]]) -> None:
-    from sqlalchemy import select
-
-    from tests.support import samples
-    from tipline.storage.models import Attachment
-
     base, env = served
     browser = requests.Session()
     browser.get(base + "/sandbox", timeout=5)
-    sent = browser.post(base + "/sandbox/photos", data=samples.camera_jpeg(6).data,
-                        headers={"Content-Type": "image/jpeg"}, timeout=5)
+    sent = browser.post(
+        base + "/sandbox/photos", data=samples.camera_jpeg(6).data, headers={"Content-Type": "image/jpeg"}, timeout=5
+    )
     assert sent.json()["replies"][0].startswith("Thank you, we got your photo.")
     runtime = build_runtime(load_settings(env))
     try:
         for _ in range(100):  # the server's own dispatcher fetches and cleans it
             with runtime.factory() as session:
                 stored = session.scalars(select(Attachment)).all()
-            if stored and stored[0].status != "pending" and stored[0].status != "fetching":
+            if stored and stored[0].status not in (AttachmentStatus.PENDING, AttachmentStatus.FETCHING):
                 break
             time.sleep(0.1)
     finally:
         runtime.close()
-    assert [(a.status, a.width, a.height, a.source_format) for a in stored] == [("stored", 64, 96, "JPEG")]
+    assert [(a.status, a.width, a.height, a.source_format) for a in stored] == [
+        (AttachmentStatus.STORED, 64, 96, "JPEG")
+    ]
     data_dir = Path(env["TIPLINE_DATA_DIR"])
     assert scan_files(data_dir.parent, [samples.MAKE, samples.SERIAL, samples.OWNER, samples.XMP_GPS]) == []
 
@@ -179,7 +179,9 @@ def test_serve_cleans_a_photo_from_the_sandbox_in_its_isolated_child(served: tup
 def test_the_sandbox_refuses_nonsense(served: tuple[str, dict[str, str]]) -> None:
     base, _ = served
     browser = requests.Session()
-    assert browser.post(base + "/sandbox/messages", json={"text": "hi"}, timeout=5).status_code == 400  # no identity yet
+    assert (
+        browser.post(base + "/sandbox/messages", json={"text": "hi"}, timeout=5).status_code == 400
+    )  # no identity yet
     browser.get(base + "/sandbox", timeout=5)
     assert browser.post(base + "/sandbox/messages", data="not json", timeout=5).status_code == 400
     assert browser.post(base + "/sandbox/messages", json={"text": ["x"]}, timeout=5).status_code == 400
@@ -190,25 +192,26 @@ def test_settings_come_from_a_dotenv_file_and_the_environment_wins(cli_env: dict
     workdir = Path(cli_env["TIPLINE_DATA_DIR"]).parent
     (workdir / ".env").write_text("TIPLINE_AGENCY_NAME=From Dotenv\nTIPLINE_RETENTION_DAYS=soon\n")
     bad = run(cli_env, "init")
-    assert bad.returncode == 2 and "TIPLINE_RETENTION_DAYS must be a whole number" in bad.stderr
+    assert bad.returncode == 2
+    assert "TIPLINE_RETENTION_DAYS must be a whole number" in bad.stderr
     assert run({**cli_env, "TIPLINE_RETENTION_DAYS": "30"}, "init").returncode == 0
 
 
 def test_purge_and_dispatch_once_report_what_they_did(cli_env: dict[str, str]) -> None:
     run(cli_env, "init")
     purged = run(cli_env, "purge")
-    assert purged.returncode == 0 and "idle drafts submitted or dropped: 0" in purged.stdout
+    assert purged.returncode == 0, purged.stderr
+    assert "idle drafts submitted or dropped: 0" in purged.stdout
     dispatched = run(cli_env, "dispatch", "--once")
-    assert dispatched.returncode == 0 and "outbox rows attempted: 0" in dispatched.stdout
+    assert dispatched.returncode == 0, dispatched.stderr
+    assert "outbox rows attempted: 0" in dispatched.stdout
     status = run(cli_env, "keys", "status")
-    assert status.returncode == 0 and all(p in status.stdout for p in ("tips", "contacts", "pseudonym"))
+    assert status.returncode == 0, status.stderr
+    for purpose in ("tips", "contacts", "pseudonym"):
+        assert purpose in status.stdout
 
 
 def test_audit_verify_exits_non_zero_on_tampering(cli_env: dict[str, str]) -> None:
-    from sqlalchemy import select, update
-
-    from tipline.storage.models import AuditEntry
-
     run(cli_env, "init")
     assert run(cli_env, "users", "add", "dana", "--role", "detective", "--role", "admin").returncode == 0
     assert "detective,admin" in run(cli_env, "users", "list").stdout
@@ -219,9 +222,14 @@ def test_audit_verify_exits_non_zero_on_tampering(cli_env: dict[str, str]) -> No
             actions = [(e.actor, e.action, e.object_id) for e in session.scalars(select(AuditEntry))]
     finally:
         runtime.close()
-    assert actions == [("init", "user.create", "admin"), ("cli", "user.create", "dana"), ("cli", "user.disable", "dana")]
+    assert actions == [
+        ("init", "user.create", "admin"),
+        ("cli", "user.create", "dana"),
+        ("cli", "user.disable", "dana"),
+    ]
     intact = run(cli_env, "audit", "verify")
-    assert intact.returncode == 0 and "audit log intact" in intact.stdout
+    assert intact.returncode == 0, intact.stderr
+    assert "audit log intact" in intact.stdout
     runtime = build_runtime(load_settings(cli_env))
     try:
         with runtime.factory.begin() as session:
@@ -229,4 +237,5 @@ def test_audit_verify_exits_non_zero_on_tampering(cli_env: dict[str, str]) -> No
     finally:
         runtime.close()
     tampered = run(cli_env, "audit", "verify")
-    assert tampered.returncode == 1 and "TAMPERED" in tampered.stderr
+    assert tampered.returncode == 1
+    assert "TAMPERED" in tampered.stderr

@@ -11,14 +11,14 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.conftest import make_harness
 from tests.support import samples
-from tests.support.harness import REFERENCE, Harness, new_sid
-from tests.test_media_end_to_end import photos
+from tests.support.harness import REFERENCE, Harness, make_harness, new_sid, photos
 from tipline.services.accounts import add_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
 )
@@ -50,10 +50,19 @@ def live(env: dict[str, str], twilio_server, log_file: Path) -> Iterator[tuple[H
 @pytest.fixture
 def browser() -> Iterator[object]:
     with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync",
-        ])
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield chromium
         chromium.close()
 
@@ -81,7 +90,7 @@ def submit_tip(harness: Harness, text: str) -> str:
 
 def test_a_detective_works_a_tip_in_the_browser(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
     harness, base = live
-    add_user(harness.runtime.factory, "dana", ["detective"], PASSWORD)
+    add_user(harness.runtime.ctx, "dana", ["detective"], PASSWORD)
     reference = submit_tip(harness, "Two men unload boxes from a grey van behind the pharmacy every night")
     page = browser.new_page()
     dialogs: list[str] = []
@@ -126,7 +135,7 @@ def test_a_detective_works_a_tip_in_the_browser(live: tuple[Harness, str], brows
 
 def test_tipster_markup_renders_as_text_and_runs_nothing(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
     harness, base = live
-    add_user(harness.runtime.factory, "dana", ["detective"], PASSWORD)
+    add_user(harness.runtime.ctx, "dana", ["detective"], PASSWORD)
     reference = submit_tip(harness, XSS)
     page = browser.new_page()
     dialogs: list[str] = []
@@ -146,7 +155,7 @@ def test_tipster_markup_renders_as_text_and_runs_nothing(live: tuple[Harness, st
 
 def test_a_photo_appears_cleaned_once_fetched_without_a_reload(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]
     harness, base = live
-    add_user(harness.runtime.factory, "dana", ["detective"], PASSWORD)
+    add_user(harness.runtime.ctx, "dana", ["detective"], PASSWORD)
     reference = submit_tip(harness, "A man keeps breaking into cars on Birch Street")
     sid = new_sid("MM")
     url = harness.twilio.add_media(sid, samples.camera_jpeg(6).data)
@@ -160,8 +169,10 @@ def test_a_photo_appears_cleaned_once_fetched_without_a_reload(live: tuple[Harne
     image = page.locator(".entry.media figure.photo img")
     image.wait_for(timeout=15_000)
     page.wait_for_function("() => document.querySelector('.entry.media img').naturalWidth > 0")
-    assert page.evaluate("() => [document.querySelector('.entry.media img').naturalWidth, "
-                         "document.querySelector('.entry.media img').naturalHeight]") == [64, 96]
+    assert page.evaluate(
+        "() => [document.querySelector('.entry.media img').naturalWidth, "
+        "document.querySelector('.entry.media img').naturalHeight]"
+    ) == [64, 96]
     assert "hidden details were removed" in page.locator(".entry.media figcaption").inner_text()
     with page.expect_download() as download:
         page.click(".entry.media figcaption a[download]")
@@ -172,8 +183,10 @@ def test_the_sandbox_page_sends_a_photo(live: tuple[Harness, str], browser) -> N
     harness, base = live
     page = browser.new_page()
     page.goto(f"{base}/sandbox")
-    page.set_input_files("#photo", files=[{"name": "IMG_20261120_221405.jpg", "mimeType": "image/jpeg",
-                                           "buffer": samples.camera_jpeg(6).data}])
+    page.set_input_files(
+        "#photo",
+        files=[{"name": "IMG_20261120_221405.jpg", "mimeType": "image/jpeg", "buffer": samples.camera_jpeg(6).data}],
+    )
     page.locator("#chat li.bot", has_text="we got your photo").wait_for(timeout=10_000)
     assert page.locator("#chat li.me").inner_text().startswith("[photo: ")
     harness.dispatch()

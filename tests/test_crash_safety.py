@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,20 +13,19 @@ import requests
 from sqlalchemy import select
 
 from tests.support.harness import PUBLIC_URL, inbound_form, sign
-from tests.test_cli_and_serve import free_port, run
-from tipline.storage import records
-from tipline.runtime import build_runtime
+from tests.support.processes import free_port, run, spawn
 from tipline.config import load_settings
+from tipline.core.vocabulary import MessageKind
+from tipline.runtime import build_runtime
+from tipline.storage import records
 from tipline.storage.models import Message, Tip
 
 PATH = "/webhooks/twilio/sms"
 
 
 def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
     with log.open("a") as out:
-        process = subprocess.Popen([sys.executable, "-m", "tipline.cli", "serve", "--port", str(port), "--no-dispatcher"],
-                                   env={**clean, **env}, stdout=out, stderr=subprocess.STDOUT)
+        process = spawn(env, "serve", "--port", str(port), "--no-dispatcher", output=out)
     for _ in range(150):
         try:
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
@@ -41,8 +38,9 @@ def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
 def deliver(port: int, form: dict[str, str]) -> bool:
     """One webhook delivery; True only when it was acknowledged with 200."""
     try:
-        response = requests.post(f"http://127.0.0.1:{port}{PATH}", data=form, timeout=5,
-                                 headers={"X-Twilio-Signature": sign(PATH, form)})
+        response = requests.post(
+            f"http://127.0.0.1:{port}{PATH}", data=form, timeout=5, headers={"X-Twilio-Signature": sign(PATH, form)}
+        )
         return response.status_code == 200
     except requests.RequestException:
         return False
@@ -95,7 +93,7 @@ def test_messages_survive_kill_9_and_redelivery_stores_them_once(env: dict[str, 
             texts = []
             for tip in session.scalars(select(Tip)):
                 texts.append(records.read_tip_field(tip, records.tip_dek(runtime.keys.keyring, tip), "what"))
-            tipster_messages = session.scalars(select(Message).where(Message.kind == "tipster")).all()
+            tipster_messages = session.scalars(select(Message).where(Message.kind == MessageKind.TIPSTER)).all()
     finally:
         runtime.close()
     assert sorted(texts) == sorted(f"crash-test tip number {n} about a burglary" for n in range(len(forms)))

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.support.harness import Harness
+from tests.support.scratch import PG_URL
 from tipline.storage.db import GroupCommitter
 from tipline.storage.models import Conversation, ProcessedDelivery
-from tests.conftest import PG_URL
 
 
-def remember(key: str):  # type: ignore[no-untyped-def]
+def remember(key: str) -> Callable[[Session], str]:
+    """A unit of work that records `key` as a processed delivery (a unique key: twice fails)."""
+
     def work(session: Session) -> str:
         session.add(ProcessedDelivery(key=key, expires_at=dt.datetime(2030, 1, 1)))
         session.flush()
         return key
+
     return work
 
 
@@ -39,7 +43,7 @@ def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harnes
 
     results: dict[str, object] = {}
 
-    def submit(name: str, work) -> None:  # type: ignore[no-untyped-def]
+    def submit(name: str, work: Callable[[Session], object]) -> None:
         try:
             results[name] = committer.run(work)
         except Exception as error:  # noqa: BLE001 - the test inspects it
@@ -57,12 +61,13 @@ def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harnes
     for thread in threads:
         thread.join(10)
 
-    assert results["first"] == "first" and results["a"] == "a" and results["b"] == "b"
+    assert (results["first"], results["a"], results["b"]) == ("first", "a", "b")
     assert isinstance(results["broken"], ValueError)
     assert "IntegrityError" in type(results["dup"]).__name__  # same key twice: the second unit fails alone
     with tipline.runtime.factory() as session:
         keys = set(session.scalars(select(ProcessedDelivery.key)))
-    assert {"first", "a", "b"} <= keys and "broken" not in keys
+    assert {"first", "a", "b"} <= keys
+    assert "broken" not in keys
     assert len(commits) == 2  # the slow unit alone, then the four queued units in one transaction
 
 
@@ -83,7 +88,7 @@ def test_a_failed_commit_fails_every_unit_in_it(tipline: Harness) -> None:
     gate = threading.Event()
     errors: list[BaseException] = []
 
-    def submit(work) -> None:  # type: ignore[no-untyped-def]
+    def submit(work: Callable[[Session], object]) -> None:
         try:
             committer.run(work)
         except Exception as error:  # noqa: BLE001 - the test inspects it
@@ -99,7 +104,8 @@ def test_a_failed_commit_fails_every_unit_in_it(tipline: Harness) -> None:
     gate.set()
     for thread in [blocker, *threads]:
         thread.join(10)
-    assert len(errors) == 2 and all("FOREIGN KEY" in str(e) for e in errors)
+    assert len(errors) == 2
+    assert ["FOREIGN KEY" in str(e) for e in errors] == [True, True], errors
     with tipline.runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 0
     assert committer.run(good) == "good"  # the lock was released and the database is usable

@@ -7,39 +7,47 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
 
 from tests.support.anonymity import scan_database
 from tests.support.console import person
-from tests.support.harness import REFERENCE, Harness
-from tests.test_cli_and_serve import run
+from tests.support.harness import Harness, new_sid
+from tests.support.processes import run, spawn
+from tipline.config import load_settings
 from tipline.core import crypto
+from tipline.core.vocabulary import KeyPurpose, MessageKind, RotationStatus, TipStatus
+from tipline.runtime import Runtime, build_runtime
 from tipline.services import review, rotation
 from tipline.storage import records
-from tipline.runtime import build_runtime
 from tipline.storage.db import read_only
-from tipline.config import load_settings
 from tipline.storage.keystore import KeyStoreError, load_keyring, load_master_key
-from tipline.storage.models import Contact, KeyRotation, KeyVersion, Message, Tip, utcnow
+from tipline.storage.models import AuditEntry, Contact, KeyRotation, KeyVersion, Message, Tip, utcnow
+
+PURPOSES = (KeyPurpose.TIPS, KeyPurpose.CONTACTS, KeyPurpose.PSEUDONYM)
 
 
-def submit(tipline: Harness, text: str, sender: str) -> str:
-    tipline.say(text, sender=sender)
-    tipline.say("skip", sender=sender)
-    return REFERENCE.search(tipline.say("skip", sender=sender)[0]).group(0)
+def start(tipline: Harness, purpose: KeyPurpose, reencrypt: bool = False, actor: str | None = None) -> int:
+    """Begin (or resume) a rotation of `purpose` with the tip line's master key; returns its id."""
+    return rotation.start(tipline.runtime.ctx, tipline.master_key(), purpose, reencrypt, actor)
 
 
-def versions(tipline: Harness, purpose: str) -> list[tuple[int, bool, bool]]:
+def finish(tipline: Harness, rotation_id: int) -> bool:
+    """Run the rotation to its end in this process."""
+    return rotation.run(tipline.runtime.ctx, rotation_id)
+
+
+def versions(tipline: Harness, purpose: KeyPurpose) -> list[tuple[int, bool, bool]]:
     with tipline.runtime.factory() as session:
-        return [(k.version, k.is_primary, k.retired_at is not None) for k in session.scalars(
-            select(KeyVersion).where(KeyVersion.purpose == purpose).order_by(KeyVersion.version))]
+        return [
+            (k.version, k.is_primary, k.retired_at is not None)
+            for k in session.scalars(
+                select(KeyVersion).where(KeyVersion.purpose == purpose).order_by(KeyVersion.version)
+            )
+        ]
 
 
 def all_readable(tipline: Harness) -> dict[str, str]:
@@ -55,12 +63,8 @@ def all_readable(tipline: Harness) -> dict[str, str]:
     return out
 
 
-def master(tipline: Harness) -> bytes:
-    return load_master_key(tipline.runtime.settings)
-
-
 def test_rotation_while_tips_keep_arriving(tipline: Harness) -> None:
-    by_sender = {n: submit(tipline, f"tip {n} about a stolen car", f"+1555555{n:04d}") for n in range(30)}
+    by_sender = {n: tipline.submit_tip(f"tip {n} about a stolen car", f"+1555555{n:04d}") for n in range(30)}
     before = set(by_sender.values())
     stop = threading.Event()
     arrived: list[str] = []
@@ -68,15 +72,15 @@ def test_rotation_while_tips_keep_arriving(tipline: Harness) -> None:
     def traffic() -> None:
         n = 100
         while not stop.is_set():
-            arrived.append(submit(tipline, f"tip {n} during rotation", f"+1555555{n:04d}"))
+            arrived.append(tipline.submit_tip(f"tip {n} during rotation", f"+1555555{n:04d}"))
             n += 1
 
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        for purpose in ("tips", "contacts", "pseudonym"):
-            rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), purpose, actor="test")
-            assert rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+        for purpose in PURPOSES:
+            rotation_id = start(tipline, purpose, actor="test")
+            assert finish(tipline, rotation_id)
             time.sleep(0.2)
     finally:
         stop.set()
@@ -84,33 +88,37 @@ def test_rotation_while_tips_keep_arriving(tipline: Harness) -> None:
     assert arrived, "no tip arrived during the rotation"
     texts = all_readable(tipline)
     assert before | set(arrived) == set(texts)  # nothing lost, everything readable
-    status = {(r["purpose"], r["version"]): r["rows"] for r in rotation.status_rows(tipline.runtime.factory)}
-    assert status[("tips", 1)] == 0 and status[("tips", 2)] == len(texts)
-    assert status[("contacts", 1)] == 0 and status[("pseudonym", 1)] == 0
+    status = {(r["purpose"], r["version"]): r["rows"] for r in rotation.status_rows(tipline.runtime.ctx)}
+    assert status[(KeyPurpose.TIPS, 1)] == 0
+    assert status[(KeyPurpose.TIPS, 2)] == len(texts)
+    assert status[(KeyPurpose.CONTACTS, 1)] == 0
+    assert status[(KeyPurpose.PSEUDONYM, 1)] == 0
     # Senders are still recognised under the new pepper: a follow-up joins their tip
     reference = by_sender[0]
     sender = "+15555550000"
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
+    detail = review.read_tip(tipline.runtime.ctx, reference)
     assert detail.what == "tip 0 about a stolen car"
     assert tipline.say("one more detail", sender=sender) == [f"Added to tip {reference}. Thank you."]
 
 
 def test_reencrypt_gives_fresh_data_keys_and_keeps_content(tipline: Harness) -> None:
-    reference = submit(tipline, "A tip that must survive re-encryption", "+15555550101")
+    reference = tipline.submit_tip("A tip that must survive re-encryption", "+15555550101")
     tipline.say("and a follow-up", sender="+15555550101")
-    review.reply(tipline.runtime.factory, tipline.runtime.keys.keyring, tipline.runtime.settings, reference, "Queued reply")
+    review.reply(tipline.runtime.ctx, reference, "Queued reply")
     with tipline.runtime.factory() as session:
         old_tip = session.scalars(select(Tip)).one()
         old_dek = records.tip_dek(tipline.runtime.keys.keyring, old_tip)
         old_what = old_tip.what_ct
-    for purpose in ("tips", "contacts"):
-        rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), purpose, reencrypt=True)
-        assert rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+    for purpose in (KeyPurpose.TIPS, KeyPurpose.CONTACTS):
+        rotation_id = start(tipline, purpose, reencrypt=True)
+        assert finish(tipline, rotation_id)
     with tipline.runtime.factory() as session:
         tip = session.scalars(select(Tip)).one()
-        assert tip.what_ct != old_what and records.tip_dek(tipline.runtime.keys.keyring, tip) != old_dek
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
-    assert detail.what == "A tip that must survive re-encryption" and detail.thread[-1].text == "Queued reply"
+        assert tip.what_ct != old_what
+        assert records.tip_dek(tipline.runtime.keys.keyring, tip) != old_dek
+    detail = review.read_tip(tipline.runtime.ctx, reference)
+    assert detail.what == "A tip that must survive re-encryption"
+    assert detail.thread[-1].text == "Queued reply"
     tipline.dispatch()  # the outbox payload was re-sealed under the contact's new data key
     assert tipline.twilio.sent[-1]["Body"] == "Example City Police: Queued reply"
     with pytest.raises(crypto.IntegrityError):
@@ -119,8 +127,8 @@ def test_reencrypt_gives_fresh_data_keys_and_keeps_content(tipline: Harness) -> 
 
 def test_a_message_arriving_while_its_tip_is_reencrypted_stays_readable(tipline: Harness) -> None:
     """The rotation holds the tip's new key uncommitted; intake must wait and seal under it."""
-    reference = submit(tipline, "A tip being re-encrypted right now", "+15555550133")
-    rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips", reencrypt=True)
+    reference = tipline.submit_tip("A tip being re-encrypted right now", "+15555550133")
+    start(tipline, KeyPurpose.TIPS, reencrypt=True)
     keyring = tipline.runtime.keys.keyring
     locked, release = threading.Event(), threading.Event()
 
@@ -136,73 +144,80 @@ def test_a_message_arriving_while_its_tip_is_reencrypted_stays_readable(tipline:
     worker.start()
     assert locked.wait(10)
     answer: list[list[str]] = []
-    sender = threading.Thread(target=lambda: answer.append(tipline.say("a detail sent meanwhile", sender="+15555550133")))
+    sender = threading.Thread(
+        target=lambda: answer.append(tipline.say("a detail sent meanwhile", sender="+15555550133"))
+    )
     sender.start()
     time.sleep(0.5)  # the message is now waiting for the rotation's transaction (or would read the old key)
     release.set()
     worker.join(10)
     sender.join(10)
     assert answer == [[f"Added to tip {reference}. Thank you."]]
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
-    assert [e.text for e in detail.thread if e.kind == "tipster"][-1] == "a detail sent meanwhile"
+    detail = review.read_tip(tipline.runtime.ctx, reference)
+    assert [e.text for e in detail.thread if e.kind == MessageKind.TIPSTER][-1] == "a detail sent meanwhile"
 
 
 def test_pepper_rotation_unlinks_senders_whose_address_was_erased(tipline: Harness) -> None:
-    submit(tipline, "first tipster keeps their link", "+15555550111")
-    gone = submit(tipline, "second tipster opts out", "+15555550122")
+    tipline.submit_tip("first tipster keeps their link", "+15555550111")
+    gone = tipline.submit_tip("second tipster opts out", "+15555550122")
     tipline.say("STOP", sender="+15555550122")
-    rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "pseudonym")
-    rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+    rotation_id = start(tipline, KeyPurpose.PSEUDONYM)
+    finish(tipline, rotation_id)
     with tipline.runtime.factory() as session:
         record = session.get(KeyRotation, rotation_id)
         assert (record.rows_done, record.unlinked) == (2, 1)
         assert session.scalar(select(func.count()).select_from(Contact).where(Contact.pseudonym.is_(None))) == 1
     assert "Added to tip" in tipline.say("still here", sender="+15555550111")[0]
     assert "anonymous" in tipline.say("hello", sender="+15555550122")[0]  # a new conversation
-    assert review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, gone).what == "second tipster opts out"
+    assert review.read_tip(tipline.runtime.ctx, gone).what == "second tipster opts out"
 
 
 def test_a_rerun_resumes_instead_of_minting_another_version(tipline: Harness) -> None:
-    submit(tipline, "a tip", "+15555550131")
-    first = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
-    again = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
-    assert first == again and [v for v, _, _ in versions(tipline, "tips")] == [1, 2]
-    rotation.run(tipline.runtime.factory, tipline.runtime.keys, again)
-    third = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
-    assert third != first and [v for v, _, _ in versions(tipline, "tips")] == [1, 2, 3]
+    tipline.submit_tip("a tip", "+15555550131")
+    first = start(tipline, KeyPurpose.TIPS)
+    again = start(tipline, KeyPurpose.TIPS)
+    assert first == again
+    assert [v for v, _, _ in versions(tipline, KeyPurpose.TIPS)] == [1, 2]
+    finish(tipline, again)
+    third = start(tipline, KeyPurpose.TIPS)
+    assert third != first
+    assert [v for v, _, _ in versions(tipline, KeyPurpose.TIPS)] == [1, 2, 3]
 
 
 def test_retire_refuses_while_rows_remain_then_destroys_the_key(tipline: Harness) -> None:
-    submit(tipline, "a tip protected by v1", "+15555550141")
+    tipline.submit_tip("a tip protected by v1", "+15555550141")
     with tipline.runtime.factory() as session:
-        wrapped_v1 = session.scalars(select(KeyVersion.wrapped_key).where(KeyVersion.purpose == "tips", KeyVersion.version == 1)).one()
-    raw_v1 = tipline.runtime.keys.keyring.keks[("tips", 1)]
-    rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
+        wrapped_v1 = session.scalars(
+            select(KeyVersion.wrapped_key).where(KeyVersion.purpose == KeyPurpose.TIPS, KeyVersion.version == 1)
+        ).one()
+    raw_v1 = tipline.runtime.keys.keyring.keks[(KeyPurpose.TIPS, 1)]
+    rotation_id = start(tipline, KeyPurpose.TIPS)
     with pytest.raises(rotation.RotationError, match="1 rows still need tips v1"):
-        rotation.retire(tipline.runtime.factory, tipline.runtime.keys, "tips", 1)
+        rotation.retire(tipline.runtime.ctx, KeyPurpose.TIPS, 1)
     with pytest.raises(rotation.RotationError, match="primary"):
-        rotation.retire(tipline.runtime.factory, tipline.runtime.keys, "tips", 2)
-    rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
-    rotation.retire(tipline.runtime.factory, tipline.runtime.keys, "tips", 1, actor="test")
-    assert versions(tipline, "tips") == [(1, False, True), (2, True, False)]
+        rotation.retire(tipline.runtime.ctx, KeyPurpose.TIPS, 2)
+    finish(tipline, rotation_id)
+    rotation.retire(tipline.runtime.ctx, KeyPurpose.TIPS, 1, actor="test")
+    assert versions(tipline, KeyPurpose.TIPS) == [(1, False, True), (2, True, False)]
     hex_needles = [wrapped_v1.hex(), raw_v1.hex()]
     assert scan_database(tipline.runtime.engine, hex_needles) == []
-    leftovers = [p for p in tipline.data_dir.rglob("*") if p.is_file() and (wrapped_v1 in p.read_bytes() or raw_v1 in p.read_bytes())]
+    files = [p for p in tipline.data_dir.rglob("*") if p.is_file()]
+    leftovers = [p for p in files if wrapped_v1 in p.read_bytes() or raw_v1 in p.read_bytes()]
     assert leftovers == []  # neither the database, its WAL, nor the key files hold the old key
     assert all_readable(tipline)
 
 
 def test_the_old_master_key_opens_nothing_after_rotate_master(tipline: Harness) -> None:
-    reference = submit(tipline, "a tip across a master key change", "+15555550151")
-    old = master(tipline)
+    reference = tipline.submit_tip("a tip across a master key change", "+15555550151")
+    old = tipline.master_key()
     new = crypto.new_key()
-    assert rotation.rotate_master(tipline.runtime.settings, tipline.runtime.factory, tipline.runtime.keys, old, new) == 5
+    assert rotation.rotate_master(tipline.runtime.ctx, old, new) == 5
     assert base64.b64decode((tipline.data_dir / "master.key").read_bytes().strip()) == new
     with tipline.runtime.factory() as session, pytest.raises(KeyStoreError, match="does not open"):
         load_keyring(session, old)
     fresh = build_runtime(tipline.runtime.settings)
     try:
-        assert review.read_tip(fresh.factory, fresh.keys.keyring, reference).what == "a tip across a master key change"
+        assert review.read_tip(fresh.ctx, reference).what == "a tip across a master key change"
     finally:
         fresh.close()
 
@@ -210,7 +225,7 @@ def test_the_old_master_key_opens_nothing_after_rotate_master(tipline: Harness) 
 def test_an_interrupted_master_rotation_recovers_either_way(tipline: Harness) -> None:
     settings = tipline.runtime.settings
     path = tipline.data_dir / "master.key"
-    old = master(tipline)
+    old = tipline.master_key()
     # Crashed after writing master.key.next, before the database committed: the old key stays.
     (path.with_name("master.key.next")).write_bytes(base64.b64encode(crypto.new_key()) + b"\n")
     assert "never committed" in rotation.recover_master(settings, tipline.runtime.factory)
@@ -219,7 +234,9 @@ def test_an_interrupted_master_rotation_recovers_either_way(tipline: Harness) ->
     new = crypto.new_key()
     with tipline.runtime.factory.begin() as session:
         for row in session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None))):
-            row.wrapped_key = crypto.wrap_kek(new, row.purpose, row.version, crypto.unwrap_kek(old, row.purpose, row.version, row.wrapped_key))
+            row.wrapped_key = crypto.wrap_kek(
+                new, row.purpose, row.version, crypto.unwrap_kek(old, row.purpose, row.version, row.wrapped_key)
+            )
     path.with_name("master.key.next").write_bytes(base64.b64encode(new) + b"\n")
     assert "finished" in rotation.recover_master(settings, tipline.runtime.factory)
     assert load_master_key(settings) == new
@@ -236,19 +253,16 @@ def test_keys_status_json_is_the_auditors_proof(cli_env: dict[str, str]) -> None
     assert run(cli_env, "keys", "retire", "--purpose", "tips", "--version", "1").returncode == 0
     assert run(cli_env, "keys", "rotate", "--purpose", "audit").returncode == 0
     refused = run(cli_env, "keys", "retire", "--purpose", "audit", "--version", "1")
-    assert refused.returncode == 2 and "rows still need audit v1" in refused.stderr  # old entries stay verifiable
+    assert refused.returncode == 2
+    assert "rows still need audit v1" in refused.stderr  # old entries stay verifiable
     new_master = base64.b64encode(os.urandom(32)).decode()
     rotated_master = run(cli_env, "keys", "rotate-master", stdin=new_master + "\n")
-    assert rotated_master.returncode == 0 and "re-wrapped" in rotated_master.stdout
+    assert rotated_master.returncode == 0, rotated_master.stderr
+    assert "re-wrapped" in rotated_master.stdout
     assert run(cli_env, "keys", "status").returncode == 0  # the new master key file opens everything
 
 
-@pytest.fixture
-def cli_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith("TWILIO_")}
-
-
-def fill(runtime, count: int, messages: int = 0) -> None:  # type: ignore[no-untyped-def]
+def fill(runtime: Runtime, count: int, messages: int = 0) -> None:
     """Tips in bulk (fast path): real wrapped data keys and sealed fields, optional thread messages."""
     keyring = runtime.keys.keyring
     now = utcnow()
@@ -256,41 +270,70 @@ def fill(runtime, count: int, messages: int = 0) -> None:  # type: ignore[no-unt
     for n in range(count):
         reference = f"T-K{n:06d}"
         dek = crypto.new_key()
-        version, wrapped = keyring.wrap_dek(crypto.PURPOSE_TIPS, dek, reference)
-        tips.append({"reference": reference, "alias": "ABCD", "channel": "sms", "status": "new", "urgent": False,
-                     "kek_version": version, "wrapped_dek": wrapped, "message_count": messages, "unread": 0,
-                     "what_ct": crypto.seal(dek, f"tip {n}".encode(), crypto.aad("tips", "what", reference)),
-                     "created_at": now, "updated_at": now, "submitted_at": now})
-        bodies.append([crypto.seal(dek, f"message {m} of tip {n}".encode(), crypto.aad("messages", "body", f"{reference}#{m + 1}"))
-                       for m in range(messages)])
+        version, wrapped = keyring.wrap_dek(KeyPurpose.TIPS, dek, reference)
+        tips.append(
+            {
+                "reference": reference,
+                "alias": "ABCD",
+                "channel": "sms",
+                "status": TipStatus.NEW,
+                "urgent": False,
+                "kek_version": version,
+                "wrapped_dek": wrapped,
+                "message_count": messages,
+                "unread": 0,
+                "what_ct": crypto.seal(dek, f"tip {n}".encode(), crypto.aad("tips", "what", reference)),
+                "created_at": now,
+                "updated_at": now,
+                "submitted_at": now,
+            }
+        )
+        bodies.append(
+            [
+                crypto.seal(
+                    dek, f"message {m} of tip {n}".encode(), crypto.aad("messages", "body", f"{reference}#{m + 1}")
+                )
+                for m in range(messages)
+            ]
+        )
     with runtime.factory.begin() as session:
         for i in range(0, count, 5000):
             session.execute(insert(Tip), tips[i : i + 5000])
         if messages:
             ids = dict(session.execute(select(Tip.reference, Tip.id)).all())
-            rows = [{"tip_id": ids[t["reference"]], "seq": m + 1, "kind": "tipster", "body_ct": body, "created_at": now}
-                    for t, tip_bodies in zip(tips, bodies, strict=True) for m, body in enumerate(tip_bodies)]
+            rows = [
+                {
+                    "tip_id": ids[t["reference"]],
+                    "seq": m + 1,
+                    "kind": MessageKind.TIPSTER,
+                    "body_ct": body,
+                    "created_at": now,
+                }
+                for t, tip_bodies in zip(tips, bodies, strict=True)
+                for m, body in enumerate(tip_bodies)
+            ]
             for i in range(0, len(rows), 5000):
                 session.execute(insert(Message), rows[i : i + 5000])
 
 
 @pytest.mark.parametrize("reencrypt,count,messages", [(False, 60_000, 0), (True, 1_500, 2)])
 def test_a_rotation_killed_at_random_points_resumes_and_completes(
-    cli_env: dict[str, str], reencrypt: bool, count: int, messages: int,
+    cli_env: dict[str, str],
+    reencrypt: bool,
+    count: int,
+    messages: int,
 ) -> None:
     assert run(cli_env, "init").returncode == 0
     settings = load_settings(cli_env)
     runtime = build_runtime(settings)
     fill(runtime, count, messages)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
-    command = [sys.executable, "-m", "tipline.cli", "keys", "rotate", "--purpose", "tips"] + (["--reencrypt"] if reencrypt else [])
+    command = ["keys", "rotate", "--purpose", "tips", *(["--reencrypt"] if reencrypt else [])]
     rng = random.Random(20261127 + reencrypt)
     kills = 0
     progress: list[int] = []
     try:
         while kills < 10:
-            process = subprocess.Popen(command, env={**clean, **cli_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       cwd=Path(cli_env["TIPLINE_DATA_DIR"]).parent)
+            process = spawn(cli_env, *command)
             # Kill after a random further 4-7% of the rows, read from the committed progress record.
             target = (progress[-1] if progress else 0) + rng.randint(count // 25, count // 15)
             deadline = time.monotonic() + 60
@@ -307,8 +350,7 @@ def test_a_rotation_killed_at_random_points_resumes_and_completes(
             process.wait()
             kills += 1
             progress.append(done)
-        finished = subprocess.run(command, env={**clean, **cli_env}, capture_output=True, text=True, timeout=300,
-                                  cwd=Path(cli_env["TIPLINE_DATA_DIR"]).parent)
+        finished = run(cli_env, *command, timeout=300)
         assert finished.returncode == 0, finished.stderr
     finally:
         runtime.close()
@@ -318,7 +360,9 @@ def test_a_rotation_killed_at_random_points_resumes_and_completes(
     try:
         keyring = runtime.keys.keyring
         with runtime.factory() as session:
-            tip_versions = [v for (v,) in session.execute(select(KeyVersion.version).where(KeyVersion.purpose == "tips"))]
+            tip_versions = [
+                v for (v,) in session.execute(select(KeyVersion.version).where(KeyVersion.purpose == KeyPurpose.TIPS))
+            ]
             assert sorted(tip_versions) == [1, 2]  # ten resumes, one new version
             assert session.scalar(select(func.count()).select_from(Tip).where(Tip.kek_version != 2)) == 0
             for tip in session.scalars(select(Tip)):
@@ -328,15 +372,16 @@ def test_a_rotation_killed_at_random_points_resumes_and_completes(
                 tip = session.get(Tip, message.tip_id)
                 assert records.read_message(tip, records.tip_dek(keyring, tip), message).startswith("message ")
             record = session.scalars(select(KeyRotation)).one()
-            assert record.status == "done" and record.reencrypt is reencrypt
-        rotation.retire(runtime.factory, runtime.keys, "tips", 1)  # nothing needs v1 any more
+            assert record.status == RotationStatus.DONE
+            assert record.reencrypt is reencrypt
+        rotation.retire(runtime.ctx, KeyPurpose.TIPS, 1)  # nothing needs v1 any more
     finally:
         runtime.close()
 
 
 def test_an_admin_starts_a_rotation_that_the_dispatcher_finishes(tipline: Harness) -> None:
-    submit(tipline, "a tip", "+15555550161")
-    alex = person(tipline.app, tipline.runtime.factory, "alex", roles=("admin",))
+    tipline.submit_tip("a tip", "+15555550161")
+    alex = person(tipline.app, tipline.runtime.ctx, "alex", roles=("admin",))
     alex.sign_in()
     alex.get("/console/admin/keys")
     response = alex.post("/console/admin/keys/rotate", {"purpose": "tips"})
@@ -344,12 +389,12 @@ def test_an_admin_starts_a_rotation_that_the_dispatcher_finishes(tipline: Harnes
     while tipline.runtime.rotate_some():
         pass
     page = alex.get("/console/admin/keys").get_data(as_text=True)
-    assert '<td class="state">done</td>' in page and "1 / 1" in page
+    assert '<td class="state">done</td>' in page
+    assert "1 / 1" in page
     with tipline.runtime.factory() as session:
-        from tipline.storage.models import AuditEntry
-
         actions = [(e.actor, e.action) for e in session.scalars(select(AuditEntry))]
-    assert ("alex", "keys.rotate") in actions and ("alex", "keys.rotate_done") in actions
+    assert ("alex", "keys.rotate") in actions
+    assert ("alex", "keys.rotate_done") in actions
 
 
 def test_another_process_follows_a_rotation_it_did_not_make(tipline: Harness) -> None:
@@ -358,26 +403,25 @@ def test_another_process_follows_a_rotation_it_did_not_make(tipline: Harness) ->
     try:
         other.keys._check_interval = 3600.0
         # When this process rotates the tips key and re-wraps a tip under the new version
-        reference = submit(tipline, "a tip re-wrapped by another process", "+15555550171")
-        rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips")
-        rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+        reference = tipline.submit_tip("a tip re-wrapped by another process", "+15555550171")
+        rotation_id = start(tipline, KeyPurpose.TIPS)
+        finish(tipline, rotation_id)
         # Then the other process still opens it: the unseen version is loaded on demand
-        assert review.read_tip(other.factory, other.keys.keyring, reference).what == "a tip re-wrapped by another process"
-        assert other.keys.keyring.primary_version("tips") == 1  # not looked yet
+        assert review.read_tip(other.ctx, reference).what == "a tip re-wrapped by another process"
+        assert other.keys.keyring.primary_version(KeyPurpose.TIPS) == 1  # not looked yet
         # And at its next look it writes under the new primary
-        assert other.keys.refresh().primary_version("tips") == 2
+        assert other.keys.refresh().primary_version(KeyPurpose.TIPS) == 2
     finally:
         other.close()
 
 
 def test_a_redelivery_after_a_pepper_rotation_is_still_recognised(tipline: Harness) -> None:
-    from tests.support.harness import new_sid
-
     sid = new_sid()
-    assert tipline.say("hi") and tipline.sms("A tip delivered twice across a rotation", sid=sid)
-    rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "pseudonym")
-    rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+    assert tipline.say("hi")
+    tipline.sms("A tip delivered twice across a rotation", sid=sid)
+    rotation_id = start(tipline, KeyPurpose.PSEUDONYM)
+    finish(tipline, rotation_id)
     again = tipline.sms("A tip delivered twice across a rotation", sid=sid)
     assert "<Message>" not in again.get_data(as_text=True)
     with tipline.runtime.factory() as session:
-        assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == "tipster")) == 1
+        assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == MessageKind.TIPSTER)) == 1

@@ -57,7 +57,8 @@ def test_the_original_carries_what_the_test_looks_for(sample: samples.Sample) ->
         if sample.name.startswith("camera-jpeg"):
             assert original.getexif().get_ifd(ExifTags.IFD.IFD1), "no thumbnail directory in the sample"
             assert IptcImagePlugin.getiptcinfo(original)[(2, 80)] == samples.IPTC_BYLINE
-            assert "xmp" in original.info and "icc_profile" in original.info
+            assert "xmp" in original.info
+            assert "icc_profile" in original.info
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
@@ -70,7 +71,8 @@ def test_a_cleaned_image_keeps_pixels_and_nothing_else(sample: samples.Sample) -
         assert cleaned.format == ("PNG" if image.content_type == "image/png" else "JPEG")
         exif = cleaned.getexif()
         assert dict(exif) == {}
-        assert exif.get_ifd(ExifTags.IFD.GPSInfo) == {} and exif.get_ifd(ExifTags.IFD.IFD1) == {}
+        assert exif.get_ifd(ExifTags.IFD.GPSInfo) == {}
+        assert exif.get_ifd(ExifTags.IFD.IFD1) == {}
         for key in ("exif", "xmp", "icc_profile", "comment", "photoshop", "adobe", "mp"):
             assert key not in cleaned.info, key
         if cleaned.format == "JPEG":
@@ -95,7 +97,7 @@ def test_orientation_is_applied_to_the_pixels_not_kept_as_a_tag() -> None:
 
 def test_animated_gif_keeps_its_first_frame_and_says_how_many_there_were() -> None:
     image = images.clean(samples.animated_gif().data, MAX_PIXELS)
-    assert image.frames == 3 and image.source_format == "GIF"
+    assert (image.frames, image.source_format) == (3, "GIF")
     with Image.open(io.BytesIO(image.data)) as cleaned:
         assert getattr(cleaned, "n_frames", 1) == 1
 
@@ -107,7 +109,8 @@ def test_transparency_survives_for_png() -> None:
     im.save(buf, "PNG")
     image = images.clean(buf.getvalue(), MAX_PIXELS)
     with Image.open(io.BytesIO(image.data)) as cleaned:
-        assert cleaned.mode == "RGBA" and cleaned.getpixel((0, 0))[3] == 0
+        assert cleaned.mode == "RGBA"
+        assert cleaned.getpixel((0, 0))[3] == 0
 
 
 @pytest.mark.parametrize("bomb", [samples.png_bomb(), samples.jpeg_bomb()], ids=["png", "jpeg"])
@@ -152,8 +155,13 @@ def test_sniffing_reads_content_not_names() -> None:
 
 
 def test_the_child_sees_no_secret_of_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    parent = {"TIPLINE_MASTER_KEY": "c2VjcmV0", "TWILIO_AUTH_TOKEN": "tok", "TELEGRAM_BOT_TOKEN": "1:abc",
-              "TIPLINE_DATABASE_URL": "postgresql+psycopg://u:pw@db/tips", "HOME": "/home/service-account"}
+    parent = {
+        "TIPLINE_MASTER_KEY": "c2VjcmV0",
+        "TWILIO_AUTH_TOKEN": "tok",
+        "TELEGRAM_BOT_TOKEN": "1:abc",
+        "TIPLINE_DATABASE_URL": "postgresql+psycopg://u:pw@db/tips",
+        "HOME": "/home/service-account",
+    }
     for name, value in parent.items():
         monkeypatch.setenv(name, value)
     child = images.child_environment()

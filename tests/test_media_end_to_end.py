@@ -12,26 +12,52 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from tests.conftest import make_harness, telegram_harness
 from tests.support import fake_telegram, samples
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.console import person
-from tests.support.harness import REFERENCE, TIPSTER, Harness, new_sid, replies
-from tests.test_key_rotation import master
 from tests.support.fake_telegram import TOKEN
-from tests.test_telegram import USER_ID, USERNAME, message_update, post
+from tests.support.fake_twilio import FakeTwilio
+from tests.support.harness import (
+    TIPSTER,
+    Harness,
+    make_harness,
+    new_sid,
+    photos,
+    reference_of,
+    replies,
+    telegram_harness,
+)
+from tests.support.telegram_updates import USER_ID, USERNAME, message_update
+from tipline.core.vocabulary import AttachmentStatus, KeyPurpose, MessageKind
 from tipline.services import attachments, review, rotation
-from tipline.storage.models import Attachment, AuditEntry
+from tipline.storage.models import AuditEntry
+
+PENDING, STORED, REFUSED, FAILED = (
+    AttachmentStatus.PENDING,
+    AttachmentStatus.STORED,
+    AttachmentStatus.REFUSED,
+    AttachmentStatus.FAILED,
+)
 
 METADATA = [
-    samples.MAKE, samples.MODEL, samples.SERIAL, samples.OWNER, samples.TAKEN, samples.XMP_GPS,
-    samples.IPTC_BYLINE.decode(), samples.IPTC_CITY.decode(), samples.COMMENT.decode(), samples.MAKER_NOTE.decode(),
-    samples.THUMB_MARK.decode(), samples.ICC_OWNER.decode(),
+    samples.MAKE,
+    samples.MODEL,
+    samples.SERIAL,
+    samples.OWNER,
+    samples.TAKEN,
+    samples.XMP_GPS,
+    samples.IPTC_BYLINE.decode(),
+    samples.IPTC_CITY.decode(),
+    samples.COMMENT.decode(),
+    samples.MAKER_NOTE.decode(),
+    samples.THUMB_MARK.decode(),
+    samples.ICC_OWNER.decode(),
 ]
 
 
@@ -55,14 +81,10 @@ def mms(tipline: Harness, body: str, files: list[tuple[bytes, str]], sid: str | 
     return sid, replies(tipline.sms(body, sid=sid, **media))
 
 
-def photos(tipline: Harness) -> list[Attachment]:
-    with tipline.runtime.factory() as session:
-        return list(session.scalars(select(Attachment).order_by(Attachment.seq)).all())
-
-
 def finish_tip(tipline: Harness) -> str:
+    """Skip "where" and "when" of the tip being written; returns its reference."""
     tipline.say("skip")
-    return REFERENCE.search(tipline.say("skip")[0]).group(0)
+    return reference_of(tipline.say("skip")[0])
 
 
 def later(tipline: Harness, minutes: int) -> None:
@@ -74,7 +96,8 @@ def later(tipline: Harness, minutes: int) -> None:
 
 def assert_clean(data: bytes, size: tuple[int, int]) -> None:
     with Image.open(io.BytesIO(data)) as image:
-        assert image.size == size and dict(image.getexif()) == {}
+        assert image.size == size
+        assert dict(image.getexif()) == {}
         assert not {"exif", "xmp", "icc_profile", "comment"} & set(image.info)
     for secret in METADATA:
         assert secret.encode() not in data
@@ -83,35 +106,44 @@ def assert_clean(data: bytes, size: tuple[int, int]) -> None:
 def test_an_mms_photo_is_fetched_cleaned_stored_encrypted_and_deleted_at_twilio(tipline: Harness) -> None:
     jpeg = samples.camera_jpeg(6)
     heic = samples.heic_with_location()
-    sid, answer = mms(tipline, "CANARY-MMS the man in the red cap sells from this car",
-                      [(jpeg.data, "image/jpeg"), (heic.data, "image/heic")])
-    assert answer[0].startswith("Thank you, we got your 2 photos.") and "Where did it happen?" in answer[-1]
+    sid, answer = mms(
+        tipline,
+        "CANARY-MMS the man in the red cap sells from this car",
+        [(jpeg.data, "image/jpeg"), (heic.data, "image/heic")],
+    )
+    assert answer[0].startswith("Thank you, we got your 2 photos.")
+    assert "Where did it happen?" in answer[-1]
     # The webhook answered without downloading anything, and nothing is at Twilio's mercy yet.
-    assert tipline.twilio.media_fetches == [] and [a.status for a in photos(tipline)] == ["pending", "pending"]
+    assert tipline.twilio.media_fetches == []
+    assert [a.status for a in photos(tipline)] == [PENDING, PENDING]
     assert tipline.twilio.deleted == []
 
     tipline.dispatch()
     stored = photos(tipline)
-    assert [a.status for a in stored] == ["stored", "stored"] and all(a.source_ct is None for a in stored)
+    assert [a.status for a in stored] == [STORED, STORED]
+    assert [a.source_ct for a in stored] == [None, None]  # the originals are gone
     assert [(a.width, a.height, a.source_format) for a in stored] == [(64, 96, "JPEG"), (128, 96, "HEIF")]
     # Fetched with credentials from the API only; the CDN never saw them.
-    assert len(tipline.twilio.media_fetches) == 2 and len(tipline.twilio.cdn_requests) == 2
-    assert all("Authorization" not in headers for headers in tipline.twilio.cdn_requests)
+    assert len(tipline.twilio.media_fetches) == 2
+    assert len(tipline.twilio.cdn_requests) == 2
+    assert ["Authorization" in headers for headers in tipline.twilio.cdn_requests] == [False, False]
     # Both media, then the message, deleted at Twilio once the cleaned copies were committed.
     deleted = tipline.twilio.deleted
-    assert len(deleted) == 3 and deleted[-1] == sid and all(d.startswith("ME") for d in deleted[:2])
+    assert len(deleted) == 3
+    assert deleted[-1] == sid
+    assert [d[:2] for d in deleted[:2]] == ["ME", "ME"]
     assert tipline.twilio.media == {}
 
     reference = finish_tip(tipline)
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
+    detail = review.read_tip(tipline.runtime.ctx, reference)
     assert detail.what == "CANARY-MMS the man in the red cap sells from this car"
-    entries = [e for e in detail.thread if e.kind == "media"]
-    assert [e.attachment.status for e in entries if e.attachment] == ["stored", "stored"]
-    first = review.read_photo(tipline.runtime.factory, tipline.runtime.keys.keyring, reference, stored[0].id, actor="test")
-    assert first.content_type == "image/jpeg" and first.filename == f"{reference}-photo-{stored[0].seq}.jpg"
+    entries = [e for e in detail.thread if e.kind == MessageKind.MEDIA]
+    assert [e.attachment.status for e in entries if e.attachment] == [STORED, STORED]
+    first = review.read_photo(tipline.runtime.ctx, reference, stored[0].id, actor="test")
+    assert first.content_type == "image/jpeg"
+    assert first.filename == f"{reference}-photo-{stored[0].seq}.jpg"
     assert_clean(first.data, (64, 96))
-    assert_clean(review.read_photo(tipline.runtime.factory, tipline.runtime.keys.keyring, reference, stored[1].id,
-                                   actor="test").data, (128, 96))
+    assert_clean(review.read_photo(tipline.runtime.ctx, reference, stored[1].id, actor="test").data, (128, 96))
 
     needles = [*METADATA, *phone_formats(TIPSTER), "CANARY-MMS", sid, "api.twilio.com", tipline.twilio.url]
     assert scan_files(tipline.data_dir, needles, [tipline.log_file]) == []
@@ -127,9 +159,12 @@ def test_a_photo_alone_starts_a_tip_that_the_next_message_describes(tipline: Har
     assert "Where did it happen?" in tipline.say("Graffiti crew tagging the underpass")[-1]
     reference = finish_tip(tipline)
     tipline.dispatch()
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
+    detail = review.read_tip(tipline.runtime.ctx, reference)
     assert detail.what == "Graffiti crew tagging the underpass"
-    assert [e.kind for e in detail.thread][:2] == ["media", "bot"] and detail.thread[0].attachment.status == "stored"
+    assert [e.kind for e in detail.thread][:2] == [MessageKind.MEDIA, MessageKind.BOT]
+    first = detail.thread[0].attachment
+    assert first is not None
+    assert first.status == STORED
 
 
 def test_a_file_that_claims_to_be_a_photo_but_is_not_is_refused_after_download(tipline: Harness) -> None:
@@ -137,25 +172,34 @@ def test_a_file_that_claims_to_be_a_photo_but_is_not_is_refused_after_download(t
     assert answer[0].startswith("Thank you, we got your photo.")  # as far as anyone can tell yet
     tipline.dispatch()
     [refused] = photos(tipline)
-    assert refused.status == "refused" and refused.reason == "type" and refused.data_ct is None
+    assert (refused.status, refused.reason) == (REFUSED, "type")
+    assert refused.data_ct is None
     told = [m["Body"] for m in tipline.twilio.sent]
-    assert told == ["We can only accept photos (JPEG, PNG, HEIC, WebP or GIF), not videos, audio or documents. "
-                    "Nothing of that file was kept. You can send a photo or screenshot, or describe it in words."]
-    assert sid in tipline.twilio.deleted and tipline.twilio.media == {}
+    assert told == [
+        "We can only accept photos (JPEG, PNG, HEIC, WebP or GIF), not videos, audio or documents. "
+        "Nothing of that file was kept. You can send a photo or screenshot, or describe it in words."
+    ]
+    assert sid in tipline.twilio.deleted
+    assert tipline.twilio.media == {}
 
 
-@pytest.mark.parametrize("data,reason,words", [
-    (samples.png_bomb(), "pixels", "too large for us to open"),
-    (samples.truncated_jpeg(), "unreadable", "could not open the picture"),
-])
+@pytest.mark.parametrize(
+    "data,reason,words",
+    [
+        (samples.png_bomb(), "pixels", "too large for us to open"),
+        (samples.truncated_jpeg(), "unreadable", "could not open the picture"),
+    ],
+)
 def test_bombs_and_broken_images_are_refused_politely(tipline: Harness, data: bytes, reason: str, words: str) -> None:
     mms(tipline, "look at this", [(data, "image/png")])
     tipline.dispatch()
-    assert [(a.status, a.reason) for a in photos(tipline)] == [("refused", reason)]
+    assert [(a.status, a.reason) for a in photos(tipline)] == [(REFUSED, reason)]
     assert words in tipline.twilio.sent[-1]["Body"]
 
 
-def test_an_oversized_download_is_cut_off_and_refused(env: dict[str, str], twilio_server, log_file: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_oversized_download_is_cut_off_and_refused(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
+) -> None:
     tipline = make_harness({**env, "TIPLINE_MEDIA_MAX_BYTES": "20000"}, twilio_server, log_file)
     try:
         noise = Image.frombytes("RGB", (200, 200), os.urandom(200 * 200 * 3))
@@ -164,7 +208,7 @@ def test_an_oversized_download_is_cut_off_and_refused(env: dict[str, str], twili
         assert len(buf.getvalue()) > 100_000
         mms(tipline, "", [(buf.getvalue(), "image/png")])
         tipline.dispatch()
-        assert [(a.status, a.reason) for a in photos(tipline)] == [("refused", "size")]
+        assert [(a.status, a.reason) for a in photos(tipline)] == [(REFUSED, "size")]
         assert "too large for us" in tipline.twilio.sent[-1]["Body"]
     finally:
         tipline.runtime.close()
@@ -175,21 +219,25 @@ def test_a_failed_download_is_retried_and_a_permanent_failure_is_said_not_hidden
     mms(tipline, "CANARY retry me", [(samples.camera_jpeg(1).data, "image/jpeg")])
     tipline.dispatch()
     [waiting] = photos(tipline)
-    assert waiting.status == "pending" and waiting.attempts == 1 and tipline.twilio.deleted == []
+    assert (waiting.status, waiting.attempts) == (PENDING, 1)
+    assert tipline.twilio.deleted == []
     later(tipline, 5)
     tipline.dispatch()
-    assert photos(tipline)[0].status == "stored"
+    assert photos(tipline)[0].status == STORED
 
     # A file that is gone at Twilio (404) will never come: the thread and the tipster are told.
-    reference = REFERENCE.search(tipline.say("skip") and tipline.say("skip")[0]).group(0)
+    reference = finish_tip(tipline)
     sid, _ = mms(tipline, "", [(samples.camera_jpeg(1).data, "image/jpeg")])
     tipline.twilio.media.clear()
     tipline.dispatch()
     gone = photos(tipline)[-1]
-    assert gone.status == "failed" and gone.reason == "404"
-    assert tipline.twilio.sent[-1]["Body"] == f"We could not receive a photo you sent for tip {reference}. Please send it again."
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
-    assert [e.attachment.status for e in detail.thread if e.attachment] == ["stored", "failed"]
+    assert (gone.status, gone.reason) == (FAILED, "404")
+    assert (
+        tipline.twilio.sent[-1]["Body"]
+        == f"We could not receive a photo you sent for tip {reference}. Please send it again."
+    )
+    detail = review.read_tip(tipline.runtime.ctx, reference)
+    assert [e.attachment.status for e in detail.thread if e.attachment] == [STORED, FAILED]
     assert detail.summary.unread == 1  # the detective sees that something new came
 
 
@@ -197,10 +245,12 @@ def test_a_draft_discarded_before_its_photo_arrived_still_has_its_twilio_copy_de
     tipline.twilio.fail_next(503)
     sid, _ = mms(tipline, "", [(samples.camera_jpeg(1).data, "image/jpeg")])
     tipline.dispatch()
-    assert photos(tipline)[0].status == "pending"  # waiting for its retry
+    assert photos(tipline)[0].status == PENDING  # waiting for its retry
     assert tipline.say("discard") == ["Your unfinished tip was dropped. Nothing was sent. Text us again any time."]
     tipline.dispatch()
-    assert photos(tipline) == [] and sid in tipline.twilio.deleted and tipline.twilio.media == {}
+    assert photos(tipline) == []
+    assert sid in tipline.twilio.deleted
+    assert tipline.twilio.media == {}
 
 
 def test_a_media_url_on_another_host_never_receives_our_credentials(tipline: Harness) -> None:
@@ -208,12 +258,16 @@ def test_a_media_url_on_another_host_never_receives_our_credentials(tipline: Har
     # which records every request it gets).
     sid = new_sid("MM")
     path = f"/2010-04-01/Accounts/{tipline.twilio.account_sid}/Messages/{sid}/Media/ME{'c' * 32}"
-    answer = replies(tipline.sms("look", sid=sid, NumMedia="1", MediaContentType0="image/jpeg",
-                                 MediaUrl0=tipline.twilio.cdn_url + path))
+    answer = replies(
+        tipline.sms(
+            "look", sid=sid, NumMedia="1", MediaContentType0="image/jpeg", MediaUrl0=tipline.twilio.cdn_url + path
+        )
+    )
     assert answer[0].startswith("Thank you, we got your photo.")
     tipline.dispatch()
-    assert tipline.twilio.cdn_requests == [] and tipline.twilio.media_fetches == []
-    assert [(a.status, a.reason) for a in photos(tipline)] == [("failed", "media_url")]
+    assert tipline.twilio.cdn_requests == []
+    assert tipline.twilio.media_fetches == []
+    assert [(a.status, a.reason) for a in photos(tipline)] == [(FAILED, "media_url")]
     assert tipline.twilio.sent[-1]["Body"].startswith("We could not receive a photo you sent")
 
 
@@ -224,7 +278,8 @@ def test_a_redelivered_mms_is_fetched_once(tipline: Harness) -> None:
     tipline.sms("twice", sid=sid, **form)
     assert replies(tipline.sms("twice", sid=sid, **form)) == []
     tipline.dispatch()
-    assert len(photos(tipline)) == 1 and len(tipline.twilio.media_fetches) == 1
+    assert len(photos(tipline)) == 1
+    assert len(tipline.twilio.media_fetches) == 1
 
 
 def test_a_photo_survives_reencryption_of_tip_keys(tipline: Harness) -> None:
@@ -232,11 +287,11 @@ def test_a_photo_survives_reencryption_of_tip_keys(tipline: Harness) -> None:
     tipline.dispatch()
     reference = finish_tip(tipline)
     before = photos(tipline)[0]
-    rotation_id = rotation.start(tipline.runtime.factory, tipline.runtime.keys, master(tipline), "tips", reencrypt=True)
-    assert rotation.run(tipline.runtime.factory, tipline.runtime.keys, rotation_id)
+    rotation_id = rotation.start(tipline.runtime.ctx, tipline.master_key(), KeyPurpose.TIPS, reencrypt=True)
+    assert rotation.run(tipline.runtime.ctx, rotation_id)
     after = photos(tipline)[0]
     assert after.data_ct != before.data_ct
-    photo = review.read_photo(tipline.runtime.factory, tipline.runtime.keys.keyring, reference, after.id, actor="test")
+    photo = review.read_photo(tipline.runtime.ctx, reference, after.id, actor="test")
     assert_clean(photo.data, (96, 64))
 
 
@@ -245,30 +300,39 @@ def test_the_console_shows_and_downloads_photos_to_detectives_only_and_audits_it
     tipline.dispatch()
     reference = finish_tip(tipline)
     photo_id = photos(tipline)[0].id
-    dana = person(tipline.app, tipline.runtime.factory, "dana")
+    dana = person(tipline.app, tipline.runtime.ctx, "dana")
     dana.sign_in()
     listed = dana.get("/console/").get_data(as_text=True)
-    assert f'data-reference="{reference}"' in listed and '<span class="badge photos">1 photo</span>' in listed
+    assert f'data-reference="{reference}"' in listed
+    assert '<span class="badge photos">1 photo</span>' in listed
     page = dana.get(f"/console/tips/{reference}").get_data(as_text=True)
     url = f"/console/tips/{reference}/photos/{photo_id}"
-    assert f'<img src="{url}"' in page and "Location, camera and other hidden details were removed." in page
+    assert f'<img src="{url}"' in page
+    assert "Location, camera and other hidden details were removed." in page
     shown = dana.get(url)
-    assert shown.status_code == 200 and shown.content_type == "image/jpeg"
-    assert shown.headers["Content-Disposition"].startswith("inline;") and "sandbox" in shown.headers["Content-Security-Policy"]
+    assert shown.status_code == 200
+    assert shown.content_type == "image/jpeg"
+    assert shown.headers["Content-Disposition"].startswith("inline;")
+    assert "sandbox" in shown.headers["Content-Security-Policy"]
     assert_clean(shown.data, (64, 96))
     downloaded = dana.get(url + "?download=1")
-    assert downloaded.headers["Content-Disposition"] == f'attachment; filename="{reference}-photo-{photos(tipline)[0].seq}.jpg"'
+    assert (
+        downloaded.headers["Content-Disposition"]
+        == f'attachment; filename="{reference}-photo-{photos(tipline)[0].seq}.jpg"'
+    )
     assert downloaded.data == shown.data
     with tipline.runtime.factory() as session:
         actions = [e.action for e in session.scalars(select(AuditEntry).where(AuditEntry.actor == "dana"))]
-    assert "tip.photo_view" in actions and "tip.photo_download" in actions
+    assert "tip.photo_view" in actions
+    assert "tip.photo_download" in actions
 
     assert dana.get(f"/console/tips/{reference}/photos/{'0' * 32}").status_code == 404
     mms(tipline, "", [(samples.NOT_IMAGES["text"], "image/jpeg")])  # refused: nothing to show
     tipline.dispatch()
     refused = photos(tipline)[-1]
-    assert refused.status == "refused" and dana.get(f"/console/tips/{reference}/photos/{refused.id}").status_code == 404
-    admin = person(tipline.app, tipline.runtime.factory, "ada", roles=("admin",))
+    assert refused.status == REFUSED
+    assert dana.get(f"/console/tips/{reference}/photos/{refused.id}").status_code == 404
+    admin = person(tipline.app, tipline.runtime.ctx, "ada", roles=("admin",))
     admin.sign_in()
     assert admin.get(url).status_code == 403
     assert tipline.app.test_client().get(url).status_code == 302  # signed out: to the sign-in page
@@ -276,9 +340,11 @@ def test_the_console_shows_and_downloads_photos_to_detectives_only_and_audits_it
 
 # Telegram ---------------------------------------------------------------------------------------
 
-def deliver(harness: Harness, fake: fake_telegram.FakeTelegram, update: dict) -> list[str]:  # type: ignore[type-arg]
+
+def deliver(harness: Harness, fake: fake_telegram.FakeTelegram, update: dict[str, Any]) -> list[str]:
+    """Post a Telegram update and dispatch the outbox; returns the texts the bot sent meanwhile."""
     before = len(fake.called("sendMessage"))
-    assert post(harness, update).status_code == 200
+    assert harness.post_update(update).status_code == 200
     harness.dispatch()
     return [m["text"] for m in fake.called("sendMessage")[before:]]
 
@@ -289,26 +355,45 @@ def test_telegram_photos_and_images_sent_as_files_are_cleaned_and_their_names_dr
     harness, fake = tg
     # A compressed photo (Telegram lists its sizes, smallest first) ...
     fake.files["documents/AgACAgQAAx-large.bin"] = samples.camera_jpeg(8).data
-    sizes = [{"file_id": "AgACAgQAAx-small", "file_unique_id": "s1", "width": 32, "height": 21, "file_size": 900},
-             {"file_id": "AgACAgQAAx-large", "file_unique_id": "s2", "width": 96, "height": 64, "file_size": 4265}]
+    sizes = [
+        {"file_id": "AgACAgQAAx-small", "file_unique_id": "s1", "width": 32, "height": 21, "file_size": 900},
+        {"file_id": "AgACAgQAAx-large", "file_unique_id": "s2", "width": 96, "height": 64, "file_size": 4265},
+    ]
     told = deliver(harness, fake, message_update(photo=sizes, caption="CANARY-TGPHOTO the dealer's car"))
-    assert told[0].startswith("Thank you, we got your photo.") and "Where did it happen?" in told[-1]
+    assert told[0].startswith("Thank you, we got your photo.")
+    assert "Where did it happen?" in told[-1]
     # ... and a HEIC sent as a file, which Telegram passes on byte for byte, with its revealing name.
     heic = samples.heic_with_location()
     fake.files["documents/BQACAgQAAx-doc.bin"] = heic.data
-    document = {"file_id": "BQACAgQAAx-doc", "file_unique_id": "d1", "file_name": "IMG_20261120_221405_DanaWitness.heic",
-                "mime_type": "image/heic", "file_size": len(heic.data)}
+    document = {
+        "file_id": "BQACAgQAAx-doc",
+        "file_unique_id": "d1",
+        "file_name": "IMG_20261120_221405_DanaWitness.heic",
+        "mime_type": "image/heic",
+        "file_size": len(heic.data),
+    }
     assert deliver(harness, fake, message_update(document=document))[0].startswith("Thank you, we got your photo.")
 
     assert [c["file_id"] for c in fake.called("getFile")] == ["AgACAgQAAx-large", "BQACAgQAAx-doc"]
     stored = photos(harness)
-    assert [(a.status, a.width, a.height) for a in stored] == [("stored", 64, 96), ("stored", 128, 96)]
-    reference = REFERENCE.search(deliver(harness, fake, message_update("skip")) and deliver(harness, fake, message_update("skip"))[0]).group(0)
+    assert [(a.status, a.width, a.height) for a in stored] == [(STORED, 64, 96), (STORED, 128, 96)]
+    deliver(harness, fake, message_update("skip"))
+    reference = reference_of(deliver(harness, fake, message_update("skip"))[0])
     for attachment in stored:
-        photo = review.read_photo(harness.runtime.factory, harness.runtime.keys.keyring, reference, attachment.id, actor="t")
+        photo = review.read_photo(harness.runtime.ctx, reference, attachment.id, actor="t")
         assert_clean(photo.data, (attachment.width, attachment.height))
         assert "DanaWitness" not in photo.filename
-    needles = [*METADATA, str(USER_ID), USERNAME, "CANARY-TGPHOTO", "DanaWitness", "IMG_20261120", "AgACAgQAAx", "BQACAgQAAx", TOKEN]
+    needles = [
+        *METADATA,
+        str(USER_ID),
+        USERNAME,
+        "CANARY-TGPHOTO",
+        "DanaWitness",
+        "IMG_20261120",
+        "AgACAgQAAx",
+        "BQACAgQAAx",
+        TOKEN,
+    ]
     assert scan_files(harness.data_dir, needles, [harness.log_file]) == []
     assert scan_database(harness.runtime.engine, needles) == []
 
@@ -320,42 +405,75 @@ def test_a_telegram_album_is_thanked_for_once(tg: tuple[Harness, fake_telegram.F
         fake.files[f"documents/AgAlbum{n}.bin"] = samples.camera_jpeg(1).data
         sizes = [{"file_id": f"AgAlbum{n}", "file_unique_id": f"a{n}", "width": 96, "height": 64}]
         told += deliver(harness, fake, message_update(photo=sizes, media_group_id="13579246801357924"))
-    assert told == ["Thank you, we got your photo. We remove its location and camera details before anyone sees it.",
-                    "What does it show, and what happened? Please do not include your name."]
-    assert [a.status for a in photos(harness)] == ["stored"] * 3
+    assert told == [
+        "Thank you, we got your photo. We remove its location and camera details before anyone sees it.",
+        "What does it show, and what happened? Please do not include your name.",
+    ]
+    assert [a.status for a in photos(harness)] == [STORED] * 3
     # Another album later is thanked for again.
     fake.files["documents/AgAlbumX.bin"] = samples.camera_jpeg(1).data
-    again = deliver(harness, fake, message_update(photo=[{"file_id": "AgAlbumX", "file_unique_id": "x", "width": 96,
-                                                          "height": 64}], media_group_id="24680135792468013"))
+    again = deliver(
+        harness,
+        fake,
+        message_update(
+            photo=[{"file_id": "AgAlbumX", "file_unique_id": "x", "width": 96, "height": 64}],
+            media_group_id="24680135792468013",
+        ),
+    )
     assert again[0].startswith("Thank you, we got your photo.")
 
 
 def test_an_edited_telegram_photo_is_not_taken_twice(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
     harness, fake = tg
     fake.files["documents/AgEdit.bin"] = samples.camera_jpeg(1).data
-    update = message_update(photo=[{"file_id": "AgEdit", "file_unique_id": "e", "width": 96, "height": 64}],
-                            caption="the van")
+    update = message_update(
+        photo=[{"file_id": "AgEdit", "file_unique_id": "e", "width": 96, "height": 64}], caption="the van"
+    )
     deliver(harness, fake, update)
     edited = {"update_id": update["update_id"] + 1, "edited_message": {**update["message"], "caption": "the white van"}}
     deliver(harness, fake, edited)
-    assert len(fake.called("getFile")) == 1 and [a.status for a in photos(harness)] == ["stored"]
+    assert len(fake.called("getFile")) == 1
+    assert [a.status for a in photos(harness)] == [STORED]
 
 
-@pytest.mark.parametrize("extra,words", [
-    ({"document": {"file_id": "BQbig", "file_unique_id": "b", "mime_type": "image/jpeg", "file_size": 19_000_000}},
-     "too large for us"),
-    ({"document": {"file_id": "BQpdf", "file_unique_id": "p", "mime_type": "application/pdf", "file_name": "report.pdf",
-                   "file_size": 5000}}, "only accept photos"),
-    ({"voice": {"file_id": "AwVoice", "file_unique_id": "v", "duration": 4}}, "only accept photos"),
-])
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (
+            {
+                "document": {
+                    "file_id": "BQbig",
+                    "file_unique_id": "b",
+                    "mime_type": "image/jpeg",
+                    "file_size": 19_000_000,
+                }
+            },
+            "too large for us",
+        ),
+        (
+            {
+                "document": {
+                    "file_id": "BQpdf",
+                    "file_unique_id": "p",
+                    "mime_type": "application/pdf",
+                    "file_name": "report.pdf",
+                    "file_size": 5000,
+                }
+            },
+            "only accept photos",
+        ),
+        ({"voice": {"file_id": "AwVoice", "file_unique_id": "v", "duration": 4}}, "only accept photos"),
+    ],
+)
 def test_telegram_files_we_cannot_take_are_refused_without_download(
-    tg: tuple[Harness, fake_telegram.FakeTelegram], extra: dict, words: str,  # type: ignore[type-arg]
+    tg: tuple[Harness, fake_telegram.FakeTelegram], extra: dict[str, Any], words: str
 ) -> None:
     harness, fake = tg
     deliver(harness, fake, message_update("CANARY a stolen bike for sale at the flea market"))
     told = deliver(harness, fake, message_update(**extra))
-    assert words in told[0] and fake.called("getFile") == []
-    assert [(a.status, a.source_ct) for a in photos(harness)] == [("refused", None)]
+    assert words in told[0]
+    assert fake.called("getFile") == []
+    assert [(a.status, a.source_ct) for a in photos(harness)] == [(REFUSED, None)]
 
 
 def test_the_worker_recovers_a_photo_whose_worker_died_mid_fetch(tipline: Harness) -> None:
@@ -365,38 +483,51 @@ def test_the_worker_recovers_a_photo_whose_worker_died_mid_fetch(tipline: Harnes
     assert tipline.runtime.media.run_once() == 0
     later(tipline, int(attachments.LEASE.total_seconds() // 60) + 1)
     tipline.dispatch()
-    assert photos(tipline)[0].status == "stored"
+    assert photos(tipline)[0].status == STORED
 
 
 def test_a_telegram_file_larger_than_declared_is_refused_before_download(
-    env: dict[str, str], twilio_server, log_file: Path,  # type: ignore[no-untyped-def]
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
 ) -> None:
     with telegram_harness(env, twilio_server, log_file, TIPLINE_MEDIA_MAX_BYTES="20000") as (harness, fake):
         # The update says nothing of the size; getFile does, and the download never starts.
         fake.files["documents/AgACAgQAAx-huge.bin"] = samples.camera_jpeg(1).data + b"\x00" * 30_000
-        told = deliver(harness, fake, message_update(photo=[{"file_id": "AgACAgQAAx-huge", "file_unique_id": "h",
-                                                              "width": 96, "height": 64}]))
+        told = deliver(
+            harness,
+            fake,
+            message_update(photo=[{"file_id": "AgACAgQAAx-huge", "file_unique_id": "h", "width": 96, "height": 64}]),
+        )
         assert told[0].startswith("Thank you, we got your photo.")
-        assert [(a.status, a.reason) for a in photos(harness)] == [("refused", "size")]
-        assert "too large for us" in fake.called("sendMessage")[-1]["text"] and fake.called("download") == []
+        assert [(a.status, a.reason) for a in photos(harness)] == [(REFUSED, "size")]
+        assert "too large for us" in fake.called("sendMessage")[-1]["text"]
+        assert fake.called("download") == []
 
 
 def test_the_sandbox_page_sends_photos_through_the_same_pipeline(tipline: Harness) -> None:
     browser = tipline.app.test_client()
     browser.get("/sandbox")
-    sent = browser.post("/sandbox/photos", data=samples.camera_jpeg(6).data, content_type="image/jpeg",
-                        headers={"X-Sandbox-Id": "photo-0001"})
+    sent = browser.post(
+        "/sandbox/photos",
+        data=samples.camera_jpeg(6).data,
+        content_type="image/jpeg",
+        headers={"X-Sandbox-Id": "photo-0001"},
+    )
     assert sent.status_code == 200
     assert sent.get_json()["replies"][0].startswith("Thank you, we got your photo.")
-    again = browser.post("/sandbox/photos", data=samples.camera_jpeg(6).data, content_type="image/jpeg",
-                         headers={"X-Sandbox-Id": "photo-0001"})
+    again = browser.post(
+        "/sandbox/photos",
+        data=samples.camera_jpeg(6).data,
+        content_type="image/jpeg",
+        headers={"X-Sandbox-Id": "photo-0001"},
+    )
     assert again.get_json() == {"replies": [], "duplicate": True}  # a retried upload is taken once
     not_a_photo = browser.post("/sandbox/photos", data=samples.NOT_IMAGES["zip"], content_type="image/png")
     assert not_a_photo.status_code == 200
     tipline.dispatch()
-    assert [(a.status, a.width, a.height) for a in photos(tipline)] == [("stored", 64, 96), ("refused", None, None)]
+    assert [(a.status, a.width, a.height) for a in photos(tipline)] == [(STORED, 64, 96), (REFUSED, None, None)]
     assert tipline.runtime.channels["sandbox"]._held == {}  # nothing of the originals is kept
     inbox = [m["text"] for m in browser.get("/sandbox/inbox").get_json()["messages"]]
-    assert inbox and inbox[-1].startswith("We can only accept photos")
+    assert inbox, "the sandbox inbox is empty"
+    assert inbox[-1].startswith("We can only accept photos")
     assert browser.post("/sandbox/photos", data=b"", content_type="image/jpeg").status_code == 400
     assert tipline.app.test_client().post("/sandbox/photos", data=b"x").status_code == 400  # no sandbox identity

@@ -6,6 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from tests.support.harness import Harness
+from tipline.config import load_settings
+from tipline.setup import initialise
 from tipline.storage.models import Base
 
 
@@ -16,8 +18,6 @@ def test_migrations_match_the_models(tipline: Harness) -> None:
 
 
 def test_init_twice_changes_nothing(tipline: Harness, env: dict[str, str]) -> None:
-    from tipline.setup import initialise
-    from tipline.config import load_settings
-
     report = initialise(load_settings(env))
-    assert report.keys_created == () and report.admin_password is None
+    assert report.keys_created == ()
+    assert report.admin_password is None

@@ -7,24 +7,24 @@ import threading
 
 from sqlalchemy import func, select, update
 
-from tests.support.harness import REFERENCE, TIPSTER, Harness
+from tests.support.harness import TIPSTER, Harness
+from tipline.core.vocabulary import ErasedReason, OutboxKind, OutboxStatus, TipStatus
 from tipline.services import review
 from tipline.services.maintenance import purge
-from tipline.storage.models import Contact, OutboxItem, ProcessedDelivery, Tip, utcnow
 from tipline.services.outbox import Dispatcher
+from tipline.storage.models import Contact, OutboxItem, ProcessedDelivery, Tip, utcnow
 
 
 def submit_tip(tipline: Harness, sender: str = TIPSTER) -> str:
-    tipline.say("Stolen bikes being sold from a garage on Birch Rd", sender=sender)
-    tipline.say("skip", sender=sender)
-    reference = REFERENCE.search(tipline.say("skip", sender=sender)[0]).group(0)
+    """A tip by SMS whose inbound copies are already deleted at Twilio: the outbox holds nothing else."""
+    reference = tipline.submit_tip("Stolen bikes being sold from a garage on Birch Rd", sender)
     tipline.dispatch()  # the provider deletions of the inbound copies
     tipline.twilio.requests.clear()
     return reference
 
 
 def reply(tipline: Harness, reference: str, text: str = "Which garage number?") -> None:
-    review.reply(tipline.runtime.factory, tipline.runtime.keys.keyring, tipline.runtime.settings, reference, text)
+    review.reply(tipline.runtime.ctx, reference, text)
 
 
 def later(tipline: Harness, seconds: float) -> None:
@@ -33,9 +33,9 @@ def later(tipline: Harness, seconds: float) -> None:
     tipline.runtime.dispatcher.clock = lambda: base() + dt.timedelta(seconds=seconds)
 
 
-def items(tipline: Harness) -> list[OutboxItem]:
+def items(tipline: Harness, kind: OutboxKind = OutboxKind.SEND) -> list[OutboxItem]:
     with tipline.runtime.factory() as session:
-        return list(session.scalars(select(OutboxItem).where(OutboxItem.kind == "send")))
+        return list(session.scalars(select(OutboxItem).where(OutboxItem.kind == kind)))
 
 
 def test_a_provider_outage_is_retried_with_backoff_until_it_succeeds(tipline: Harness) -> None:
@@ -44,7 +44,7 @@ def test_a_provider_outage_is_retried_with_backoff_until_it_succeeds(tipline: Ha
     reply(tipline, reference)
     tipline.dispatch()
     [item] = items(tipline)
-    assert item.status == "pending" and item.attempts == 1 and item.last_error == "500"
+    assert (item.status, item.attempts, item.last_error) == (OutboxStatus.PENDING, 1, "500")
     assert item.next_attempt_at > utcnow()  # backing off, not hammering
     tipline.dispatch()
     assert len(tipline.twilio.sent) == 1  # not due yet
@@ -53,7 +53,7 @@ def test_a_provider_outage_is_retried_with_backoff_until_it_succeeds(tipline: Ha
     later(tipline, 7200)
     tipline.dispatch()
     [item] = items(tipline)
-    assert item.status == "sent" and item.attempts == 3
+    assert (item.status, item.attempts) == (OutboxStatus.SENT, 3)
     assert len(tipline.twilio.sent) == 3  # two failures and one success: nothing lost
 
 
@@ -65,7 +65,8 @@ def test_a_permanent_refusal_is_not_retried(tipline: Harness) -> None:
     later(tipline, 86400)
     tipline.dispatch()
     [item] = items(tipline)
-    assert item.status == "failed" and len(tipline.twilio.sent) == 1
+    assert item.status == OutboxStatus.FAILED
+    assert len(tipline.twilio.sent) == 1
 
 
 def test_a_dispatcher_that_died_mid_send_leaves_a_lease_that_expires(tipline: Harness) -> None:
@@ -74,8 +75,9 @@ def test_a_dispatcher_that_died_mid_send_leaves_a_lease_that_expires(tipline: Ha
     # A dispatcher claimed the row and then died (kill -9) before recording anything.
     with tipline.runtime.factory.begin() as session:
         session.execute(
-            update(OutboxItem).where(OutboxItem.kind == "send")
-            .values(status="sending", lease_until=utcnow() + dt.timedelta(seconds=60))
+            update(OutboxItem)
+            .where(OutboxItem.kind == OutboxKind.SEND)
+            .values(status=OutboxStatus.CLAIMED, lease_until=utcnow() + dt.timedelta(seconds=60))
         )
     assert tipline.dispatch() == 0
     later(tipline, 61)
@@ -90,7 +92,7 @@ def test_several_dispatchers_never_send_one_row_twice(tipline: Harness) -> None:
         for n in range(3):
             reply(tipline, reference, f"question {n} for {reference}")
     runtime = tipline.runtime
-    dispatchers = [Dispatcher(runtime.factory, runtime.keys, runtime.channels, batch=4) for _ in range(4)]
+    dispatchers = [Dispatcher(runtime.ctx, runtime.channels, batch=4) for _ in range(4)]
     barrier = threading.Barrier(len(dispatchers))
 
     def work(dispatcher: Dispatcher) -> None:
@@ -104,8 +106,9 @@ def test_several_dispatchers_never_send_one_row_twice(tipline: Harness) -> None:
     for thread in threads:
         thread.join()
     bodies = [form["Body"] for form in tipline.twilio.sent]
-    assert len(bodies) == 36 and len(set(bodies)) == 36
-    assert {i.status for i in items(tipline)} == {"sent"}
+    assert len(bodies) == 36
+    assert len(set(bodies)) == 36  # no row sent twice
+    assert {i.status for i in items(tipline)} == {OutboxStatus.SENT}
 
 
 def test_the_in_process_dispatcher_sends_without_being_asked(tipline: Harness) -> None:
@@ -127,7 +130,7 @@ def test_the_in_process_dispatcher_sends_without_being_asked(tipline: Harness) -
 def test_an_idle_draft_is_submitted_and_the_tipster_told(tipline: Harness) -> None:
     tipline.say("Loud parties with fights every Friday at the warehouse")
     with tipline.runtime.factory() as session:
-        assert session.scalars(select(Tip)).one().status == "draft"
+        assert session.scalars(select(Tip)).one().status == TipStatus.DRAFT
     intake = tipline.runtime.intake
     intake.clock = lambda: utcnow() + dt.timedelta(minutes=31)
     later(tipline, 31 * 60)
@@ -136,9 +139,11 @@ def test_an_idle_draft_is_submitted_and_the_tipster_told(tipline: Harness) -> No
     tipline.dispatch()
     with tipline.runtime.factory() as session:
         tip = session.scalars(select(Tip)).one()
-        assert tip.status == "new"
+    assert tip.status == TipStatus.NEW
     [told] = tipline.twilio.sent
-    assert told["To"] == TIPSTER and tip.reference in told["Body"] and "submitted as it stood" in told["Body"]
+    assert told["To"] == TIPSTER
+    assert tip.reference in told["Body"]
+    assert "submitted as it stood" in told["Body"]
     # The tipster's next message is a follow-up to that tip
     intake.clock = utcnow
     assert tipline.say("also they park on the lawn")[0] == f"Added to tip {tip.reference}. Thank you."
@@ -152,12 +157,15 @@ def test_a_draft_is_not_expired_early(tipline: Harness) -> None:
 def test_retention_erases_silent_tipsters_addresses_and_forgets_old_deliveries(tipline: Harness) -> None:
     reference = submit_tip(tipline)
     report = purge(tipline.runtime.intake, retention_days=90, now=utcnow() + dt.timedelta(days=91))
-    assert report.addresses_erased == 1 and report.deliveries_forgotten == 3
+    assert report.addresses_erased == 1
+    assert report.deliveries_forgotten == 3
     with tipline.runtime.factory() as session:
         contact = session.scalars(select(Contact)).one()
-        assert contact.address_ct is None and contact.erased_reason == "retention"
-        assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 0
-    detail = review.read_tip(tipline.runtime.factory, tipline.runtime.keys.keyring, reference)
+        remembered = session.scalar(select(func.count()).select_from(ProcessedDelivery))
+    assert contact.address_ct is None
+    assert contact.erased_reason == ErasedReason.RETENTION
+    assert remembered == 0
+    detail = review.read_tip(tipline.runtime.ctx, reference)
     assert "expired" in (detail.replies_blocked or "")
 
 
@@ -165,11 +173,10 @@ def test_a_deletion_refused_because_the_message_is_not_final_is_retried(tipline:
     tipline.twilio.fail_next(400, 20009)  # "Cannot delete this resource before it is complete"
     tipline.say("hi")
     tipline.dispatch()
-    with tipline.runtime.factory() as session:
-        [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "delete")).all()
-        assert item.status == "pending" and item.last_error == "20009"
+    [item] = items(tipline, OutboxKind.DELETE)
+    assert (item.status, item.last_error) == (OutboxStatus.PENDING, "20009")
     later(tipline, 600)
     tipline.dispatch()
-    with tipline.runtime.factory() as session:
-        [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "delete")).all()
-        assert item.status == "done" and item.payload_ct == b""
+    [item] = items(tipline, OutboxKind.DELETE)
+    assert item.status == OutboxStatus.DONE
+    assert item.payload_ct == b""  # nothing of the message is kept once it is gone

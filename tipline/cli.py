@@ -12,15 +12,20 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from tipline import logs
 from tipline.config import ConfigError, Settings, environment, load_settings
+from tipline.core.vocabulary import Role
+
+if TYPE_CHECKING:
+    from adapters.telegram import TelegramChannel
+    from tipline.runtime import Runtime
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"tipline: {message}", err=True)
     sys.exit(2)
 
@@ -48,13 +53,6 @@ def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
         _fail(str(error))
 
 
-def _audit(runtime, action: str, username: str, detail: dict[str, object] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from tipline.services import audit
-
-    audit.log_event(runtime.factory, runtime.keys.keyring, action, actor="cli", object_type="user",
-                    object_id=username.strip().lower(), detail=detail)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """tipline: an anonymous tip line (SMS, Telegram, sandbox) with an encrypted store.
@@ -67,10 +65,10 @@ def cli() -> None:
 @with_settings
 def init(settings: Settings) -> None:
     """Create or upgrade the schema, the data directory, the keys and the first admin. Idempotent."""
-    from tipline.setup import initialise
-    from tipline.storage.keystore import KeyStoreError
-
     from sqlalchemy.exc import OperationalError
+
+    from tipline.setup import FIRST_ADMIN, initialise
+    from tipline.storage.keystore import KeyStoreError
 
     try:
         report = initialise(settings)
@@ -82,7 +80,7 @@ def init(settings: Settings) -> None:
     click.echo(f"schema: up to date ({settings.database_url.split('://', 1)[0]})")
     click.echo(f"keys: {'created ' + ', '.join(report.keys_created) if report.keys_created else 'present'}")
     if report.admin_password:
-        click.echo("first admin account: admin")
+        click.echo(f"first admin account: {FIRST_ADMIN}")
         click.echo(f"one-time password: {report.admin_password}   (shown once; you set your own at first sign-in)")
 
 
@@ -144,10 +142,13 @@ def purge(settings: Settings) -> None:
     """Apply retention now: submit idle drafts, erase expired return addresses, forget old ids."""
     runtime = _runtime(settings)
     try:
-        for line in runtime.maintain().lines():  # type: ignore[attr-defined]
+        for line in runtime.maintain().lines():
             click.echo(line)
     finally:
         runtime.close()
+
+
+CLI_ACTOR = "cli"  # who the audit log says acted, for account actions from the command line
 
 
 @cli.group()
@@ -157,20 +158,25 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("username")
-@click.option("--role", "roles", type=click.Choice(["detective", "admin"]), required=True, multiple=True,
-              help="detective (reads and answers tips) or admin (accounts, keys, audit); repeat for both.")
+@click.option(
+    "--role",
+    "roles",
+    type=click.Choice([role.value for role in Role]),
+    required=True,
+    multiple=True,
+    help="detective (reads and answers tips) or admin (accounts, keys, audit); repeat for both.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of generating one.")
 @with_settings
 def users_add(settings: Settings, username: str, roles: tuple[str, ...], password_stdin: bool) -> None:
     """Create an account; prints a one-time password unless --password-stdin."""
-    from tipline.services.accounts import UserError, add_user, generate_password
+    from tipline.services import accounts
 
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else generate_password()
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else accounts.generate_password()
     runtime = _runtime(settings)
     try:
-        add_user(runtime.factory, username, roles, password, must_change=not password_stdin)
-        _audit(runtime, "user.create", username, {"roles": sorted(roles)})
-    except UserError as error:
+        accounts.add_user(runtime.ctx, username, roles, password, must_change=not password_stdin, actor=CLI_ACTOR)
+    except accounts.UserError as error:
         _fail(str(error))
     finally:
         runtime.close()
@@ -183,11 +189,11 @@ def users_add(settings: Settings, username: str, roles: tuple[str, ...], passwor
 @with_settings
 def users_list(settings: Settings) -> None:
     """List accounts with their role and state."""
-    from tipline.services.accounts import list_users
+    from tipline.services import accounts
 
     runtime = _runtime(settings)
     try:
-        for user in list_users(runtime.factory):
+        for user in accounts.list_users(runtime.ctx):
             state = "disabled" if user.disabled else "active"
             totp = "2fa enrolled" if user.totp_secret_ct else "2fa not enrolled"
             locked = "  locked" if user.locked_until else ""
@@ -197,18 +203,18 @@ def users_list(settings: Settings) -> None:
 
 
 def _account_action(settings: Settings, username: str, action: str, done: str) -> None:
-    """Run one account action (tipline.users), audit it, and say what happened."""
+    """Run one account action (audited by the accounts service), and say what happened."""
     from tipline.services import accounts
+    from tipline.services.context import ServiceContext
 
-    perform = {
-        "user.disable": lambda factory: accounts.set_disabled(factory, username),
-        "user.reset-2fa": lambda factory: accounts.reset_2fa(factory, username),
-        "user.unlock": lambda factory: accounts.unlock(factory, username),
+    perform: Callable[[ServiceContext], None] = {
+        "disable": lambda ctx: accounts.set_disabled(ctx, username, actor=CLI_ACTOR),
+        "reset-2fa": lambda ctx: accounts.reset_2fa(ctx, username, actor=CLI_ACTOR),
+        "unlock": lambda ctx: accounts.unlock(ctx, username, actor=CLI_ACTOR),
     }[action]
     runtime = _runtime(settings)
     try:
-        perform(runtime.factory)
-        _audit(runtime, action, username)
+        perform(runtime.ctx)
     except accounts.UserError as error:
         _fail(str(error))
     finally:
@@ -221,7 +227,7 @@ def _account_action(settings: Settings, username: str, action: str, done: str) -
 @with_settings
 def users_disable(settings: Settings, username: str) -> None:
     """Disable an account at once (its sessions end too)."""
-    _account_action(settings, username, "user.disable", "disabled")
+    _account_action(settings, username, "disable", "disabled")
 
 
 @users.command("reset-2fa")
@@ -229,7 +235,7 @@ def users_disable(settings: Settings, username: str) -> None:
 @with_settings
 def users_reset_2fa(settings: Settings, username: str) -> None:
     """Forget an account's TOTP secret; it enrols again at next sign-in."""
-    _account_action(settings, username, "user.reset-2fa", "2fa reset for")
+    _account_action(settings, username, "reset-2fa", "2fa reset for")
 
 
 @users.command("unlock")
@@ -237,7 +243,7 @@ def users_reset_2fa(settings: Settings, username: str) -> None:
 @with_settings
 def users_unlock(settings: Settings, username: str) -> None:
     """Release an account locked after repeated failed sign-ins."""
-    _account_action(settings, username, "user.unlock", "unlocked")
+    _account_action(settings, username, "unlock", "unlocked")
 
 
 @cli.group()
@@ -246,7 +252,9 @@ def keys() -> None:
 
 
 @keys.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {purpose, version, primary, created_at, rows}.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON list of {purpose, version, primary, created_at, rows}."
+)
 @with_settings
 def keys_status(settings: Settings, as_json: bool) -> None:
     """Every key purpose and version, which is primary, and how many rows each protects."""
@@ -256,8 +264,8 @@ def keys_status(settings: Settings, as_json: bool) -> None:
 
     runtime = _runtime(settings)
     try:
-        rows = rotation.status_rows(runtime.factory)
-        running = rotation.running(runtime.factory)
+        rows = rotation.status_rows(runtime.ctx)
+        running = rotation.running(runtime.ctx)
     finally:
         runtime.close()
     if as_json:
@@ -265,16 +273,30 @@ def keys_status(settings: Settings, as_json: bool) -> None:
         return
     for row in rows:
         state = "primary" if row["primary"] else ("retired" if row["retired"] else "")
-        click.echo(f"{row['purpose']:10} v{row['version']:<3} {state:8} created {str(row['created_at'])[:10]}  rows {row['rows']}")
+        click.echo(
+            f"{row['purpose']:10} v{row['version']:<3} {state:8} "
+            f"created {str(row['created_at'])[:10]}  rows {row['rows']}"
+        )
     for r in running:
-        click.echo(f"rotation of {r.purpose} to v{r.to_version} unfinished: {r.rows_done}/{r.rows_total} rows; "
-                   f"`tipline keys rotate --purpose {r.purpose}` resumes it")
+        click.echo(
+            f"rotation of {r.purpose} to v{r.to_version} unfinished: {r.rows_done}/{r.rows_total} rows; "
+            f"`tipline keys rotate --purpose {r.purpose}` resumes it"
+        )
 
 
 @keys.command("rotate")
-@click.option("--purpose", type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "all"]), default="all",
-              show_default=True, help="Which key to rotate.")
-@click.option("--reencrypt", is_flag=True, help="Suspected compromise: fresh data keys, every field re-encrypted (tips, contacts).")
+@click.option(
+    "--purpose",
+    type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "all"]),
+    default="all",
+    show_default=True,
+    help="Which key to rotate.",
+)
+@click.option(
+    "--reencrypt",
+    is_flag=True,
+    help="Suspected compromise: fresh data keys, every field re-encrypted (tips, contacts).",
+)
 @with_settings
 def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
     """Make a new key version primary and move every row to it, online and resumable.
@@ -293,17 +315,28 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
         master = load_master_key(settings)
         for name in purposes:
             try:
-                rotation_id = rotation.start(runtime.factory, runtime.keys, master, name, reencrypt=reencrypt, actor="cli")
+                rotation_id = rotation.start(runtime.ctx, master, name, reencrypt=reencrypt, actor="cli")
             except rotation.RotationError as error:
                 _fail(str(error))
-            record = next(r for r in rotation.running(runtime.factory) + rotation.recent(runtime.factory) if r.id == rotation_id)
+            record = next(
+                r for r in rotation.running(runtime.ctx) + rotation.recent(runtime.ctx) if r.id == rotation_id
+            )
             verb = "re-encrypting" if record.reencrypt else "moving"
             label = f"{name}: {verb} to v{record.to_version}"
-            with click.progressbar(length=max(record.rows_total - record.rows_done, 0), label=label, show_eta=True,
-                                   show_pos=True, file=sys.stderr) as bar:
-                rotation.run(runtime.factory, runtime.keys, rotation_id, progress=bar.update)
-            done = next(r for r in rotation.recent(runtime.factory, 50) if r.id == rotation_id)
-            extra = f"; {done.unlinked} senders whose address was erased lost their link, by design" if name == "pseudonym" else ""
+            with click.progressbar(
+                length=max(record.rows_total - record.rows_done, 0),
+                label=label,
+                show_eta=True,
+                show_pos=True,
+                file=sys.stderr,
+            ) as bar:
+                rotation.run(runtime.ctx, rotation_id, progress=bar.update)
+            done = next(r for r in rotation.recent(runtime.ctx, 50) if r.id == rotation_id)
+            extra = (
+                f"; {done.unlinked} senders whose address was erased lost their link, by design"
+                if name == "pseudonym"
+                else ""
+            )
             click.echo(f"{name}: v{done.to_version} is primary; {done.rows_done} rows moved{extra}")
     except KeyboardInterrupt:
         click.echo("\ninterrupted: every finished batch is committed; run the same command to resume", err=True)
@@ -322,7 +355,7 @@ def keys_retire(settings: Settings, purpose: str, version: int) -> None:
 
     runtime = _runtime(settings)
     try:
-        rotation.retire(runtime.factory, runtime.keys, purpose, version, actor="cli")
+        rotation.retire(runtime.ctx, purpose, version, actor="cli")
     except rotation.RotationError as error:
         _fail(str(error))
     finally:
@@ -350,7 +383,7 @@ def keys_rotate_master(settings: Settings) -> None:
         _fail("the new master key must decode to 32 bytes")
     runtime = _runtime(settings)
     try:
-        count = rotation.rotate_master(settings, runtime.factory, runtime.keys, load_master_key(settings), new, actor="cli")
+        count = rotation.rotate_master(runtime.ctx, load_master_key(settings), new, actor="cli")
     except rotation.RotationError as error:
         _fail(str(error))
     finally:
@@ -367,9 +400,11 @@ def telegram() -> None:
     """Connect the Telegram bot (see README: creating a bot with BotFather)."""
 
 
-def _telegram_channel(runtime):  # type: ignore[no-untyped-def]
+def _telegram_channel(runtime: Runtime) -> TelegramChannel:
+    from adapters.telegram import TelegramChannel
+
     channel = runtime.channels.get("telegram")
-    if channel is None:
+    if not isinstance(channel, TelegramChannel):
         _fail("the Telegram channel is off: set TELEGRAM_BOT_TOKEN")
     return channel
 
@@ -380,19 +415,18 @@ def _telegram_channel(runtime):  # type: ignore[no-untyped-def]
 def telegram_set_webhook(settings: Settings, drop_pending_updates: bool) -> None:
     """Point the bot at TIPLINE_PUBLIC_URL/webhooks/telegram, with the secret token."""
     from adapters.telegram import ALLOWED_UPDATES
+    from tipline.core.channels import ChannelError
 
     if settings.telegram is None or not settings.telegram.webhook_secret:
         _fail("TELEGRAM_WEBHOOK_SECRET is required for a webhook (or use `tipline telegram poll`)")
     if not settings.public_url.startswith("https://"):
         _fail("Telegram calls only HTTPS webhooks: set TIPLINE_PUBLIC_URL to your https:// address")
+    url = settings.public_url + "/webhooks/telegram"
     runtime = _runtime(settings)
     try:
-        channel = _telegram_channel(runtime)
-        url = settings.public_url + "/webhooks/telegram"
-        channel.call(channel.bot.set_webhook(
-            url=url, secret_token=settings.telegram.webhook_secret, allowed_updates=ALLOWED_UPDATES,
-            drop_pending_updates=drop_pending_updates, max_connections=10,
-        ))
+        _telegram_channel(runtime).set_webhook(url, drop_pending=drop_pending_updates)
+    except ChannelError as error:
+        _fail(f"Telegram refused the webhook (error {error.code})")
     finally:
         runtime.close()
     click.echo(f"webhook set: {url} (updates: {', '.join(ALLOWED_UPDATES)})")
@@ -403,7 +437,7 @@ def telegram_set_webhook(settings: Settings, drop_pending_updates: bool) -> None
 @with_settings
 def telegram_poll(settings: Settings, once: bool) -> None:
     """Long-poll Telegram for updates (for a bot without a public URL); sends replies too."""
-    from adapters import telegram as adapter
+    from tipline.core.channels import ChannelError
     from webhooks.telegram import handle
 
     runtime = _runtime(settings)
@@ -411,31 +445,26 @@ def telegram_poll(settings: Settings, once: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         channel = _telegram_channel(runtime)
-        channel.call(channel.bot.delete_webhook(drop_pending_updates=False))  # polling and a webhook exclude each other
+        channel.delete_webhook()
         if not once:
             threading.Thread(target=runtime.dispatcher.run_forever, args=(stop,), daemon=True).start()
             click.echo("polling Telegram for updates (Ctrl-C to stop)")
         offset = 0
         while not stop.is_set():
-            updates = channel.call(channel.bot.get_updates(
-                offset=offset, timeout=0 if once else 30, allowed_updates=adapter.ALLOWED_UPDATES,
-            ), timeout=90)
-            for update in updates:
-                try:
-                    _, parsed = adapter.parse_update(update.to_dict())
-                except adapter.MalformedUpdate:
-                    parsed = adapter.Parsed()
-                handle(runtime, parsed)
-                if parsed.callback_query_id:
-                    channel.call(channel.bot.answer_callback_query(parsed.callback_query_id))
-                offset = update.update_id + 1  # acknowledged only once handled
+            polled = channel.poll_once(offset, timeout=0 if once else 30)
+            for update_id, update in polled:
+                handle(runtime.intake, update)
+                channel.acknowledge(update)
+                offset = update_id + 1  # acknowledged only once handled
             if once:
-                if updates:  # confirm them to Telegram, as the next poll would
-                    channel.call(channel.bot.get_updates(offset=offset, timeout=0, allowed_updates=adapter.ALLOWED_UPDATES))
+                if polled:
+                    channel.confirm(offset)
                 while runtime.dispatcher.run_once():
                     pass
-                click.echo(f"updates handled: {len(updates)}")
+                click.echo(f"updates handled: {len(polled)}")
                 break
+    except ChannelError as error:
+        _fail(f"Telegram refused a request (error {error.code})")
     except KeyboardInterrupt:
         pass
     finally:
@@ -456,8 +485,8 @@ def audit_verify(settings: Settings) -> None:
 
     runtime = _runtime(settings)
     try:
-        result = audit.verify(runtime.factory, runtime.keys.keyring)
-        audit.log_event(runtime.factory, runtime.keys.keyring, "audit.verify", outcome="ok" if result.intact else "tampered")
+        result = audit.verify(runtime.ctx)
+        audit.log_event(runtime.ctx, "audit.verify", outcome="ok" if result.intact else "tampered")
     finally:
         runtime.close()
     if result.intact:
@@ -474,4 +503,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -75,7 +75,8 @@ class Settings:
     def catalog_defaults(self) -> dict[str, str]:
         """The agency's own words every bot text may use ({agency}, {non_emergency}, {victim_services})."""
         return {
-            "agency": self.agency_name, "non_emergency": self.non_emergency_number,
+            "agency": self.agency_name,
+            "non_emergency": self.non_emergency_number,
             "victim_services": self.victim_services,
         }
 
@@ -193,9 +194,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         # We ship psycopg 3; say so in the URL rather than let SQLAlchemy look for psycopg2.
         database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
     if not (database_url.startswith("sqlite:///") or database_url.startswith("postgresql+psycopg://")):
-        raise ConfigError(
-            "TIPLINE_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
-        )
+        raise ConfigError("TIPLINE_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
     log_level = env.get("TIPLINE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("TIPLINE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

@@ -12,8 +12,17 @@ import logging
 import re
 
 NOISY = (
-    "alembic.runtime.plugins", "twilio", "urllib3", "requests", "sqlalchemy.engine", "werkzeug", "httpx", "httpcore",
-    "telegram", "PIL", "pillow_heif",  # Pillow logs EXIF values (GPS, serials) at DEBUG while parsing
+    "alembic.runtime.plugins",
+    "twilio",
+    "urllib3",
+    "requests",
+    "sqlalchemy.engine",
+    "werkzeug",
+    "httpx",
+    "httpcore",
+    "telegram",
+    "PIL",
+    "pillow_heif",  # Pillow logs EXIF values (GPS, serials) at DEBUG while parsing
 )
 PHONE_LIKE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
 IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")

@@ -17,17 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sandbox import SandboxChannel
 from adapters.sms import TwilioSms
-from tipline.storage import db
 from tipline import logs
-from tipline.services.attachments import MediaWorker
-from tipline.core.channels import Channel
 from tipline.config import Settings
+from tipline.core.channels import Channel
+from tipline.services.attachments import MediaWorker
 from tipline.services.context import ServiceContext
-from tipline.services.intake import Intake
-from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key
-from tipline.services.maintenance import purge
+from tipline.services.intake import ChannelTraits, Intake
+from tipline.services.maintenance import PurgeReport, purge
 from tipline.services.outbox import Dispatcher
-
+from tipline.storage import db
+from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key
 
 
 class NotInitialised(Exception):
@@ -48,15 +47,17 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.ctx = ServiceContext(self.factory, self.keys, self.settings)
-        self.intake = Intake(
-            self.factory, self.keys, self.settings,
+        traits = ChannelTraits(
             deletes_provider_copies=lambda name: name in self.channels and self.channels[name].deletes_provider_copies,
             replies_inline=lambda name: name not in self.channels or self.channels[name].replies_inline,
-            on_outbox=self.wake_dispatcher,
         )
-        self.media = MediaWorker(self.factory, self.keys, self.channels, self.settings)
+        self.intake = Intake(self.ctx, traits, on_outbox=self.wake_dispatcher)
+        self.media = MediaWorker(self.ctx, self.channels)
         self.dispatcher = Dispatcher(
-            self.factory, self.keys, self.channels, maintenance=self.maintain, background=self.rotate_some,
+            self.ctx,
+            self.channels,
+            maintenance=self.maintain,
+            background=self.rotate_some,
             media=self.media.run_once,
         )
         self._rotation_cursors: dict[int, object] = {}
@@ -77,15 +78,16 @@ class Runtime:
         from tipline.services import rotation
 
         busy = 0
-        for record in rotation.running(self.factory):
-            result = rotation.step(self.factory, self.keys, record.id, self._rotation_cursors.get(record.id))
+        for record in rotation.running(self.ctx):
+            result = rotation.step(self.ctx, record.id, self._rotation_cursors.get(record.id))
             self._rotation_cursors[record.id] = result.cursor
             busy += 0 if result.finished else 1
         return busy
 
-    def maintain(self) -> object:
+    def maintain(self) -> PurgeReport:
         return purge(
-            self.intake, self.settings.retention_days,
+            self.intake,
+            self.settings.retention_days,
             session_idle=dt.timedelta(minutes=self.settings.console_idle_minutes),
             session_lifetime=dt.timedelta(hours=self.settings.console_session_hours),
         )
@@ -127,7 +129,9 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
         initialised = inspect(engine).has_table("key_versions")
     except OperationalError as error:
         engine.dispose()
-        raise NotInitialised(f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL") from None
+        raise NotInitialised(
+            f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL"
+        ) from None
     if not initialised:
         engine.dispose()
         raise NotInitialised("the database has no tipline schema: run `tipline init`")

@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from tipline.services import audit
-from tipline.storage import db
-from tipline.storage.keystore import secret_key
 from tipline.config import Settings
-from tipline.storage.keystore import ensure_keys, load_keyring, load_master_key
+from tipline.core.vocabulary import Role
+from tipline.services import accounts
+from tipline.services.context import ServiceContext
+from tipline.storage import db
+from tipline.storage.keystore import KeyStore, ensure_keys, load_master_key, secret_key
 from tipline.storage.models import KeyVersion
-from tipline.services.accounts import add_user, any_users, generate_password
+
+FIRST_ADMIN = "admin"
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,13 @@ def initialise(settings: Settings) -> InitReport:
             # Never mint a master key for a database that already has keys: it would open nothing.
             master = load_master_key(settings, create=not has_keys)
             created = ensure_keys(session, master)
-            needs_admin = not any_users(session)
+            needs_admin = not accounts.any_users(session)
         secret_key(settings, create=True)
         password = None
         if needs_admin:
-            password = generate_password()
-            add_user(factory, "admin", "admin", password, must_change=True)
-            with factory.begin() as session:
-                audit.record(session, load_keyring(session, master), "user.create", actor="init",
-                             object_type="user", object_id="admin", detail={"roles": ["admin"]})
+            password = accounts.generate_password()
+            ctx = ServiceContext(factory, KeyStore(factory, master), settings)
+            accounts.add_user(ctx, FIRST_ADMIN, [Role.ADMIN], password, must_change=True, actor="init")
         return InitReport(tuple(created), password)
     finally:
         engine.dispose()

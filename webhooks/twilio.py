@@ -10,60 +10,62 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, request
 
-from adapters import sms
+from tipline.core.channels import MalformedWebhook
 from tipline.services import outbox
+from tipline.web.context import current_runtime
 
 bp = Blueprint("twilio", __name__, url_prefix="/webhooks/twilio")
 log = logging.getLogger(__name__)
 
-STATUSES = {
-    "accepted", "queued", "sending", "sent", "delivered", "undelivered", "failed", "read",
-    "scheduled", "canceled", "partially_delivered", "receiving", "received",
-}
 
-
-def _authenticated() -> None:
-    runtime = current_app.extensions["tipline"]
+@bp.before_request
+def authenticate() -> None:
+    """Every route: 404 while the channel is off, 403 unless Twilio signed the request."""
+    runtime = current_runtime()
     if runtime.sms is None:
-        abort(404)  # the channel is off: no credentials configured
+        abort(404)  # no credentials configured
     # Twilio signed the URL it called: the public one, not whatever the proxy in front says.
     url = runtime.settings.public_url + request.full_path.rstrip("?")
-    signature = request.headers.get("X-Twilio-Signature")
-    if not sms.verify(runtime.settings.twilio.auth_token, url, request.form, signature):
+    if not runtime.sms.authenticate(url, request.form, request.headers.get("X-Twilio-Signature")):
         log.warning("twilio webhook refused: bad or missing signature")
         abort(403)
 
 
+@bp.errorhandler(MalformedWebhook)
+def malformed(error: MalformedWebhook) -> Response:
+    """Signed but not the shape Twilio sends: 400, naming the field, never its value."""
+    log.warning("twilio webhook malformed: %s", error)
+    return Response(str(error), status=400, content_type="text/plain; charset=utf-8")
+
+
 @bp.post("/sms")
 def inbound_sms() -> Response:
-    _authenticated()
-    runtime = current_app.extensions["tipline"]
-    try:
-        message = sms.parse_inbound(request.form)
-    except sms.MalformedWebhook as error:
-        log.warning("twilio webhook malformed: %s", error)
-        abort(400, str(error))
-    result = runtime.intake.receive(message)
-    return Response(sms.twiml(result.replies), content_type="text/xml; charset=utf-8")
+    runtime = current_runtime()
+    sms = runtime.sms
+    assert sms is not None  # authenticate() answered 404 otherwise
+    result = runtime.intake.receive(sms.parse_inbound(request.form))
+    return Response(sms.answer(result.replies), content_type=sms.answer_type)
 
 
 @bp.post("/status")
 def delivery_status() -> Response:
-    _authenticated()
-    runtime = current_app.extensions["tipline"]
-    sid = request.form.get("MessageSid", "")
-    status = request.form.get("MessageStatus", "").lower()
-    if not sms.MESSAGE_SID.match(sid) or status not in STATUSES:
-        abort(400, "MessageSid or MessageStatus is missing or malformed")
-    error_code = request.form.get("ErrorCode") or None
-    if error_code is not None and not error_code.isdigit():
-        abort(400, "ErrorCode is malformed")
-    delay = dt.timedelta(seconds=runtime.settings.provider_delete_delay_seconds) if runtime.settings.provider_delete else None
+    runtime = current_runtime()
+    sms = runtime.sms
+    assert sms is not None  # authenticate() answered 404 otherwise
+    report = sms.parse_status(request.form)
+    settings = runtime.settings
+    delay = dt.timedelta(seconds=settings.provider_delete_delay_seconds) if settings.provider_delete else None
     found = outbox.record_status(
-        runtime.factory, runtime.keys.keyring, runtime.sms, sid, status, error_code, delete_delay=delay
+        runtime.ctx,
+        sms,
+        report.provider_message_id,
+        report.status,
+        report.error_code,
+        recipient_gone=report.recipient_gone,
+        delete_delay=delay,
     )
     if found and delay is not None:
-        runtime.wake_dispatcher()
-    return Response(sms.twiml(()), content_type="text/xml; charset=utf-8")
+        runtime.wake_dispatcher()  # the provider's copy is due for deletion
+    return Response(sms.answer(()), content_type=sms.answer_type)

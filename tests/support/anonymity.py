@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, MetaData, select
@@ -13,9 +14,16 @@ def phone_formats(e164: str) -> list[str]:
     national = digits[1:] if digits.startswith("1") and len(digits) == 11 else digits
     area, exchange, line = national[:3], national[3:6], national[6:]
     return [
-        e164, digits, national, f"{area}-{exchange}-{line}", f"({area}) {exchange}-{line}",
-        f"{area} {exchange} {line}", f"{area}.{exchange}.{line}", f"+1 {area} {exchange} {line}",
-        f"+1-{area}-{exchange}-{line}", f"{exchange}-{line}",
+        e164,
+        digits,
+        national,
+        f"{area}-{exchange}-{line}",
+        f"({area}) {exchange}-{line}",
+        f"{area} {exchange} {line}",
+        f"{area}.{exchange}.{line}",
+        f"+1 {area} {exchange} {line}",
+        f"+1-{area}-{exchange}-{line}",
+        f"{exchange}-{line}",
     ]
 
 
@@ -28,7 +36,7 @@ def _variants(needle: str) -> list[bytes]:
     return out
 
 
-def scan_files(root: Path, needles: list[str], extra_files: list[Path] = ()) -> list[tuple[str, str]]:
+def scan_files(root: Path, needles: list[str], extra_files: Sequence[Path] = ()) -> list[tuple[str, str]]:
     """Every (file, needle) pair where a needle occurs in a file under root (or in extra_files)."""
     hits = []
     files = [p for p in root.rglob("*") if p.is_file()] + list(extra_files)

@@ -8,11 +8,13 @@ import time
 from dataclasses import dataclass, field
 
 import pyotp
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tipline.services.auth import TOTP_PERIOD
 from tipline.services.accounts import add_user
+from tipline.services.auth import TOTP_PERIOD
+from tipline.services.context import ServiceContext
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET = re.compile(r'data-totp-secret="([A-Z2-7]+)"')
@@ -50,8 +52,13 @@ class Person:
 
     def sign_in(self, code: str | None = None, password: str | None = None) -> TestResponse:
         page = self.client.get("/console/login")
-        form = {"csrf_token": csrf_of(page), "username": self.username, "password": password or self.password, "ack": "1",
-                "code": code if code is not None else (self.next_code() if self.secret else "")}
+        form = {
+            "csrf_token": csrf_of(page),
+            "username": self.username,
+            "password": password or self.password,
+            "ack": "1",
+            "code": code if code is not None else (self.next_code() if self.secret else ""),
+        }
         response = self.client.post("/console/login", data=form)
         if response.status_code == 302 and response.location.endswith("/console/enrol"):
             enrol = self.client.get("/console/enrol")
@@ -60,8 +67,14 @@ class Person:
         if response.status_code == 302 and response.location.endswith("/console/password"):
             change = self.client.get("/console/password")
             self.password = self.password + " renewed"
-            response = self.client.post("/console/password", data={
-                "csrf_token": csrf_of(change), "new_password": self.password, "new_password_again": self.password})
+            response = self.client.post(
+                "/console/password",
+                data={
+                    "csrf_token": csrf_of(change),
+                    "new_password": self.password,
+                    "new_password_again": self.password,
+                },
+            )
         return response
 
     def get(self, path: str) -> TestResponse:
@@ -79,6 +92,13 @@ class Person:
         return self.client.post(path, data=form)
 
 
-def person(app, factory, username: str, roles: tuple[str, ...] = ("detective",), must_change: bool = False) -> Person:  # type: ignore[no-untyped-def]
-    add_user(factory, username, roles, PASSWORD, must_change=must_change)
+def person(
+    app: Flask,
+    ctx: ServiceContext,
+    username: str,
+    roles: tuple[str, ...] = ("detective",),
+    must_change: bool = False,
+) -> Person:
+    """A new account (PASSWORD, TOTP not enrolled yet) with a browser of its own, not signed in."""
+    add_user(ctx, username, roles, PASSWORD, must_change=must_change)
     return Person(app.test_client(), username)

@@ -62,12 +62,12 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - file downloads: /file/bot<token>/<file_path>
             prefix = f"/file/bot{fake.token}/"
             path = unquote(self.path)  # the client percent-encodes the token's colon in file URLs
-            content = fake.files.get(path[len(prefix):]) if path.startswith(prefix) else None
+            content = fake.files.get(path[len(prefix) :]) if path.startswith(prefix) else None
             if content is None:
                 self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
                 return
             with fake.lock:
-                fake.calls.append(("download", {"path": path[len(prefix):]}))
+                fake.calls.append(("download", {"path": path[len(prefix) :]}))
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(content)))
@@ -79,7 +79,7 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             if not self.path.startswith(prefix):
                 self._reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
                 return
-            method = self.path[len(prefix):]
+            method = self.path[len(prefix) :]
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
             kind = self.headers.get("Content-Type", "")
             if kind.startswith("application/json"):
@@ -103,15 +103,26 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
 
         def _result(self, method: str, params: dict[str, Any]) -> Any:
             if method == "getMe":
-                return {"id": BOT_ID, "is_bot": True, "first_name": "Tip line", "username": "example_tipline_bot",
-                        "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+                return {
+                    "id": BOT_ID,
+                    "is_bot": True,
+                    "first_name": "Tip line",
+                    "username": "example_tipline_bot",
+                    "can_join_groups": False,
+                    "can_read_all_group_messages": False,
+                    "supports_inline_queries": False,
+                }
             if method == "sendMessage":
                 with fake.lock:
                     fake.next_message_id += 1
                     message_id = fake.next_message_id
-                return {"message_id": message_id, "date": int(time.time()), "text": params.get("text"),
-                        "chat": {"id": int(params["chat_id"]), "type": "private"},
-                        "from": {"id": BOT_ID, "is_bot": True, "first_name": "Tip line"}}
+                return {
+                    "message_id": message_id,
+                    "date": int(time.time()),
+                    "text": params.get("text"),
+                    "chat": {"id": int(params["chat_id"]), "type": "private"},
+                    "from": {"id": BOT_ID, "is_bot": True, "first_name": "Tip line"},
+                }
             if method == "getUpdates":
                 deadline = time.monotonic() + min(float(params.get("timeout", 0) or 0), 1.0)
                 offset = int(params.get("offset", 0) or 0)
@@ -123,8 +134,12 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                     time.sleep(0.05)
             if method == "getFile":
                 path = f"documents/{params['file_id']}.bin"
-                return {"file_id": params["file_id"], "file_unique_id": "u" + str(params["file_id"]),
-                        "file_size": len(fake.files.get(path, b"")), "file_path": path}
+                return {
+                    "file_id": params["file_id"],
+                    "file_unique_id": "u" + str(params["file_id"]),
+                    "file_size": len(fake.files.get(path, b"")),
+                    "file_path": path,
+                }
             if method == "getWebhookInfo":
                 return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
             return True  # setWebhook, deleteWebhook, answerCallbackQuery, deleteMessages, deleteMessage

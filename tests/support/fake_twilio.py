@@ -17,11 +17,14 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs
 
 MESSAGES = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages\.json$")
 MESSAGE = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages/((?:SM|MM)[0-9a-f]{32})\.json$")
-MEDIA = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages/((?:SM|MM)[0-9a-f]{32})/Media/(ME[0-9a-f]{32})(\.json)?$")
+MEDIA = re.compile(
+    r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages/((?:SM|MM)[0-9a-f]{32})/Media/(ME[0-9a-f]{32})(\.json)?$"
+)
 
 
 @dataclass
@@ -74,7 +77,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output (and logs) clean
             pass
 
-        def _reply(self, status: int, body: dict | None = None) -> None:
+        def _reply(self, status: int, body: dict[str, Any] | None = None) -> None:
             data = json.dumps(body).encode() if body is not None else b""
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -112,11 +115,21 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             if self._scripted_failure():
                 return
             sid = "SM" + secrets.token_hex(16)
-            self._reply(201, {
-                "sid": sid, "account_sid": fake.account_sid, "to": form.get("To"), "from": form.get("From"),
-                "body": form.get("Body"), "status": "queued", "num_segments": "1", "direction": "outbound-api",
-                "api_version": "2010-04-01", "uri": f"/2010-04-01/Accounts/{fake.account_sid}/Messages/{sid}.json",
-            })
+            self._reply(
+                201,
+                {
+                    "sid": sid,
+                    "account_sid": fake.account_sid,
+                    "to": form.get("To"),
+                    "from": form.get("From"),
+                    "body": form.get("Body"),
+                    "status": "queued",
+                    "num_segments": "1",
+                    "direction": "outbound-api",
+                    "api_version": "2010-04-01",
+                    "uri": f"/2010-04-01/Accounts/{fake.account_sid}/Messages/{sid}.json",
+                },
+            )
             form["_sid"] = sid
 
         def do_GET(self) -> None:  # noqa: N802 - a media file: 307 to the CDN, as Twilio does

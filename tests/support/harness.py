@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import html
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.test import TestResponse
 
-from tipline.runtime import Runtime
+from tests.support import fake_telegram
 from tests.support.fake_twilio import FakeTwilio
+from tipline.config import load_settings
+from tipline.runtime import Runtime, build_runtime
+from tipline.setup import initialise
+from tipline.storage.keystore import load_master_key
+from tipline.storage.models import Attachment
+from tipline.web.app import create_app
 
 PUBLIC_URL = "https://tips.example.org"
 ACCOUNT_SID = "AC" + "5a" * 16
@@ -34,24 +45,46 @@ def inbound_form(body: str, sender: str = TIPSTER, sid: str | None = None, **ext
     """An inbound-SMS webhook body with every field Twilio sends, carrier location included."""
     sid = sid or new_sid()
     form = {
-        "ToCountry": "US", "ToState": "NH", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "",
-        "FromZip": CARRIER_ZIP, "SmsSid": sid, "FromState": "NH", "SmsStatus": "received",
-        "FromCity": CARRIER_CITY, "Body": body, "FromCountry": "US", "To": LINE_NUMBER,
-        "MessagingServiceSid": "", "ToZip": "", "NumSegments": "1", "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID, "From": sender, "ApiVersion": "2010-04-01",
+        "ToCountry": "US",
+        "ToState": "NH",
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ToCity": "",
+        "FromZip": CARRIER_ZIP,
+        "SmsSid": sid,
+        "FromState": "NH",
+        "SmsStatus": "received",
+        "FromCity": CARRIER_CITY,
+        "Body": body,
+        "FromCountry": "US",
+        "To": LINE_NUMBER,
+        "MessagingServiceSid": "",
+        "ToZip": "",
+        "NumSegments": "1",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
     }
     form.update(extra)
     return form
 
 
 def sign(path: str, form: dict[str, str], token: str = AUTH_TOKEN, base: str = PUBLIC_URL) -> str:
-    return RequestValidator(token).compute_signature(base + path, form)
+    """The X-Twilio-Signature Twilio would send for this form posted to `base + path`."""
+    signature: str = RequestValidator(token).compute_signature(base + path, form)
+    return signature
 
 
 def replies(response: TestResponse) -> list[str]:
-    import html
-
     return [html.unescape(m) for m in REPLY.findall(response.get_data(as_text=True))]
+
+
+def reference_of(text: str) -> str:
+    """The tip reference a reply names (the receipt, "Added to tip ..."); fails the test if there is none."""
+    found = REFERENCE.search(text)
+    assert found is not None, f"no tip reference in {text!r}"
+    return found.group(0)
 
 
 @dataclass
@@ -78,18 +111,78 @@ class Harness:
         """Text the tip line; returns the bot's replies."""
         return replies(self.sms(body, sender))
 
+    def submit_tip(self, what: str = "Someone keeps breaking into cars on Pine St", sender: str = TIPSTER) -> str:
+        """Text a tip by SMS (description, SKIP, SKIP) as a tipster would; returns its reference."""
+        self.say(what, sender=sender)
+        self.say("skip", sender=sender)
+        receipt = self.say("skip", sender=sender)
+        assert receipt, "no receipt for the tip"
+        return reference_of(receipt[0])
+
+    def post_update(self, update: dict[str, Any], secret: str | None = fake_telegram.SECRET) -> TestResponse:
+        """Post a Bot API update to the Telegram webhook, with the webhook secret (None: without)."""
+        headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
+        return self.client.post("/webhooks/telegram", json=update, headers=headers)
+
     def dispatch(self) -> int:
         """Run the outbox dispatcher until nothing is due."""
         total = 0
-        while (count := self.runtime.dispatcher.run_once()):
+        while count := self.runtime.dispatcher.run_once():
             total += count
         return total
 
     def status_callback(self, sid: str, status: str, error_code: str | None = None) -> TestResponse:
         form = {
-            "MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
-            "AccountSid": ACCOUNT_SID, "From": LINE_NUMBER, "To": TIPSTER, "ApiVersion": "2010-04-01",
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "MessageStatus": status,
+            "SmsStatus": status,
+            "AccountSid": ACCOUNT_SID,
+            "From": LINE_NUMBER,
+            "To": TIPSTER,
+            "ApiVersion": "2010-04-01",
         }
         if error_code:
             form["ErrorCode"] = error_code
         return self.post_signed("/webhooks/twilio/status", form)
+
+    def master_key(self) -> bytes:
+        """The master key the tip line was initialised with (key rotations need it)."""
+        return load_master_key(self.runtime.settings)
+
+
+def photos(harness: Harness) -> list[Attachment]:
+    """Every attachment the tip line has taken, in the order they arrived."""
+    with harness.runtime.factory() as session:
+        return list(session.scalars(select(Attachment).order_by(Attachment.seq)).all())
+
+
+def make_harness(env: dict[str, str], twilio: FakeTwilio, log_file: Path) -> Harness:
+    """The tip line initialised from `env` and served through its WSGI app; close its runtime afterwards."""
+    settings = load_settings(env)
+    initialise(settings)
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    return Harness(app, app.test_client(), runtime, twilio, settings.data_dir, log_file, settings.public_url)
+
+
+@contextlib.contextmanager
+def telegram_harness(
+    env: dict[str, str], twilio: FakeTwilio, log_file: Path, **extra: str
+) -> Iterator[tuple[Harness, fake_telegram.FakeTelegram]]:
+    """The tip line with its Telegram channel pointed at a stand-in Bot API (plus `extra` settings)."""
+    fake, server = fake_telegram.start(fake_telegram.TOKEN)
+    telegram = {
+        "TELEGRAM_BOT_TOKEN": fake_telegram.TOKEN,
+        "TELEGRAM_WEBHOOK_SECRET": fake_telegram.SECRET,
+        "TELEGRAM_API_BASE_URL": fake.url,
+    }
+    try:
+        harness = make_harness({**env, **telegram, **extra}, twilio, log_file)
+        try:
+            yield harness, fake
+        finally:
+            harness.runtime.close()
+    finally:
+        server.shutdown()
+        server.server_close()

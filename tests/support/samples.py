@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image, ImageCms, ImageDraw, ExifTags
+from PIL import ExifTags, Image, ImageCms, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
 MAKE = "AcmeOptics"
@@ -152,17 +152,35 @@ def camera_jpeg(orientation: int = 1, size: tuple[int, int] = (96, 64)) -> Sampl
     data = insert_after_soi(buf.getvalue(), iptc_segment())
     upright = _transposed(picture, orientation)
     secrets = (
-        MAKE.encode(), MODEL.encode(), SERIAL.encode(), OWNER.encode(), TAKEN.encode(), COMMENT, MAKER_NOTE,
-        THUMB_MARK, XMP_GPS.encode(), IPTC_BYLINE, IPTC_CITY, ICC_OWNER, b"Exif\x00\x00", b"http://ns.adobe.com/xap",
-        b"Photoshop 3.0", b"ICC_PROFILE", *gps_needles(exif_bytes),
+        MAKE.encode(),
+        MODEL.encode(),
+        SERIAL.encode(),
+        OWNER.encode(),
+        TAKEN.encode(),
+        COMMENT,
+        MAKER_NOTE,
+        THUMB_MARK,
+        XMP_GPS.encode(),
+        IPTC_BYLINE,
+        IPTC_CITY,
+        ICC_OWNER,
+        b"Exif\x00\x00",
+        b"http://ns.adobe.com/xap",
+        b"Photoshop 3.0",
+        b"ICC_PROFILE",
+        *gps_needles(exif_bytes),
     )
     return Sample(f"camera-jpeg-orientation-{orientation}", data, secrets, upright)
 
 
 def _transposed(picture: Image.Image, orientation: int) -> Image.Image:
     method = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
         8: Image.Transpose.ROTATE_90,
     }.get(orientation)
     return picture.transpose(method) if method is not None else picture.copy()
@@ -180,8 +198,19 @@ def png_with_chunks() -> Sample:
     picture = scene(mode="RGBA")
     picture.save(buf, "PNG", exif=exif.tobytes(), pnginfo=info, icc_profile=icc_profile())
     secrets = (
-        MAKE.encode(), MODEL.encode(), SERIAL.encode(), OWNER.encode(), COMMENT, XMP_GPS.encode(), MAKER_NOTE,
-        b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"iCCP", *gps_needles(exif.tobytes()),
+        MAKE.encode(),
+        MODEL.encode(),
+        SERIAL.encode(),
+        OWNER.encode(),
+        COMMENT,
+        XMP_GPS.encode(),
+        MAKER_NOTE,
+        b"eXIf",
+        b"tEXt",
+        b"zTXt",
+        b"iTXt",
+        b"iCCP",
+        *gps_needles(exif.tobytes()),
     )
     return Sample("png-exif-text-chunks", buf.getvalue(), secrets, picture)
 
@@ -195,7 +224,14 @@ def heic_with_location() -> Sample:
     heif = from_pillow(picture)
     buf = io.BytesIO()
     heif.save(buf, quality=95, exif=exif.tobytes(), xmp=XMP.encode())
-    secrets = (MAKE.encode(), MODEL.encode(), SERIAL.encode(), OWNER.encode(), XMP_GPS.encode(), *gps_needles(exif.tobytes()))
+    secrets = (
+        MAKE.encode(),
+        MODEL.encode(),
+        SERIAL.encode(),
+        OWNER.encode(),
+        XMP_GPS.encode(),
+        *gps_needles(exif.tobytes()),
+    )
     return Sample("heic-with-location", buf.getvalue(), secrets, picture)
 
 
@@ -204,13 +240,24 @@ def webp_with_exif() -> Sample:
     picture = scene()
     buf = io.BytesIO()
     picture.save(buf, "WEBP", quality=95, exif=exif.tobytes(), xmp=XMP.encode())
-    secrets = (MAKE.encode(), MODEL.encode(), SERIAL.encode(), OWNER.encode(), XMP_GPS.encode(), *gps_needles(exif.tobytes()))
+    secrets = (
+        MAKE.encode(),
+        MODEL.encode(),
+        SERIAL.encode(),
+        OWNER.encode(),
+        XMP_GPS.encode(),
+        *gps_needles(exif.tobytes()),
+    )
     return Sample("webp-with-exif", buf.getvalue(), secrets, picture)
 
 
 def animated_gif() -> Sample:
     """Three frames and a comment extension; the first frame is kept."""
-    frames = [scene().convert("P"), Image.new("RGB", (96, 64), "black").convert("P"), Image.new("RGB", (96, 64), "white").convert("P")]
+    frames = [
+        scene().convert("P"),
+        Image.new("RGB", (96, 64), "black").convert("P"),
+        Image.new("RGB", (96, 64), "white").convert("P"),
+    ]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, comment=COMMENT)
     return Sample("animated-gif", buf.getvalue(), (COMMENT,), frames[0].convert("RGB"))
@@ -218,6 +265,7 @@ def animated_gif() -> Sample:
 
 def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     """A tiny PNG whose header claims 3.6 gigapixels: it must be refused from the header, never decoded."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

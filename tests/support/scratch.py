@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Iterator
+
+# The database the tests run against: a PostgreSQL URL, or empty for SQLite in each test's data directory.
+PG_URL = os.environ.get("TIPLINE_TEST_DATABASE_URL", "").strip()
 
 
 @contextlib.contextmanager

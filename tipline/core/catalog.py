@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LANGUAGES = ("en", "es")
-DEFAULT_LANGUAGE = "en"
+ENGLISH, SPANISH = "en", "es"  # stored in each conversation; ISO 639-1 codes
+LANGUAGES = (ENGLISH, SPANISH)
+DEFAULT_LANGUAGE = ENGLISH
 
 EN: dict[str, str] = {
     "greeting": (
@@ -52,7 +53,9 @@ EN: dict[str, str] = {
     ),
     "forgotten_no_tip": "Done: your number is erased. New messages start a new tip.",
     "nothing_to_skip": "There is nothing to skip right now.",
-    "media_received_one": "Thank you, we got your photo. We remove its location and camera details before anyone sees it.",
+    "media_received_one": (
+        "Thank you, we got your photo. We remove its location and camera details before anyone sees it."
+    ),
     "media_received_many": (
         "Thank you, we got your {count} photos. We remove their location and camera details before anyone sees them."
     ),
@@ -89,9 +92,13 @@ ES: dict[str, str] = {
         "AYUDA para ayuda, STOP para darse de baja, EN for English."
     ),
     "ask_what": "Cuéntenos lo que vio o sabe. Por favor, no incluya su nombre.",
-    "ask_where": "Gracias. ¿Dónde ocurrió? Una dirección, lugar o punto de referencia ayuda. Responda SALTAR si no lo sabe.",
+    "ask_where": (
+        "Gracias. ¿Dónde ocurrió? Una dirección, lugar o punto de referencia ayuda. Responda SALTAR si no lo sabe."
+    ),
     "ask_when": "¿Cuándo ocurrió? Responda SALTAR si no lo sabe.",
-    "what_required": "Por favor, describa con palabras lo que vio; esa parte es necesaria. Escriba DESCARTAR para anular.",
+    "what_required": (
+        "Por favor, describa con palabras lo que vio; esa parte es necesaria. Escriba DESCARTAR para anular."
+    ),
     "submitted": (
         "Recibimos su denuncia {ref}. Siga escribiendo aquí para añadir detalles; un detective puede "
         "responderle aquí. Escriba NUEVO para otra denuncia."
@@ -121,9 +128,12 @@ ES: dict[str, str] = {
     ),
     "forgotten_no_tip": "Hecho: su número fue borrado. Los mensajes nuevos empiezan una denuncia nueva.",
     "nothing_to_skip": "No hay nada que saltar ahora.",
-    "media_received_one": "Gracias, recibimos su foto. Le quitamos la ubicación y los datos de la cámara antes de que nadie la vea.",
+    "media_received_one": (
+        "Gracias, recibimos su foto. Le quitamos la ubicación y los datos de la cámara antes de que nadie la vea."
+    ),
     "media_received_many": (
-        "Gracias, recibimos sus {count} fotos. Les quitamos la ubicación y los datos de la cámara antes de que nadie las vea."
+        "Gracias, recibimos sus {count} fotos. Les quitamos la ubicación y los datos de la cámara "
+        "antes de que nadie las vea."
     ),
     "ask_what_photo": "¿Qué muestra y qué pasó? Por favor, no incluya su nombre.",
     "media_refused_type": (
@@ -151,7 +161,7 @@ ES: dict[str, str] = {
     ),
 }
 
-CATALOGS: dict[str, dict[str, str]] = {"en": EN, "es": ES}
+CATALOGS: dict[str, dict[str, str]] = {ENGLISH: EN, SPANISH: ES}
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,7 @@ def render(text: Text, language: str, defaults: dict[str, str]) -> str:
 
     A parameter named `x_key` names another catalog entry, rendered in the same language as `x`.
     """
-    catalog = CATALOGS.get(language, EN)
+    catalog = CATALOGS.get(language, CATALOGS[DEFAULT_LANGUAGE])
     params = dict(defaults)
     for name, value in text.params:
         if name.endswith("_key"):

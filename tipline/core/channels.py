@@ -7,11 +7,12 @@ implements `Channel` to send texts and delete its provider's copies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tipline.core.conversation import Intent
-from tipline.core.vocabulary import ErasedReason
+from tipline.core.vocabulary import DeliveryStatus, ErasedReason
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,13 @@ class ChannelError(Exception):
     """
 
     def __init__(
-        self, code: str, *, permanent: bool, recipient_gone: ErasedReason | None = None,
-        retry_after: float | None = None, missing: bool = False,
+        self,
+        code: str,
+        *,
+        permanent: bool,
+        recipient_gone: ErasedReason | None = None,
+        retry_after: float | None = None,
+        missing: bool = False,
     ):
         super().__init__(code)
         self.code = code
@@ -108,3 +114,35 @@ class Channel(Protocol):
         """Download an attachment (a MediaRef's source); raises media.Refused(SIZE) past max_bytes,
         ChannelError when the provider fails."""
         ...
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """A provider's delivery report for one of our messages, as the adapter read it."""
+
+    provider_message_id: str
+    status: DeliveryStatus
+    error_code: str | None = None  # the provider's error code, safe to store and log
+    recipient_gone: ErasedReason | None = None  # the error means the tipster can never be written to again
+
+
+@dataclass(frozen=True)
+class ChatUpdate:
+    """What one update of a bot-style provider (Telegram) asks of the tip line; empty: acknowledge only."""
+
+    inbound: InboundMessage | None = None
+    button_press: str | None = None  # the provider's id of a button press, acknowledged at once
+    blocked_address: str | None = None  # the tipster blocked the bot: replies become impossible
+
+
+@runtime_checkable
+class BotWebhook(Protocol):
+    """What the webhook of a bot-style channel needs of it (Telegram posts JSON updates)."""
+
+    def authenticate(self, secret_header: str | None) -> bool: ...
+
+    def parse(self, data: object) -> ChatUpdate:
+        """Raises MalformedWebhook for anything that is not an update."""
+        ...
+
+    def webhook_response(self, update: ChatUpdate) -> Mapping[str, object]: ...

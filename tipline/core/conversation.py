@@ -1,26 +1,12 @@
 """The tip-intake conversation: a pure state machine shared by every channel.
 
 `step(conversation, inbound, context)` returns the next conversation, the texts to send and the
-effects for the shell (intake.py) to apply. It reads no clock, no database and no randomness: the
-shell passes in what it needs (the tip's status, a fresh reference), so every path is a table test.
+effects for the shell (services/intake.py) to apply. It reads no clock, no database and no randomness:
+the shell passes in what it needs (the tip's status, a fresh reference), so every path is a table test.
 
-    stateDiagram-v2
-        [*] --> new
-        new --> await_what: greeting
-        new --> await_where: description
-        new --> await_what: photo only (a draft with no description yet)
-        await_what --> await_where: description
-        await_where --> await_when: place / SKIP
-        await_when --> submitted: time / SKIP
-        submitted --> submitted: follow-up
-        submitted --> await_what: NEW
-        await_where --> new: DISCARD
-        await_when --> new: DISCARD
-        await_what --> new: DISCARD
-        await_where --> submitted: idle (submitted as it stands)
-        await_when --> submitted: idle (submitted as it stands)
-        await_what --> new: idle (no draft)
-        await_what --> submitted: idle (photo draft submitted as it stands)
+`HANDLERS` holds one handler per intent of a message. `TRANSITIONS` lists the state changes they and
+`expire` make, and `mermaid()` draws them: README.md shows that drawing, and the tests produce every
+transition from an example message, so the drawing, the table and the code cannot drift apart.
 
 Keywords work in every state and only as a whole message (case-insensitive), like carriers'.
 A photo's caption is content, never a keyword (except STOP and START as the carrier reports them).
@@ -33,9 +19,11 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tipline.core.catalog import DEFAULT_LANGUAGE, LANGUAGES, Text
+from tipline.core.catalog import DEFAULT_LANGUAGE, ENGLISH, LANGUAGES, SPANISH, Text
+from tipline.core.vocabulary import TipStatus
 
 
 class State(enum.StrEnum):
@@ -44,6 +32,35 @@ class State(enum.StrEnum):
     AWAIT_WHERE = "await_where"
     AWAIT_WHEN = "await_when"
     SUBMITTED = "submitted"
+
+
+Transition = tuple[State, State, str]  # from, to, what makes it happen
+
+# Every state change of a conversation, as README.md draws it (see `mermaid`). A conversation starts
+# in State.NEW (ConversationState's default).
+TRANSITIONS: tuple[Transition, ...] = (
+    (State.NEW, State.AWAIT_WHAT, "greeting"),
+    (State.NEW, State.AWAIT_WHERE, "description"),
+    (State.NEW, State.AWAIT_WHAT, "photo only (a draft with no description yet)"),
+    (State.AWAIT_WHAT, State.AWAIT_WHERE, "description"),
+    (State.AWAIT_WHERE, State.AWAIT_WHEN, "place / SKIP"),
+    (State.AWAIT_WHEN, State.SUBMITTED, "time / SKIP"),
+    (State.SUBMITTED, State.SUBMITTED, "follow-up"),
+    (State.SUBMITTED, State.AWAIT_WHAT, "NEW"),
+    (State.AWAIT_WHERE, State.NEW, "DISCARD"),
+    (State.AWAIT_WHEN, State.NEW, "DISCARD"),
+    (State.AWAIT_WHAT, State.NEW, "DISCARD"),
+    (State.AWAIT_WHERE, State.SUBMITTED, "idle (submitted as it stands)"),
+    (State.AWAIT_WHEN, State.SUBMITTED, "idle (submitted as it stands)"),
+    (State.AWAIT_WHAT, State.NEW, "idle (no draft)"),
+    (State.AWAIT_WHAT, State.SUBMITTED, "idle (photo draft submitted as it stands)"),
+)
+
+
+def mermaid() -> str:
+    """TRANSITIONS as a Mermaid `stateDiagram-v2`, the text of README.md's diagram."""
+    edges = (f"    {source} --> {target}: {label}" for source, target, label in TRANSITIONS)
+    return "\n".join(("stateDiagram-v2", f"    [*] --> {State.NEW}", *edges)) + "\n"
 
 
 class Intent(enum.StrEnum):
@@ -67,32 +84,92 @@ class Intent(enum.StrEnum):
 STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
 START_WORDS = frozenset({"start", "unstop", "yes"})
 KEYWORDS: dict[str, Intent] = {
-    **{w: Intent.STOP for w in STOP_WORDS},
-    **{w: Intent.START for w in START_WORDS},
-    "help": Intent.HELP, "info": Intent.HELP, "ayuda": Intent.HELP,
-    "new": Intent.NEW, "nuevo": Intent.NEW, "nueva": Intent.NEW,
-    "discard": Intent.DISCARD, "descartar": Intent.DISCARD,
-    "status": Intent.STATUS, "estado": Intent.STATUS,
-    "forget": Intent.FORGET, "olvidar": Intent.FORGET,
-    "skip": Intent.SKIP, "saltar": Intent.SKIP, "omitir": Intent.SKIP,
-    "done": Intent.DONE, "listo": Intent.DONE,
-    "en": Intent.ENGLISH, "english": Intent.ENGLISH, "ingles": Intent.ENGLISH,
-    "es": Intent.SPANISH, "espanol": Intent.SPANISH, "spanish": Intent.SPANISH,
-    "hi": Intent.GREETING, "hello": Intent.GREETING, "hey": Intent.GREETING, "tip": Intent.GREETING,
-    "hola": Intent.GREETING, "buenas": Intent.GREETING, "denuncia": Intent.GREETING,
+    **dict.fromkeys(STOP_WORDS, Intent.STOP),
+    **dict.fromkeys(START_WORDS, Intent.START),
+    "help": Intent.HELP,
+    "info": Intent.HELP,
+    "ayuda": Intent.HELP,
+    "new": Intent.NEW,
+    "nuevo": Intent.NEW,
+    "nueva": Intent.NEW,
+    "discard": Intent.DISCARD,
+    "descartar": Intent.DISCARD,
+    "status": Intent.STATUS,
+    "estado": Intent.STATUS,
+    "forget": Intent.FORGET,
+    "olvidar": Intent.FORGET,
+    "skip": Intent.SKIP,
+    "saltar": Intent.SKIP,
+    "omitir": Intent.SKIP,
+    "done": Intent.DONE,
+    "listo": Intent.DONE,
+    "en": Intent.ENGLISH,
+    "english": Intent.ENGLISH,
+    "ingles": Intent.ENGLISH,
+    "es": Intent.SPANISH,
+    "espanol": Intent.SPANISH,
+    "spanish": Intent.SPANISH,
+    "hi": Intent.GREETING,
+    "hello": Intent.GREETING,
+    "hey": Intent.GREETING,
+    "tip": Intent.GREETING,
+    "hola": Intent.GREETING,
+    "buenas": Intent.GREETING,
+    "denuncia": Intent.GREETING,
 }
 SPANISH_GREETINGS = frozenset({"hola", "buenas", "denuncia", "ayuda"})
 
 # Words that suggest someone is in danger now. Matched on whole words, accents ignored.
-URGENT_WORDS = frozenset({
-    "weapon", "weapons", "gun", "guns", "knife", "shooting", "shot", "shots", "shooter", "stabbing",
-    "stabbed", "bleeding", "hostage", "kidnapped", "kidnapping", "bomb", "overdose", "dying", "rape",
-    "arma", "armas", "pistola", "cuchillo", "disparo", "disparos", "tiroteo", "balacera", "sangrando",
-    "apunalado", "rehen", "secuestro", "secuestrado", "bomba", "muriendo", "violacion",
-})
+URGENT_WORDS = frozenset(
+    {
+        "weapon",
+        "weapons",
+        "gun",
+        "guns",
+        "knife",
+        "shooting",
+        "shot",
+        "shots",
+        "shooter",
+        "stabbing",
+        "stabbed",
+        "bleeding",
+        "hostage",
+        "kidnapped",
+        "kidnapping",
+        "bomb",
+        "overdose",
+        "dying",
+        "rape",
+        "arma",
+        "armas",
+        "pistola",
+        "cuchillo",
+        "disparo",
+        "disparos",
+        "tiroteo",
+        "balacera",
+        "sangrando",
+        "apunalado",
+        "rehen",
+        "secuestro",
+        "secuestrado",
+        "bomba",
+        "muriendo",
+        "violacion",
+    }
+)
 URGENT_PHRASES = (
-    "right now", "happening now", "in danger", "going to kill", "gonna kill", "will kill",
-    "ahora mismo", "en peligro", "va a matar", "van a matar",
+    "right now",
+    "happening now",
+    "in danger",
+    "going to kill",
+    "gonna kill",
+    "will kill",
+    "ahora mismo",
+    "en peligro",
+    "va a matar",
+    "van a matar",
 )
 
 
@@ -146,7 +223,7 @@ class Context:
     """Facts the shell looked up for this step."""
 
     opted_out: bool = False
-    tip_status: str | None = None  # status of conversation.tip_ref, if any
+    tip_status: TipStatus | None = None  # status of conversation.tip_ref, if any
     new_reference: str = ""  # a fresh, unused tip reference, in case this step creates a draft
 
 
@@ -223,12 +300,13 @@ PROMPTS = {
     State.AWAIT_WHERE: Text.of("ask_where"),
     State.AWAIT_WHEN: Text.of("ask_when"),
 }
-STATUS_KEYS = {
-    "draft": "status_draft",
-    "new": "status_received",
-    "in_review": "status_review",
-    "actionable": "status_review",
-    "closed": "status_closed",
+# Tipsters learn whether their tip is received, under review or closed, never more.
+STATUS_KEYS: dict[TipStatus, str] = {
+    TipStatus.DRAFT: "status_draft",
+    TipStatus.NEW: "status_received",
+    TipStatus.IN_REVIEW: "status_review",
+    TipStatus.ACTIONABLE: "status_review",
+    TipStatus.CLOSED: "status_closed",
 }
 
 
@@ -237,11 +315,11 @@ def has_draft(conv: ConversationState) -> bool:
     return conv.tip_ref is not None and (conv.state in DRAFT_STATES or conv.state is State.AWAIT_WHAT)
 
 
-def _submit(conv: ConversationState, *extra: Text) -> Outcome:
+def _submit(conv: ConversationState) -> Outcome:
     assert conv.tip_ref is not None
     return Outcome(
         replace(conv, state=State.SUBMITTED),
-        (*extra, Text.of("submitted", ref=conv.tip_ref)),
+        (Text.of("submitted", ref=conv.tip_ref),),
         (Submit(conv.tip_ref),),
     )
 
@@ -254,36 +332,65 @@ def _flush_draft(conv: ConversationState) -> tuple[tuple[Effect, ...], tuple[Tex
     return (), ()
 
 
-def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
-    """A message that carries content, in whatever state the conversation is."""
-    urgent = is_urgent(text)
-    warn = (Text.of("urgent"),) if urgent else ()
-    if conv.state is State.AWAIT_WHAT and conv.tip_ref is not None:
-        # The draft began with a photo; this is its description.
-        flag0: tuple[Effect, ...] = (FlagUrgent(conv.tip_ref),) if urgent else ()
-        return Outcome(replace(conv, state=State.AWAIT_WHERE), (*warn, Text.of("ask_where")), (SetField("what", text), *flag0))
-    if conv.state in (State.NEW, State.AWAIT_WHAT):
-        ref = ctx.new_reference
-        effects: tuple[Effect, ...] = (CreateDraft(ref, text),) + ((FlagUrgent(ref),) if urgent else ())
-        return Outcome(
-            replace(conv, state=State.AWAIT_WHERE, tip_ref=ref), (*warn, Text.of("ask_where")), effects
-        )
-    assert conv.tip_ref is not None
-    flag: tuple[Effect, ...] = (FlagUrgent(conv.tip_ref),) if urgent else ()
-    if conv.state is State.AWAIT_WHERE:
-        return Outcome(
-            replace(conv, state=State.AWAIT_WHEN), (*warn, Text.of("ask_when")), (SetField("where", text), *flag)
-        )
-    if conv.state is State.AWAIT_WHEN:
-        submitted = _submit(conv, *warn)
-        return replace(submitted, effects=(SetField("when", text), *flag, *submitted.effects))
-    return Outcome(
-        conv, (*warn, Text.of("followup_added", ref=conv.tip_ref)), (FollowUp(conv.tip_ref, text), *flag)
-    )
+def _reprompt(conv: ConversationState) -> tuple[Text, ...]:
+    """The question the conversation waits on, asked again (none once the tip is submitted)."""
+    return (PROMPTS[conv.state],) if conv.state in PROMPTS else ()
 
 
 def _received(count: int) -> Text:
     return Text.of("media_received_one") if count == 1 else Text.of("media_received_many", count=str(count))
+
+
+# Content: what a message that is no keyword means depends only on the state. ------------------------
+
+
+def _describe(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    """The description: it starts a draft, or completes one begun with a photo alone."""
+    if conv.state is State.AWAIT_WHAT and conv.tip_ref is not None:
+        return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),), (SetField("what", text),))
+    ref = ctx.new_reference
+    return Outcome(
+        replace(conv, state=State.AWAIT_WHERE, tip_ref=ref), (Text.of("ask_where"),), (CreateDraft(ref, text),)
+    )
+
+
+def _place(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    assert conv.tip_ref is not None
+    return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),), (SetField("where", text),))
+
+
+def _time(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    submitted = _submit(conv)
+    return replace(submitted, effects=(SetField("when", text), *submitted.effects))
+
+
+def _follow_up(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    assert conv.tip_ref is not None
+    return Outcome(conv, (Text.of("followup_added", ref=conv.tip_ref),), (FollowUp(conv.tip_ref, text),))
+
+
+CONTENT: dict[State, Callable[[ConversationState, str, Context], Outcome]] = {
+    State.NEW: _describe,
+    State.AWAIT_WHAT: _describe,
+    State.AWAIT_WHERE: _place,
+    State.AWAIT_WHEN: _time,
+    State.SUBMITTED: _follow_up,
+}
+
+
+def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    """A message that carries content: the description, the place, the time or a follow-up."""
+    outcome = CONTENT[conv.state](conv, text, ctx)
+    if not is_urgent(text):
+        return outcome
+    # Danger changes no step: the 911 reminder comes first, the flag right after the words are stored.
+    ref = outcome.conversation.tip_ref
+    assert ref is not None
+    stored, *rest = outcome.effects
+    return replace(outcome, replies=(Text.of("urgent"), *outcome.replies), effects=(stored, FlagUrgent(ref), *rest))
+
+
+# Messages without words. ------------------------------------------------------------------------------
 
 
 def _photos_only(conv: ConversationState, count: int, ctx: Context) -> Outcome:
@@ -292,13 +399,144 @@ def _photos_only(conv: ConversationState, count: int, ctx: Context) -> Outcome:
     if conv.state in (State.NEW, State.AWAIT_WHAT) and conv.tip_ref is None:
         ref = ctx.new_reference
         return Outcome(
-            replace(conv, state=State.AWAIT_WHAT, tip_ref=ref), (received, Text.of("ask_what_photo")),
+            replace(conv, state=State.AWAIT_WHAT, tip_ref=ref),
+            (received, Text.of("ask_what_photo")),
             (CreateDraft(ref, ""), Attach(count)),
         )
     if conv.state is State.SUBMITTED and conv.tip_ref is not None:
         return Outcome(conv, (received, Text.of("followup_added", ref=conv.tip_ref)), (Attach(count),))
     prompt = Text.of("ask_what_photo") if conv.state is State.AWAIT_WHAT else PROMPTS[conv.state]
     return Outcome(conv, (received, prompt), (Attach(count),))
+
+
+def _empty(conv: ConversationState, msg: Inbound) -> Outcome:
+    """No words and no photo: a refused file (its refusal says it all), or an empty text."""
+    if msg.refused:
+        return Outcome(conv)
+    if conv.state is State.NEW:
+        return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
+    return Outcome(conv, (Text.of("empty"),))
+
+
+# One handler per intent. --------------------------------------------------------------------------------
+
+Handler = Callable[[ConversationState, Inbound, Context], Outcome]
+
+
+def _text(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Content, with the photos that came with it."""
+    outcome = _content(conv, msg.text.strip(), ctx)
+    if not msg.media:
+        return outcome
+    return replace(
+        outcome, replies=(_received(msg.media), *outcome.replies), effects=(*outcome.effects, Attach(msg.media))
+    )
+
+
+def _greeting(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Welcome a sender who has not begun a tip; once one is begun, "hi" is content."""
+    if conv.state not in (State.NEW, State.AWAIT_WHAT) or has_draft(conv):
+        return _text(conv, msg, ctx)
+    if fold(msg.text).strip().strip("!.?¡¿") in SPANISH_GREETINGS and msg.language_hint is None:
+        conv = replace(conv, language=SPANISH)
+    return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
+
+
+def _stop(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Opt out. Nothing more is sent (the carrier confirms the opt-out itself); an open draft is kept."""
+    effects, _ = _flush_draft(conv)
+    new_state = State.SUBMITTED if effects else conv.state
+    return Outcome(replace(conv, state=new_state), (), (*effects, OptOut()))
+
+
+def _start(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Opt back in; from someone not opted out, "start" is a greeting and "yes" is just a word."""
+    if ctx.opted_out:
+        return Outcome(conv, (Text.of("opted_in"), *_reprompt(conv)), (OptIn(),))
+    if fold(msg.text).strip().removeprefix("/") == "start":
+        return _greeting(conv, msg, ctx)
+    return _text(conv, msg, ctx)
+
+
+def _help(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    return Outcome(conv, (Text.of("help"),))
+
+
+def _switch_language(language: str) -> Handler:
+    def switch(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+        conv = replace(conv, language=language)
+        prompt = _reprompt(conv) if conv.state is not State.NEW else ()
+        return Outcome(conv, (Text.of("language_set"), *prompt))
+
+    return switch
+
+
+def _status(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    if conv.tip_ref is None or ctx.tip_status is None:
+        return Outcome(conv, (Text.of("status_none"),))
+    key = STATUS_KEYS.get(ctx.tip_status, "status_received")
+    return Outcome(conv, (Text.of("status", ref=conv.tip_ref, status_key=key),))
+
+
+def _forget(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Erase the return address; an open draft is submitted first and the tip stays with detectives."""
+    effects, notes = _flush_draft(conv)
+    if conv.tip_ref and (effects or conv.state is State.SUBMITTED):
+        reply = Text.of("forgotten", ref=conv.tip_ref)
+    else:
+        reply = Text.of("forgotten_no_tip")
+    return Outcome(ConversationState(language=conv.language), (*notes, reply), (*effects, Forget()))
+
+
+def _new(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    effects, notes = _flush_draft(conv)
+    return Outcome(replace(conv, state=State.AWAIT_WHAT, tip_ref=None), (*notes, Text.of("new_tip")), effects)
+
+
+def _discard(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Drop an unsubmitted draft; a submitted tip is never touched."""
+    if has_draft(conv) and conv.tip_ref:
+        return Outcome(
+            replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),), (DiscardDraft(conv.tip_ref),)
+        )
+    if conv.state is State.AWAIT_WHAT:
+        return Outcome(replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),))
+    return Outcome(conv, (Text.of("nothing_to_discard"),))
+
+
+def _skip(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Skip an optional question; the description is the one answer that cannot be skipped."""
+    if conv.state is State.AWAIT_WHERE:
+        return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),))
+    if conv.state is State.AWAIT_WHEN:
+        return _submit(conv)
+    if has_draft(conv):  # await_what after a photo: the description may wait
+        return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),))
+    if conv.state in (State.NEW, State.AWAIT_WHAT):
+        return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("what_required"),))
+    return Outcome(conv, (Text.of("nothing_to_skip"),))
+
+
+def _done(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
+    """Submit a draft now; without one, DONE means SKIP."""
+    return _submit(conv) if has_draft(conv) else _skip(conv, msg, ctx)
+
+
+HANDLERS: dict[Intent, Handler] = {
+    Intent.HELP: _help,
+    Intent.STOP: _stop,
+    Intent.START: _start,
+    Intent.NEW: _new,
+    Intent.DISCARD: _discard,
+    Intent.STATUS: _status,
+    Intent.FORGET: _forget,
+    Intent.SKIP: _skip,
+    Intent.DONE: _done,
+    Intent.ENGLISH: _switch_language(ENGLISH),
+    Intent.SPANISH: _switch_language(SPANISH),
+    Intent.GREETING: _greeting,
+    Intent.TEXT: _text,
+}
 
 
 def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
@@ -310,97 +548,13 @@ def step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
 
 
 def _step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
-    if msg.media and not msg.text.strip() and msg.provider_intent is None:
-        return _photos_only(conv, msg.media, ctx)
-    if not msg.text.strip() and msg.provider_intent is None:
-        if msg.refused:
-            return Outcome(conv)  # the refusal says it all
-        if conv.state is State.NEW:
-            return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
-        return Outcome(conv, (Text.of("empty"),))
+    if msg.provider_intent is None and not msg.text.strip():
+        return _photos_only(conv, msg.media, ctx) if msg.media else _empty(conv, msg)
     # A caption is content: "help" under a photo describes the photo, it does not ask for help.
     intent = msg.provider_intent or (Intent.TEXT if msg.media else classify(msg.text))
     if conv.state is State.NEW and conv.tip_ref is None and msg.language_hint in LANGUAGES:
         conv = replace(conv, language=msg.language_hint)
-
-    if intent is Intent.STOP:
-        # Nothing more is sent (the carrier confirms the opt-out itself); an open draft is kept.
-        effects, _ = _flush_draft(conv)
-        new_state = State.SUBMITTED if effects else conv.state
-        return Outcome(replace(conv, state=new_state), (), (*effects, OptOut()))
-
-    if intent is Intent.START:
-        if ctx.opted_out:
-            prompt = (PROMPTS[conv.state],) if conv.state in PROMPTS else ()
-            return Outcome(conv, (Text.of("opted_in"), *prompt), (OptIn(),))
-        if fold(msg.text).strip().removeprefix("/") == "start":
-            intent = Intent.GREETING
-        else:
-            intent = Intent.TEXT  # "yes" from someone not opted out is just a word
-
-    if intent is Intent.HELP:
-        return Outcome(conv, (Text.of("help"),))
-
-    if intent in (Intent.ENGLISH, Intent.SPANISH):
-        conv = replace(conv, language=intent.value)
-        prompt = (PROMPTS[conv.state],) if conv.state in PROMPTS and conv.state is not State.NEW else ()
-        return Outcome(conv, (Text.of("language_set"), *prompt))
-
-    if intent is Intent.STATUS:
-        if conv.tip_ref is None or ctx.tip_status is None:
-            return Outcome(conv, (Text.of("status_none"),))
-        key = STATUS_KEYS.get(ctx.tip_status, "status_received")
-        return Outcome(conv, (Text.of("status", ref=conv.tip_ref, status_key=key),))
-
-    if intent is Intent.FORGET:
-        effects, notes = _flush_draft(conv)
-        if conv.tip_ref and (effects or conv.state is State.SUBMITTED):
-            reply = Text.of("forgotten", ref=conv.tip_ref)
-        else:
-            reply = Text.of("forgotten_no_tip")
-        return Outcome(ConversationState(language=conv.language), (*notes, reply), (*effects, Forget()))
-
-    if intent is Intent.NEW:
-        effects, notes = _flush_draft(conv)
-        return Outcome(
-            replace(conv, state=State.AWAIT_WHAT, tip_ref=None), (*notes, Text.of("new_tip")), effects
-        )
-
-    if intent is Intent.DISCARD:
-        if has_draft(conv) and conv.tip_ref:
-            return Outcome(
-                replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),), (DiscardDraft(conv.tip_ref),)
-            )
-        if conv.state is State.AWAIT_WHAT:
-            return Outcome(replace(conv, state=State.NEW, tip_ref=None), (Text.of("discarded"),))
-        return Outcome(conv, (Text.of("nothing_to_discard"),))
-
-    if intent is Intent.DONE:
-        if has_draft(conv):
-            return _submit(conv)
-        intent = Intent.SKIP
-
-    if intent is Intent.SKIP:
-        if conv.state is State.AWAIT_WHERE:
-            return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),))
-        if conv.state is State.AWAIT_WHEN:
-            return _submit(conv)
-        if has_draft(conv):  # await_what after a photo: the description may wait
-            return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),))
-        if conv.state in (State.NEW, State.AWAIT_WHAT):
-            return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("what_required"),))
-        return Outcome(conv, (Text.of("nothing_to_skip"),))
-
-    if intent is Intent.GREETING and conv.state in (State.NEW, State.AWAIT_WHAT) and not has_draft(conv):
-        if fold(msg.text).strip().strip("!.?¡¿") in SPANISH_GREETINGS and msg.language_hint is None:
-            conv = replace(conv, language="es")
-        return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
-
-    # Content: a description, a place, a time, or a follow-up.
-    outcome = _content(conv, msg.text.strip(), ctx)
-    if msg.media:
-        outcome = replace(outcome, replies=(_received(msg.media), *outcome.replies), effects=(*outcome.effects, Attach(msg.media)))
-    return outcome
+    return HANDLERS[intent](conv, msg, ctx)
 
 
 def expire(conv: ConversationState) -> Outcome | None:

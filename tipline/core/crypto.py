@@ -25,16 +25,13 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tipline.core.vocabulary import KeyPurpose
+
 FORMAT_AES256GCM = 1
 NONCE_BYTES = 12
 KEY_BYTES = 32
 
-PURPOSE_TIPS = "tips"
-PURPOSE_CONTACTS = "contacts"
-PURPOSE_PSEUDONYM = "pseudonym"
-PURPOSE_ACCOUNTS = "accounts"  # console users' TOTP secrets
-PURPOSE_AUDIT = "audit"  # HMAC key of the audit log's hash chain
-PURPOSES = (PURPOSE_TIPS, PURPOSE_CONTACTS, PURPOSE_PSEUDONYM, PURPOSE_ACCOUNTS, PURPOSE_AUDIT)
+PURPOSES = tuple(KeyPurpose)  # every purpose has its own key versions (see vocabulary.KeyPurpose)
 
 
 class IntegrityError(Exception):
@@ -72,9 +69,7 @@ def open_sealed(key: bytes | AESGCM, blob: bytes, associated: bytes) -> bytes:
     try:
         return cipher.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], associated)
     except InvalidTag:
-        raise IntegrityError(
-            f"ciphertext does not authenticate for {associated.decode(errors='replace')}"
-        ) from None
+        raise IntegrityError(f"ciphertext does not authenticate for {associated.decode(errors='replace')}") from None
 
 
 def kek_aad(purpose: str, version: int) -> bytes:
@@ -142,8 +137,8 @@ class Keyring:
         hash: the space of phone numbers is small enough to enumerate.
         """
         if version is None:
-            version = self.primary_version(PURPOSE_PSEUDONYM)
-        key = self._key(PURPOSE_PSEUDONYM, version)
+            version = self.primary_version(KeyPurpose.PSEUDONYM)
+        key = self._key(KeyPurpose.PSEUDONYM, version)
         digest = hmac.new(key, f"{label}\x00{value}".encode(), hashlib.sha256).hexdigest()
         return version, digest
 
@@ -167,8 +162,8 @@ class Keyring:
 
     def pseudonym_versions(self) -> list[int]:
         """Every pseudonym key version, primary first (a sender may be known under an older one)."""
-        primary = self.primary_version(PURPOSE_PSEUDONYM)
-        others = sorted((v for (p, v) in self.keks if p == PURPOSE_PSEUDONYM and v != primary), reverse=True)
+        primary = self.primary_version(KeyPurpose.PSEUDONYM)
+        others = sorted((v for (p, v) in self.keks if p == KeyPurpose.PSEUDONYM and v != primary), reverse=True)
         return [primary, *others]
 
 

@@ -105,8 +105,13 @@ def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:
     command = [sys.executable, "-B", "-m", "tipline.core.images", str(max_pixels)]
     try:
         done = subprocess.run(
-            command, input=data, capture_output=True, timeout=CHILD_TIMEOUT, check=False,
-            env=child_environment(), cwd="/",
+            command,
+            input=data,
+            capture_output=True,
+            timeout=CHILD_TIMEOUT,
+            check=False,
+            env=child_environment(),
+            cwd="/",
         )
     except subprocess.TimeoutExpired:
         raise Refused(UNREADABLE) from None
@@ -189,8 +194,12 @@ def _child_main(argv: list[str]) -> int:
         out.write(json.dumps({"refused": refused.reason}).encode() + b"\n")
         return 0
     meta = {
-        "content_type": image.content_type, "width": image.width, "height": image.height,
-        "source_format": image.source_format, "frames": image.frames, "length": len(image.data),
+        "content_type": image.content_type,
+        "width": image.width,
+        "height": image.height,
+        "source_format": image.source_format,
+        "frames": image.frames,
+        "length": len(image.data),
     }
     out.write(json.dumps(meta).encode() + b"\n")
     out.write(image.data)

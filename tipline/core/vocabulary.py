@@ -36,6 +36,7 @@ class MessageKind(enum.StrEnum):
     BOT = "bot"
     AGENCY = "agency"  # a detective's reply, sent to the tipster
     NOTE = "note"  # a detective's internal note, never sent
+    MEDIA = "media"  # a file the tipster sent (its attachment row says what became of it)
 
 
 class ReplyDelivery(enum.StrEnum):
@@ -92,10 +93,15 @@ class DeliveryStatus(enum.StrEnum):
         return _SHOWN.get(self, ReplyDelivery.SENT)
 
 
-_FINAL_DELIVERY = frozenset({
-    DeliveryStatus.DELIVERED, DeliveryStatus.UNDELIVERED, DeliveryStatus.FAILED, DeliveryStatus.READ,
-    DeliveryStatus.CANCELED,
-})
+_FINAL_DELIVERY = frozenset(
+    {
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.UNDELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.READ,
+        DeliveryStatus.CANCELED,
+    }
+)
 _SHOWN = {
     DeliveryStatus.DELIVERED: ReplyDelivery.DELIVERED,
     DeliveryStatus.PARTIALLY_DELIVERED: ReplyDelivery.DELIVERED,
@@ -132,6 +138,7 @@ class KeyPurpose(enum.StrEnum):
 class RotationStatus(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
+    SUPERSEDED = "superseded"  # a re-encryption started over an unfinished re-wrap and covers its rows
 
 
 class ErasedReason(enum.StrEnum):
@@ -140,4 +147,5 @@ class ErasedReason(enum.StrEnum):
     STOP = "stop"  # the tipster opted out (STOP, or the carrier said so)
     FORGET = "forget"  # the tipster asked to be forgotten
     BLOCKED = "blocked"  # the tipster blocked the bot (Telegram)
+    UNREACHABLE = "unreachable"  # the provider says the address cannot receive messages at all
     RETENTION = "retention"  # no activity for the retention period

@@ -19,37 +19,41 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from tipline.core import crypto, images
-from tipline.services import outbox
-from tipline.storage import records
-from tipline.core.catalog import Text, render
+from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
 from tipline.core.channels import Channel, ChannelError, MediaRef
-from tipline.config import Settings
+from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery
+from tipline.services import outbox
+from tipline.services.context import ServiceContext
+from tipline.storage import records
 from tipline.storage.db import claim_due, read_only
-from tipline.storage.keystore import KeyStore
-from tipline.storage.models import Attachment, Contact, Conversation, Tip, to_minute, utcnow
+from tipline.storage.models import Attachment, Contact, Conversation, Tip, table_of, to_minute
 
 log = logging.getLogger(__name__)
 
-PENDING, FETCHING, STORED, REFUSED, FAILED = "pending", "fetching", "stored", "refused", "failed"
+PENDING, FETCHING, STORED, REFUSED, FAILED = (
+    AttachmentStatus.PENDING,
+    AttachmentStatus.FETCHING,
+    AttachmentStatus.STORED,
+    AttachmentStatus.REFUSED,
+    AttachmentStatus.FAILED,
+)
 SETTLED = (STORED, REFUSED, FAILED)
 LEASE = dt.timedelta(minutes=5)
 MAX_ATTEMPTS = 10  # about two and a half hours of backoff: a provider outage, not a lost photo
 BACKOFF_CAP = dt.timedelta(hours=1)
-_INSERT = Attachment.__table__.insert()
+_INSERT = table_of(Attachment).insert()
 
 
-def _aad(attachment_id: str, column: str) -> bytes:
-    return crypto.aad("attachments", column, attachment_id)
-
-
-def triage(refs: tuple[MediaRef, ...], refused: tuple[str, ...], max_bytes: int) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
+def triage(
+    refs: tuple[MediaRef, ...], refused: tuple[str, ...], max_bytes: int
+) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
     """Split attachments into those worth fetching and refusals, by what the provider declared."""
     accepted = tuple(ref for ref in refs if ref.declared_size is None or ref.declared_size <= max_bytes)
     too_large = tuple(images.SIZE for ref in refs if ref not in accepted)
@@ -66,7 +70,12 @@ class Incoming:
 
 
 def record(
-    tip: Tip, tip_key: bytes, incoming: Incoming, attach: bool, now: dt.datetime, thread: list[dict[str, object]],
+    tip: Tip,
+    tip_key: bytes,
+    incoming: Incoming,
+    attach: bool,
+    now: dt.datetime,
+    thread: list[dict[str, object]],
 ) -> list[dict[str, object]]:
     """Thread entries (appended to `thread`) and attachment rows for one inbound message's files.
 
@@ -77,22 +86,39 @@ def record(
     batch = records.new_id()
     minute = to_minute(now)
     for ref in incoming.files if attach else ():
-        entry = records.message_row(tip, tip_key, "media", "", now)
+        entry = records.message_row(tip, tip_key, MessageKind.MEDIA, "", now)
         thread.append(entry)
         attachment_id = records.new_id()
         source = json.dumps({"source": ref.source, "copy": ref.provider_copy, "message": incoming.provider_message_id})
-        rows.append({
-            "id": attachment_id, "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": PENDING,
-            "source_ct": crypto.seal(tip_key, source.encode(), _aad(attachment_id, "source")),
-            "attempts": 0, "next_attempt_at": now, "created_at": minute,
-        })
+        rows.append(
+            {
+                "id": attachment_id,
+                "tip_id": tip.id,
+                "seq": entry["seq"],
+                "batch": batch,
+                "status": PENDING,
+                "source_ct": records.ATTACHMENT_SOURCE.seal(tip_key, attachment_id, source.encode()),
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": minute,
+            }
+        )
     for reason in incoming.refused:
-        entry = records.message_row(tip, tip_key, "media", "", now)
+        entry = records.message_row(tip, tip_key, MessageKind.MEDIA, "", now)
         thread.append(entry)
-        rows.append({
-            "id": records.new_id(), "tip_id": tip.id, "seq": entry["seq"], "batch": batch, "status": REFUSED,
-            "reason": reason, "attempts": 0, "next_attempt_at": now, "created_at": minute,
-        })
+        rows.append(
+            {
+                "id": records.new_id(),
+                "tip_id": tip.id,
+                "seq": entry["seq"],
+                "batch": batch,
+                "status": REFUSED,
+                "reason": reason,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": minute,
+            }
+        )
     return rows
 
 
@@ -104,11 +130,13 @@ def insert(session: Session, rows: list[dict[str, object]]) -> None:
 def abandon(session: Session, tip: Tip, tip_key: bytes) -> set[str]:
     """The tip is being deleted (a discarded draft) with files not yet fetched: the provider
     messages they came in, so that their copies are deleted all the same."""
-    rows = session.scalars(select(Attachment).where(Attachment.tip_id == tip.id, Attachment.source_ct.is_not(None))).all()
+    rows = session.scalars(
+        select(Attachment).where(Attachment.tip_id == tip.id, Attachment.source_ct.is_not(None))
+    ).all()
     messages = set()
     for attachment in rows:
         assert attachment.source_ct is not None
-        source = json.loads(crypto.open_sealed(tip_key, attachment.source_ct, _aad(attachment.id, "source")))
+        source = json.loads(records.ATTACHMENT_SOURCE.open(tip_key, attachment.id, attachment.source_ct))
         if source.get("message"):
             messages.add(source["message"])
     return messages
@@ -117,16 +145,17 @@ def abandon(session: Session, tip: Tip, tip_key: bytes) -> set[str]:
 def open_image(keyring: crypto.Keyring, tip: Tip, attachment: Attachment) -> bytes:
     """The cleaned image's bytes (for the console). Raises crypto.IntegrityError if tampered with."""
     assert attachment.data_ct is not None
-    return crypto.open_sealed(records.tip_dek(keyring, tip), attachment.data_ct, _aad(attachment.id, "data"))
+    return records.ATTACHMENT_DATA.open(records.tip_dek(keyring, tip), attachment.id, attachment.data_ct)
 
 
 def reseal(attachment: Attachment, old_key: bytes, new_key: bytes) -> None:
     """Re-encrypt an attachment under a tip's new data key (key rotation with --reencrypt)."""
-    for column in ("source_ct", "data_ct"):
-        blob = getattr(attachment, column)
-        if blob is not None:
-            plain = crypto.open_sealed(old_key, blob, _aad(attachment.id, column.removesuffix("_ct")))
-            setattr(attachment, column, crypto.seal(new_key, plain, _aad(attachment.id, column.removesuffix("_ct"))))
+    if attachment.source_ct is not None:
+        plain = records.ATTACHMENT_SOURCE.open(old_key, attachment.id, attachment.source_ct)
+        attachment.source_ct = records.ATTACHMENT_SOURCE.seal(new_key, attachment.id, plain)
+    if attachment.data_ct is not None:
+        plain = records.ATTACHMENT_DATA.open(old_key, attachment.id, attachment.data_ct)
+        attachment.data_ct = records.ATTACHMENT_DATA.seal(new_key, attachment.id, plain)
 
 
 @dataclass(frozen=True)
@@ -142,18 +171,16 @@ class _Job:
 class MediaWorker:
     """Fetches, cleans and stores pending attachments; run by the dispatcher between outbox passes."""
 
-    def __init__(
-        self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel], settings: Settings,
-        clock: Callable[[], dt.datetime] = utcnow, isolate: bool = True, batch: int = 2,
-    ):
-        self.factory = factory
-        self.keys = keys
+    def __init__(self, ctx: ServiceContext, channels: Mapping[str, Channel], isolate: bool = True, batch: int = 2):
+        self.ctx = ctx
+        self.factory = ctx.factory
+        self.keys = ctx.keys
         self.channels = dict(channels)
-        self.settings = settings
-        self.clock = clock
+        self.settings = ctx.settings
+        self.clock = ctx.clock  # tests move time forward here
         self.isolate = isolate
         self.batch = batch
-        self.defaults = settings.catalog_defaults
+        self.defaults = ctx.settings.catalog_defaults
 
     def run_once(self) -> int:
         """Work on every due attachment once; returns how many were attempted."""
@@ -179,9 +206,17 @@ class MediaWorker:
                 return None
             tip = session.get(Tip, attachment.tip_id)
             assert tip is not None
-            source = json.loads(crypto.open_sealed(records.tip_dek(keyring, tip), attachment.source_ct, _aad(attachment.id, "source")))
-            return _Job(attachment.id, tip.channel, source["source"], source.get("copy"), source.get("message"),
-                        attachment.attempts)
+            source = json.loads(
+                records.ATTACHMENT_SOURCE.open(records.tip_dek(keyring, tip), attachment.id, attachment.source_ct)
+            )
+            return _Job(
+                attachment.id,
+                tip.channel,
+                source["source"],
+                source.get("copy"),
+                source.get("message"),
+                attachment.attempts,
+            )
 
     def _work(self, attachment_id: str) -> None:
         try:
@@ -227,7 +262,12 @@ class MediaWorker:
         log.info("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
 
     def _settle(
-        self, attachment_id: str, status: str, reason: str | None, image: images.CleanImage | None, job: _Job | None = None,
+        self,
+        attachment_id: str,
+        status: str,
+        reason: str | None,
+        image: images.CleanImage | None,
+        job: _Job | None = None,
     ) -> None:
         keyring = self.keys.keyring
         now = self.clock()
@@ -246,7 +286,7 @@ class MediaWorker:
             attachment.source_ct = None
             attachment.attempts += 1
             if image is not None:
-                attachment.data_ct = crypto.seal(tip_key, image.data, _aad(attachment.id, "data"))
+                attachment.data_ct = records.ATTACHMENT_DATA.seal(tip_key, attachment.id, image.data)
                 attachment.content_type = image.content_type
                 attachment.source_format = image.source_format
                 attachment.width, attachment.height = image.width, image.height
@@ -260,7 +300,13 @@ class MediaWorker:
         log.info("attachment %s %s%s", attachment_id[:8], status, f": {reason}" if reason else "")
 
     def _after(
-        self, session: Session, tip: Tip, tip_key: bytes, contact: Contact, attachment: Attachment, job: _Job,
+        self,
+        session: Session,
+        tip: Tip,
+        tip_key: bytes,
+        contact: Contact,
+        attachment: Attachment,
+        job: _Job,
         now: dt.datetime,
     ) -> None:
         """Queue the provider deletions and, if the file could not be used, a word to the tipster."""
@@ -270,18 +316,23 @@ class MediaWorker:
             if job.provider_copy:
                 outbox.enqueue_delete(session, contact, contact_key, job.provider_copy, now)
             unsettled = session.scalar(
-                select(func.count()).select_from(Attachment).where(
-                    Attachment.batch == attachment.batch, Attachment.status.not_in(SETTLED), Attachment.id != attachment.id,
+                select(func.count())
+                .select_from(Attachment)
+                .where(
+                    Attachment.batch == attachment.batch,
+                    Attachment.status.not_in(SETTLED),
+                    Attachment.id != attachment.id,
                 )
             )
             if not unsettled and job.provider_message_id:
                 outbox.enqueue_delete(session, contact, contact_key, job.provider_message_id, now)
         if attachment.status != STORED and contact.address_ct is not None and not contact.opted_out:
             conversation = session.get(Conversation, contact.id)
-            language = conversation.language if conversation is not None else "en"
+            language = conversation.language if conversation is not None else DEFAULT_LANGUAGE
             key = "media_failed" if attachment.status == FAILED else f"media_refused_{attachment.reason}"
             text = render(Text.of(key, ref=tip.reference), language, self.defaults)
-            message = records.append_message(session, tip, tip_key, "bot", text, now, delivery="queued")
+            message = records.append_message(
+                session, tip, tip_key, MessageKind.BOT, text, now, delivery=ReplyDelivery.QUEUED
+            )
             session.flush()
             outbox.enqueue_send(session, contact, contact_key, text, now, message.id)
-

@@ -4,6 +4,10 @@ One inbound message is one database transaction: the delivery is remembered (by 
 sender found by keyed pseudonym, the conversation advanced, the tip and its thread written
 encrypted, and outbound actions queued in the outbox. The webhook answers only after the commit,
 so an acknowledged tip survives a crash, and a redelivered one is recognised and not processed again.
+
+The step's effects are carried out by a small interpreter: one function per effect type
+(`EFFECTS`), each acting on the `Unit` of work of this message and returning the thread rows it
+wrote. Idle expiry runs the same interpreter on the outcome of `conversation.expire`.
 """
 
 from __future__ import annotations
@@ -13,32 +17,34 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from tipline.services import attachments, outbox
-from tipline.storage import records
-from tipline.core import conversation as conv_mod
-from tipline.core.catalog import Text, render
+from tipline.core import conversation as conv
+from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
 from tipline.core.channels import InboundMessage
-from tipline.config import Settings
-from tipline.storage.db import GroupCommitter
 from tipline.core.conversation import ConversationState, State
-from tipline.storage.keystore import KeyStore
-from tipline.storage.models import Contact, Conversation, Message, ProcessedDelivery, Tip, to_minute, utcnow
+from tipline.core.vocabulary import ErasedReason, MessageKind, ReplyDelivery, TipStatus
+from tipline.services import attachments, outbox
+from tipline.services.context import ServiceContext
+from tipline.storage import records
+from tipline.storage.db import GroupCommitter, rowcount
+from tipline.storage.models import Contact, Conversation, Message, ProcessedDelivery, Tip, table_of, to_minute
 
 log = logging.getLogger(__name__)
 
 DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) to a day (Telegram)
 ALBUM_MEMORY = 120.0  # seconds: the photos of one Telegram album arrive within moments of each other
-CONTENT_EFFECTS = (conv_mod.CreateDraft, conv_mod.SetField, conv_mod.FollowUp, conv_mod.Submit, conv_mod.Attach)
+# Effects after which the bot's answer joins the thread (the detective sees what the tipster was told).
+CONTENT_EFFECTS = (conv.CreateDraft, conv.SetField, conv.FollowUp, conv.Submit, conv.Attach)
+OPEN_STATES = (State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value)
 
 # The hot path's statements, built once so SQLAlchemy compiles them once.
-_REMEMBER_DELIVERY = ProcessedDelivery.__table__.insert()
-_INSERT_MESSAGES = Message.__table__.insert()
+_REMEMBER_DELIVERY = table_of(ProcessedDelivery).insert()
+_INSERT_MESSAGES = table_of(Message).insert()
 _FIND_SENDER = (
     select(Contact, Conversation, Tip)
     .outerjoin(Conversation, Conversation.contact_id == Contact.id)
@@ -46,6 +52,8 @@ _FIND_SENDER = (
     .where(Contact.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
     .with_for_update(of=Contact)
 )
+
+Row = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Result:
 
 def keyboard_for(conversation: ConversationState) -> str:
     """Which quick-reply buttons fit the conversation's next step (channels that have buttons)."""
-    if conv_mod.has_draft(conversation):
+    if conv.has_draft(conversation):
         kind = "draft"  # Skip, Done
     elif conversation.state is State.SUBMITTED:
         kind = "submitted"  # New tip
@@ -73,26 +81,61 @@ class _Duplicate(Exception):
     pass
 
 
+@dataclass
+class Unit:
+    """One sender's records inside one transaction: what the effects act on."""
+
+    session: Session
+    contact: Contact
+    contact_key: bytes
+    conversation: Conversation
+    tip: Tip | None
+    now: dt.datetime
+    tip_key: bytes | None = None
+    forgotten: bool = False
+    thread: list[Row] = field(default_factory=list)  # new thread entries, inserted in one batch
+    files: list[Row] = field(default_factory=list)  # new attachment rows, inserted in one batch
+
+    def open_tip(self) -> tuple[Tip, bytes]:
+        assert self.tip is not None and self.tip_key is not None, "the effect needs the conversation's tip"
+        return self.tip, self.tip_key
+
+    def say(self, kind: MessageKind, text: str) -> Row:
+        tip, key = self.open_tip()
+        row = records.message_row(tip, key, kind, text, self.now)
+        self.thread.append(row)
+        return row
+
+
+@dataclass(frozen=True)
+class ChannelTraits:
+    """What intake needs to know of a channel (answers from `Runtime`, defaults for tests)."""
+
+    deletes_provider_copies: Callable[[str], bool] = lambda channel: False
+    replies_inline: Callable[[str], bool] = lambda channel: True
+
+
 class Intake:
     def __init__(
-        self, factory: sessionmaker[Session], keys: KeyStore, settings: Settings,
-        deletes_provider_copies: Callable[[str], bool] = lambda channel: False,
-        replies_inline: Callable[[str], bool] = lambda channel: True,
-        clock: Callable[[], dt.datetime] = utcnow, on_outbox: Callable[[], None] = lambda: None,
+        self,
+        ctx: ServiceContext,
+        traits: ChannelTraits | None = None,
+        on_outbox: Callable[[], None] = lambda: None,
     ):
-        self.factory = factory
-        self.keys = keys
-        self.settings = settings
-        self.deletes_provider_copies = deletes_provider_copies
-        self.replies_inline = replies_inline
-        self.clock = clock
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.clock = ctx.clock  # tests move time forward here
+        self.traits = traits or ChannelTraits()
         self.on_outbox = on_outbox
+        factory = ctx.factory
         # SQLite: concurrent messages share one durable commit (see db.GroupCommitter).
         self.committer = GroupCommitter(factory) if factory.kw["bind"].dialect.name == "sqlite" else None
         # Albums already answered: keyed hash -> (monotonic time, delivery id). Memory only, bounded.
         self._albums: dict[str, tuple[float, str]] = {}
         self._albums_lock = threading.Lock()
-        self.defaults = settings.catalog_defaults
+        self.defaults = self.settings.catalog_defaults
+
+    # Receiving ------------------------------------------------------------------------------------
 
     def receive(self, msg: InboundMessage) -> Result:
         """Process one inbound message exactly once; returns the texts to answer with."""
@@ -108,7 +151,7 @@ class Intake:
             if self.committer is not None:
                 replies, queued, moved = self.committer.run(lambda session: self._process(session, msg))
             else:
-                with self.factory.begin() as session:
+                with self.ctx.factory.begin() as session:
                     replies, queued, moved = self._process(session, msg)
         except _Duplicate:
             # Already processed, or processed right now by a concurrent copy whose commit we waited
@@ -126,75 +169,266 @@ class Intake:
         This is the hot path of every webhook: plain INSERTs go through Core (no unit-of-work
         bookkeeping) and the sender, their conversation and tip arrive in one query.
         """
-        keyring = self.keys.keyring
         now = self.clock()
-        _, delivery_key = keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}")
+        self._remember_delivery(session, msg, now)
+        unit = self._find_sender(session, msg, now)
+        if msg.erase_request is not None:
+            return self._erase(unit, msg.erase_request)
+        before = self._state_of(unit)
+        files, refused = attachments.triage(msg.media, msg.refused_media, self.settings.media_max_bytes)
+        inbound = conv.Inbound(
+            text=msg.text,
+            media=len(files),
+            refused=refused[0] if refused else None,
+            provider_intent=msg.provider_intent,
+            language_hint=msg.language_hint,
+        )
+        context = conv.Context(
+            opted_out=unit.contact.opted_out,
+            tip_status=TipStatus(unit.tip.status) if unit.tip else None,
+            new_reference=records.new_reference(),
+        )
+        outcome = conv.step(before, inbound, context)
+        if files and not refused and not msg.text.strip() and msg.album and self._album_answered(msg):
+            # Another photo of an album the tipster was just thanked for: take it, say nothing twice.
+            outcome = conv.Outcome(outcome.conversation, (), outcome.effects)
+        replies = self._interpret(unit, outcome)
+        self._attach(
+            unit,
+            outcome,
+            attachments.Incoming(files, refused, msg.provider_message_id),
+            was_submitted=before.state is State.SUBMITTED,
+        )
+        self._record_bot_replies(unit, outcome, replies)
+        if unit.contact.pseudonym is not None and not unit.contact.opted_out and unit.contact.address_ct is None:
+            records.store_address(unit.contact, unit.contact_key, msg.address)
+        replies, queued = self._answer(unit, msg.channel, replies, outcome.conversation)
+        queued = self._settle_provider_copy(unit, msg) or queued
+        self._write(unit)
+        return replies, queued, f"{before.state.value} -> {outcome.conversation.state.value}"
+
+    def _remember_delivery(self, session: Session, msg: InboundMessage, now: dt.datetime) -> None:
+        """Raise _Duplicate if this delivery was processed before (under any pepper version)."""
+        keyring = self.ctx.keyring
+        label, value = "delivery", f"{msg.channel}:{msg.delivery_id}"
         versions = keyring.pseudonym_versions()
         if len(versions) > 1:
             # During a pepper rotation a redelivery may have been remembered under an older key.
-            older = [keyring.keyed_hash("delivery", f"{msg.channel}:{msg.delivery_id}", v)[1] for v in versions[1:]]
+            older = [keyring.keyed_hash(label, value, v)[1] for v in versions[1:]]
             if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
                 raise _Duplicate()
         try:
-            session.execute(_REMEMBER_DELIVERY, {"key": delivery_key, "expires_at": now + DELIVERY_MEMORY})
+            session.execute(
+                _REMEMBER_DELIVERY, {"key": keyring.keyed_hash(label, value)[1], "expires_at": now + DELIVERY_MEMORY}
+            )
         except IntegrityError:
             raise _Duplicate() from None
-        contact, contact_key, conversation, tip = self._find_sender(session, msg, now)
-        if msg.erase_request is not None:
-            return self._erase(session, msg, contact, contact_key, conversation, now)
-        state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
-        context = conv_mod.Context(
-            opted_out=contact.opted_out, tip_status=tip.status if tip else None, new_reference=records.new_reference(),
+
+    def _find_sender(self, session: Session, msg: InboundMessage, now: dt.datetime) -> Unit:
+        """The sender (created on first contact), their conversation and its current tip, locked."""
+        keyring = self.ctx.keyring
+        pseudonyms = [keyring.pseudonym(msg.channel, msg.address, v)[1] for v in keyring.pseudonym_versions()]
+        row = session.execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
+        if row is None:
+            contact, contact_key = records.new_contact(
+                keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now
+            )
+            conversation = self._new_conversation(contact, now)
+            session.add_all([contact, conversation])
+            try:
+                session.flush()
+            except IntegrityError:
+                raise _Retry() from None  # a concurrent first message created this sender
+            return Unit(session, contact, contact_key, conversation, None, now)
+        contact, conversation, tip = row
+        if tip is not None and session.get_bind().dialect.name == "postgresql":
+            # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
+            # may be replacing it right now, and what is sealed here must stay readable.
+            session.refresh(tip, with_for_update=True)
+        contact.last_activity_at = to_minute(now)
+        if conversation is None:
+            conversation = self._new_conversation(contact, now)
+            session.add(conversation)
+        unit = Unit(session, contact, records.contact_dek(keyring, contact), conversation, tip, now)
+        unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None
+        return unit
+
+    @staticmethod
+    def _new_conversation(contact: Contact, now: dt.datetime) -> Conversation:
+        return Conversation(
+            contact_id=contact.id, state=State.NEW.value, language=DEFAULT_LANGUAGE, updated_at=to_minute(now)
         )
-        files, refused = attachments.triage(msg.media, msg.refused_media, self.settings.media_max_bytes)
-        inbound = conv_mod.Inbound(
-            text=msg.text, media=len(files), refused=refused[0] if refused else None,
-            provider_intent=msg.provider_intent, language_hint=msg.language_hint,
+
+    @staticmethod
+    def _state_of(unit: Unit) -> ConversationState:
+        tip = unit.tip
+        return ConversationState(
+            State(unit.conversation.state), unit.conversation.language, tip.reference if tip else None
         )
-        outcome = conv_mod.step(state, inbound, context)
-        if files and not refused and not msg.text.strip() and msg.album and self._album_answered(msg):
-            # Another photo of an album the tipster was just thanked for: take it, say nothing twice.
-            outcome = conv_mod.Outcome(outcome.conversation, (), outcome.effects)
-        thread: list[dict[str, object]] = []
-        incoming = attachments.Incoming(files, refused, msg.provider_message_id)
-        files_rows: list[dict[str, object]] = []
-        replies = self._apply(
-            session, contact, contact_key, conversation, tip, outcome, now, thread, incoming, files_rows,
-            state.state is State.SUBMITTED,
-        )
-        if contact.pseudonym is not None and not contact.opted_out and contact.address_ct is None:
-            records.store_address(contact, contact_key, msg.address)
-        queued = False
-        if replies and not self.replies_inline(msg.channel):
-            # The channel cannot answer in the webhook response: the answers go through the outbox,
-            # queued in this same transaction, so a stored tip never loses its acknowledgement.
-            keyboard = keyboard_for(outcome.conversation)
-            for n, reply in enumerate(replies):
-                outbox.enqueue_send(session, contact, contact_key, reply, now,
-                                    keyboard=keyboard if n == len(replies) - 1 else None)
-            replies, queued = (), True
-        fetching = any(row["status"] == attachments.PENDING for row in files_rows)
-        if fetching:
-            queued = True  # wake the dispatcher: it runs the media worker
-        # With files still to fetch, the provider copy goes once they are settled (attachments.py).
-        if (msg.provider_message_id and not fetching and self.settings.provider_delete
-                and self.deletes_provider_copies(msg.channel)):
-            due = now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
-            outbox.enqueue_delete(session, contact, contact_key, msg.provider_message_id, due)
-            queued = queued or due <= now  # wake the dispatcher only for work that is due already
+
+    # The interpreter -----------------------------------------------------------------------------
+
+    def _interpret(self, unit: Unit, outcome: conv.Outcome) -> tuple[str, ...]:
+        """Carry out a step's effects and save the new conversation state.
+
+        Returns the rendered replies (none for an opted-out sender).
+        """
+        for effect in outcome.effects:
+            EFFECTS[type(effect)](self, unit, effect)
+        if unit.tip is not None:
+            unit.tip.updated_at = to_minute(unit.now)
+        self._save_state(unit, outcome.conversation)
+        if unit.contact.opted_out:
+            return ()
+        return tuple(render(text, outcome.conversation.language, self.defaults) for text in outcome.replies)
+
+    @staticmethod
+    def _save_state(unit: Unit, state: ConversationState) -> None:
+        conversation = unit.conversation
+        if unit.forgotten:
+            unit.session.delete(conversation)
+            return
+        tip = unit.tip
+        conversation.state = state.state.value
+        conversation.language = state.language
+        conversation.tip_id = tip.id if tip is not None and state.tip_ref == tip.reference else None
+        conversation.updated_at = to_minute(unit.now)
+
+    def _create_draft(self, unit: Unit, effect: conv.CreateDraft) -> list[Row]:
+        tip, key = records.new_tip(self.ctx.keyring, effect.reference, unit.contact.channel, unit.contact.id, unit.now)
+        unit.session.add(tip)
+        unit.session.flush()
+        unit.tip, unit.tip_key = tip, key
+        if not effect.what:  # a draft begun with a photo has no description yet
+            return []
+        records.set_tip_field(tip, key, "what", effect.what)
+        return [unit.say(MessageKind.TIPSTER, effect.what)]
+
+    def _set_field(self, unit: Unit, effect: conv.SetField) -> list[Row]:
+        tip, key = unit.open_tip()
+        records.set_tip_field(tip, key, effect.name, effect.text)
+        return [unit.say(MessageKind.TIPSTER, effect.text)]
+
+    def _follow_up(self, unit: Unit, effect: conv.FollowUp) -> list[Row]:
+        tip, _ = unit.open_tip()
+        tip.unread += 1
+        return [unit.say(MessageKind.TIPSTER, effect.text)]
+
+    def _submit(self, unit: Unit, effect: conv.Submit) -> list[Row]:
+        tip, _ = unit.open_tip()
+        if tip.status == TipStatus.DRAFT:
+            tip.status = TipStatus.NEW
+            tip.submitted_at = to_minute(unit.now)
+        return []
+
+    def _attach_later(self, unit: Unit, effect: conv.Attach) -> list[Row]:
+        return []  # the files are recorded by _attach, once every effect has run
+
+    def _flag_urgent(self, unit: Unit, effect: conv.FlagUrgent) -> list[Row]:
+        tip, _ = unit.open_tip()
+        tip.urgent = True
+        return []
+
+    def _discard_draft(self, unit: Unit, effect: conv.DiscardDraft) -> list[Row]:
+        tip = unit.tip
+        if tip is None or tip.status != TipStatus.DRAFT:
+            return []
+        _, key = unit.open_tip()
+        if self._deletes_copies(unit.contact.channel):
+            for provider_id in attachments.abandon(unit.session, tip, key):
+                outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, provider_id, unit.now)
+        unit.conversation.tip_id = None
+        unit.session.delete(tip)
+        unit.tip, unit.tip_key = None, None
+        return []
+
+    def _opt_out(self, unit: Unit, effect: conv.OptOut) -> list[Row]:
+        unit.contact.opted_out = True
+        records.erase_address(unit.contact, ErasedReason.STOP)
+        outbox.cancel_sends(unit.session, unit.contact.id, ErasedReason.STOP)
+        return []
+
+    def _opt_in(self, unit: Unit, effect: conv.OptIn) -> list[Row]:
+        unit.contact.opted_out = False
+        unit.contact.erased_reason = None
+        return []
+
+    def _forget(self, unit: Unit, effect: conv.Forget) -> list[Row]:
+        # The tip stays; nothing links this sender to it any more.
+        unit.contact.pseudonym = None
+        records.erase_address(unit.contact, ErasedReason.FORGET)
+        outbox.cancel_sends(unit.session, unit.contact.id, ErasedReason.FORGET)
+        unit.forgotten = True
+        return []
+
+    # After the effects ---------------------------------------------------------------------------
+
+    def _attach(self, unit: Unit, outcome: conv.Outcome, incoming: attachments.Incoming, was_submitted: bool) -> None:
+        """Record the message's files (and refusals) on the tip."""
+        if unit.tip is None or unit.tip_key is None or not (incoming.files or incoming.refused):
+            return
+        attach = any(isinstance(e, conv.Attach) for e in outcome.effects)
+        rows = attachments.record(unit.tip, unit.tip_key, incoming, attach, unit.now, unit.thread)
+        unit.files.extend(rows)
+        if rows and was_submitted and not any(isinstance(e, conv.FollowUp) for e in outcome.effects):
+            unit.tip.unread += 1
+
+    @staticmethod
+    def _record_bot_replies(unit: Unit, outcome: conv.Outcome, replies: tuple[str, ...]) -> None:
+        if (
+            unit.tip is not None
+            and unit.tip_key is not None
+            and any(isinstance(e, CONTENT_EFFECTS) for e in outcome.effects)
+        ):
+            for reply in replies:
+                unit.say(MessageKind.BOT, reply)
+
+    def _answer(
+        self, unit: Unit, channel: str, replies: tuple[str, ...], state: ConversationState
+    ) -> tuple[tuple[str, ...], bool]:
+        """Replies for the webhook's response, or queued in the outbox when the channel cannot answer inline."""
+        if not replies or self.traits.replies_inline(channel):
+            return replies, False
+        # Queued in this same transaction, so a stored tip never loses its acknowledgement.
+        keyboard = keyboard_for(state)
+        for n, reply in enumerate(replies):
+            outbox.enqueue_send(
+                unit.session,
+                unit.contact,
+                unit.contact_key,
+                reply,
+                unit.now,
+                keyboard=keyboard if n == len(replies) - 1 else None,
+            )
+        return (), True
+
+    def _settle_provider_copy(self, unit: Unit, msg: InboundMessage) -> bool:
+        """Queue the deletion of the provider's copy; True when the dispatcher has work now."""
+        if any(row["status"] == attachments.PENDING for row in unit.files):
+            return True  # the media worker runs; the copy goes once the files are settled (attachments.py)
+        if not msg.provider_message_id or not self._deletes_copies(msg.channel):
+            return False
+        due = unit.now + dt.timedelta(seconds=self.settings.provider_delete_delay_seconds)
+        outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, msg.provider_message_id, due)
+        return due <= unit.now  # wake the dispatcher only for work that is due already
+
+    def _deletes_copies(self, channel: str) -> bool:
+        return self.settings.provider_delete and self.traits.deletes_provider_copies(channel)
+
+    @staticmethod
+    def _write(unit: Unit) -> None:
         try:
-            if thread:
-                session.execute(_INSERT_MESSAGES, thread)
-            attachments.insert(session, files_rows)
-            session.flush()
+            if unit.thread:
+                unit.session.execute(_INSERT_MESSAGES, unit.thread)
+            attachments.insert(unit.session, unit.files)
+            unit.session.flush()
         except IntegrityError:
-            raise _Retry() from None  # a concurrent first message created this sender, or a reference collided
-        return replies, queued, f"{state.state.value} -> {outcome.conversation.state.value}"
+            raise _Retry() from None  # a tip reference collided (one in 594 million): try again
 
     def _album_answered(self, msg: InboundMessage) -> bool:
         """Whether an earlier photo of this album (from this sender) was answered moments ago."""
         assert msg.album is not None
-        key = self.keys.keyring.keyed_hash("album", f"{msg.channel}:{msg.address}:{msg.album}")[1]
+        key = self.ctx.keyring.keyed_hash("album", f"{msg.channel}:{msg.address}:{msg.album}")[1]
         now = time.monotonic()
         with self._albums_lock:
             if len(self._albums) > 10_000:
@@ -205,194 +439,94 @@ class Intake:
             self._albums[key] = (now, msg.delivery_id)  # the first photo (or its retried transaction)
             return False
 
-    def _erase(
-        self, session: Session, msg: InboundMessage, contact: Contact, contact_key: bytes, conversation: Conversation,
-        now: dt.datetime,
-    ) -> tuple[tuple[str, ...], bool, str]:
+    def _erase(self, unit: Unit, erase_request: str) -> tuple[tuple[str, ...], bool, str]:
         """The tipster asked to erase the chat at the provider: queue it, and say honestly what it does."""
-        assert msg.erase_request is not None
-        outbox.enqueue_delete(session, contact, contact_key, msg.erase_request, now)
-        reply = render(Text.of("erase_requested"), conversation.language, self.defaults)
-        if contact.address_ct is not None and not contact.opted_out:
-            outbox.enqueue_send(session, contact, contact_key, reply, now)
+        outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, erase_request, unit.now)
+        reply = render(Text.of("erase_requested"), unit.conversation.language, self.defaults)
+        if unit.contact.address_ct is not None and not unit.contact.opted_out:
+            outbox.enqueue_send(unit.session, unit.contact, unit.contact_key, reply, unit.now)
         return (), True, "erase requested"
 
-    def recipient_gone(self, channel: str, address: str, reason: str) -> bool:
+    def recipient_gone(self, channel: str, address: str, reason: ErasedReason) -> bool:
         """The provider says this sender can no longer be written to (e.g. they blocked the bot)."""
-        keyring = self.keys.keyring
+        keyring = self.ctx.keyring
         pseudonyms = [keyring.pseudonym(channel, address, v)[1] for v in keyring.pseudonym_versions()]
-        with self.factory.begin() as session:
+        with self.ctx.factory.begin() as session:
             contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
             if contact is None:
                 return False
-            outbox.recipient_gone(session, contact, reason)
+            outbox.mark_recipient_gone(session, contact, reason)
         log.info("%s sender can no longer be reached: %s", channel, reason)
         return True
 
-    def _find_sender(
-        self, session: Session, msg: InboundMessage, now: dt.datetime
-    ) -> tuple[Contact, bytes, Conversation, Tip | None]:
-        """The sender (created on first contact), their conversation and its current tip, locked."""
-        keyring = self.keys.keyring
-        pseudonyms = [keyring.pseudonym(msg.channel, msg.address, v)[1] for v in keyring.pseudonym_versions()]
-        row = session.execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
-        if row is None:
-            contact, contact_key = records.new_contact(keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now)
-            conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
-            session.add_all([contact, conversation])
-            try:
-                session.flush()
-            except IntegrityError:
-                raise _Retry() from None
-            return contact, contact_key, conversation, None
-        contact, conversation, tip = row
-        if tip is not None and session.get_bind().dialect.name == "postgresql":
-            # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
-            # may be replacing it right now, and what is sealed here must stay readable.
-            session.refresh(tip, with_for_update=True)
-        contact.last_activity_at = to_minute(now)
-        if conversation is None:
-            conversation = Conversation(contact_id=contact.id, state=State.NEW.value, language="en", updated_at=to_minute(now))
-            session.add(conversation)
-        return contact, records.contact_dek(keyring, contact), conversation, tip
-
-    def _apply(
-        self, session: Session, contact: Contact, contact_key: bytes, conversation: Conversation,
-        tip: Tip | None, outcome: conv_mod.Outcome, now: dt.datetime, thread: list[dict[str, object]],
-        incoming: attachments.Incoming | None = None, files_rows: list[dict[str, object]] | None = None,
-        was_submitted: bool = False,
-    ) -> tuple[str, ...]:
-        """Carry out a step's effects; returns the rendered replies (none for an opted-out sender)."""
-        keyring = self.keys.keyring
-        tip_key = records.tip_dek(keyring, tip) if tip is not None else None
-        forgotten = False
-        for effect in outcome.effects:
-            match effect:
-                case conv_mod.CreateDraft(reference=reference, what=what):
-                    tip, tip_key = records.new_tip(keyring, reference, contact.channel, contact.id, now)
-                    session.add(tip)
-                    session.flush()
-                    if what:  # a draft begun with a photo has no description yet
-                        records.set_tip_field(tip, tip_key, "what", what)
-                        thread.append(records.message_row(tip, tip_key, "tipster", what, now))
-                case conv_mod.SetField(name=name, text=value):
-                    assert tip is not None and tip_key is not None
-                    records.set_tip_field(tip, tip_key, name, value)
-                    thread.append(records.message_row(tip, tip_key, "tipster", value, now))
-                case conv_mod.FollowUp(text=value):
-                    assert tip is not None and tip_key is not None
-                    thread.append(records.message_row(tip, tip_key, "tipster", value, now))
-                    tip.unread += 1
-                case conv_mod.Submit():
-                    assert tip is not None
-                    if tip.status == "draft":
-                        tip.status = "new"
-                        tip.submitted_at = to_minute(now)
-                case conv_mod.Attach():
-                    pass  # the files are recorded below, once every effect has run
-                case conv_mod.FlagUrgent():
-                    assert tip is not None
-                    tip.urgent = True
-                case conv_mod.DiscardDraft():
-                    if tip is not None and tip.status == "draft":
-                        assert tip_key is not None
-                        if self.settings.provider_delete and self.deletes_provider_copies(contact.channel):
-                            for provider_id in attachments.abandon(session, tip, tip_key):
-                                outbox.enqueue_delete(session, contact, contact_key, provider_id, now)
-                        conversation.tip_id = None
-                        session.delete(tip)
-                        tip = None
-                case conv_mod.OptOut():
-                    contact.opted_out = True
-                    records.erase_address(contact, "stop")
-                    outbox.cancel_sends(session, contact.id, "stop")
-                case conv_mod.OptIn():
-                    contact.opted_out = False
-                    contact.erased_reason = None
-                case conv_mod.Forget():
-                    # The tip stays; nothing links this sender to it any more.
-                    contact.pseudonym = None
-                    records.erase_address(contact, "forget")
-                    outbox.cancel_sends(session, contact.id, "forget")
-                    forgotten = True
-        if tip is not None and tip_key is not None and incoming is not None and (incoming.files or incoming.refused):
-            attach = any(isinstance(e, conv_mod.Attach) for e in outcome.effects)
-            rows = attachments.record(tip, tip_key, incoming, attach, now, thread)
-            if files_rows is not None:
-                files_rows.extend(rows)
-            if rows and was_submitted and not any(isinstance(e, conv_mod.FollowUp) for e in outcome.effects):
-                tip.unread += 1
-        if tip is not None:
-            tip.updated_at = to_minute(now)
-        new_state = outcome.conversation
-        if forgotten:
-            session.delete(conversation)
-        else:
-            conversation.state = new_state.state.value
-            conversation.language = new_state.language
-            conversation.tip_id = tip.id if tip is not None and new_state.tip_ref == tip.reference else None
-            conversation.updated_at = to_minute(now)
-        if contact.opted_out:
-            return ()
-        replies = tuple(render(t, new_state.language, self.defaults) for t in outcome.replies)
-        if tip is not None and tip_key is not None and any(isinstance(e, CONTENT_EFFECTS) for e in outcome.effects):
-            thread.extend(records.message_row(tip, tip_key, "bot", reply, now) for reply in replies)
-        return replies
+    # Idle drafts ---------------------------------------------------------------------------------
 
     def expire_idle(self) -> int:
         """Submit drafts left idle as they stand (or drop empty ones); returns how many changed."""
         cutoff = to_minute(self.clock()) - dt.timedelta(minutes=self.settings.draft_idle_minutes)
-        with self.factory() as session:
+        with self.ctx.factory() as session:
             ids = session.scalars(
                 select(Conversation.contact_id).where(
-                    Conversation.updated_at < cutoff,
-                    Conversation.state.in_([State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value]),
+                    Conversation.updated_at < cutoff, Conversation.state.in_(OPEN_STATES)
                 )
             ).all()
-        changed = 0
-        for contact_id in ids:
-            if self._expire_one(contact_id, cutoff):
-                changed += 1
+        changed = sum(1 for contact_id in ids if self._expire_one(contact_id, cutoff))
         if changed:
             self.on_outbox()
         return changed
 
     def _expire_one(self, contact_id: str, cutoff: dt.datetime) -> bool:
-        keyring = self.keys.keyring
-        now = self.clock()
-        with self.factory.begin() as session:
+        """Run `conversation.expire` for one idle sender through the same interpreter as a message."""
+        keyring = self.ctx.keyring
+        with self.ctx.factory.begin() as session:
             conversation = session.get(Conversation, contact_id, with_for_update=True)
             if conversation is None or conversation.updated_at >= cutoff:
                 return False  # the tipster wrote meanwhile
-            tip = session.get(Tip, conversation.tip_id, with_for_update=True) if conversation.tip_id is not None else None
-            state = ConversationState(State(conversation.state), conversation.language, tip.reference if tip else None)
-            outcome = conv_mod.expire(state)
-            if outcome is None:
-                return False
+            tip = (
+                session.get(Tip, conversation.tip_id, with_for_update=True) if conversation.tip_id is not None else None
+            )
             contact = session.get(Contact, contact_id)
             assert contact is not None
-            contact_key = records.contact_dek(keyring, contact)
-            if tip is not None and tip.status == "draft" and any(isinstance(e, conv_mod.Submit) for e in outcome.effects):
-                tip.status = "new"
-                tip.submitted_at = to_minute(now)
-                tip.updated_at = to_minute(now)
-            conversation.state = outcome.conversation.state.value
-            conversation.tip_id = tip.id if tip is not None and outcome.conversation.tip_ref else None
-            conversation.updated_at = to_minute(now)
-            if not contact.opted_out and contact.address_ct is not None:
-                tip_key = records.tip_dek(keyring, tip) if tip is not None else None
-                for text in outcome.replies:
-                    body = render(text, outcome.conversation.language, self.defaults)
-                    message_id = None
-                    if tip is not None and tip_key is not None:
-                        message = records.append_message(session, tip, tip_key, "bot", body, now, delivery="queued")
-                        session.flush()
-                        message_id = message.id
-                    outbox.enqueue_send(session, contact, contact_key, body, now, message_id)
+            unit = Unit(session, contact, records.contact_dek(keyring, contact), conversation, tip, self.clock())
+            unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None
+            outcome = conv.expire(self._state_of(unit))
+            if outcome is None:
+                return False
+            replies = self._interpret(unit, outcome)
+            self._queue_tracked(unit, replies)
         return True
+
+    @staticmethod
+    def _queue_tracked(unit: Unit, replies: tuple[str, ...]) -> None:
+        """Send replies through the outbox, each shown in the thread with its delivery state."""
+        if unit.contact.address_ct is None:
+            return
+        for body in replies:
+            message_id = None
+            if unit.tip is not None and unit.tip_key is not None:
+                message = records.append_message(
+                    unit.session, unit.tip, unit.tip_key, MessageKind.BOT, body, unit.now, delivery=ReplyDelivery.QUEUED
+                )
+                unit.session.flush()
+                message_id = message.id
+            outbox.enqueue_send(unit.session, unit.contact, unit.contact_key, body, unit.now, message_id)
+
+
+EFFECTS: dict[type, Callable[[Intake, Unit, conv.Effect], list[Row]]] = {
+    conv.CreateDraft: Intake._create_draft,  # type: ignore[dict-item]
+    conv.SetField: Intake._set_field,  # type: ignore[dict-item]
+    conv.FollowUp: Intake._follow_up,  # type: ignore[dict-item]
+    conv.Submit: Intake._submit,  # type: ignore[dict-item]
+    conv.Attach: Intake._attach_later,  # type: ignore[dict-item]
+    conv.FlagUrgent: Intake._flag_urgent,  # type: ignore[dict-item]
+    conv.DiscardDraft: Intake._discard_draft,  # type: ignore[dict-item]
+    conv.OptOut: Intake._opt_out,  # type: ignore[dict-item]
+    conv.OptIn: Intake._opt_in,  # type: ignore[dict-item]
+    conv.Forget: Intake._forget,  # type: ignore[dict-item]
+}
 
 
 def forget_deliveries(session: Session, now: dt.datetime) -> int:
     """Drop remembered delivery ids past their bounded lifetime."""
     result = session.execute(delete(ProcessedDelivery).where(ProcessedDelivery.expires_at < now))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return rowcount(result)

@@ -15,50 +15,69 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from tipline.core import crypto
-from tipline.storage import records
 from tipline.core.channels import Channel, ChannelError
 from tipline.core.crypto import Keyring
+from tipline.core.vocabulary import DeliveryStatus, ErasedReason, OutboxKind, OutboxStatus, ReplyDelivery
+from tipline.services.context import ServiceContext
+from tipline.storage import records
 from tipline.storage.db import claim_due
-from tipline.storage.keystore import KeyStore
-from tipline.storage.models import Contact, Message, OutboxItem, utcnow
+from tipline.storage.models import Contact, Message, OutboxItem, table_of, utcnow
 
 log = logging.getLogger(__name__)
 
-SEND = "send"
-DELETE = "delete"
+SEND = OutboxKind.SEND
+DELETE = OutboxKind.DELETE
 
 LEASE = dt.timedelta(seconds=60)
 MAX_ATTEMPTS = {SEND: 8, DELETE: 40}
 BACKOFF_CAP = {SEND: dt.timedelta(hours=1), DELETE: dt.timedelta(hours=6)}
-FINAL_DELIVERY = ("delivered", "undelivered", "failed", "read")
+# What a thread entry shows once the provider reported on it: a later "sent" does not undo these.
+REPORTED = (ReplyDelivery.DELIVERED, ReplyDelivery.READ, ReplyDelivery.FAILED)
 # Built once: a plain Core INSERT is compiled once and cached, unlike a new .values() per call.
-_INSERT = OutboxItem.__table__.insert()
-
-
-def _payload_aad(item_id: str) -> bytes:
-    return crypto.aad("outbox", "payload", item_id)
+_INSERT = table_of(OutboxItem).insert()
 
 
 def _enqueue(
-    session: Session, contact: Contact, contact_key: bytes, kind: str, payload: str, due: dt.datetime,
+    session: Session,
+    contact: Contact,
+    contact_key: bytes,
+    kind: OutboxKind,
+    payload: str,
+    due: dt.datetime,
     message_id: int | None = None,
 ) -> str:
     item_id = records.new_id()
-    session.execute(_INSERT, {
-        "id": item_id, "kind": kind, "channel": contact.channel, "contact_id": contact.id, "message_id": message_id,
-        "payload_ct": crypto.seal(contact_key, payload.encode(), _payload_aad(item_id)),
-        "status": "pending", "attempts": 0, "next_attempt_at": due, "created_at": utcnow(),
-    })
+    session.execute(
+        _INSERT,
+        {
+            "id": item_id,
+            "kind": kind,
+            "channel": contact.channel,
+            "contact_id": contact.id,
+            "message_id": message_id,
+            "payload_ct": records.OUTBOX_PAYLOAD.seal(contact_key, item_id, payload.encode()),
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": due,
+            "created_at": utcnow(),
+        },
+    )
     return item_id
 
 
 def enqueue_send(
-    session: Session, contact: Contact, contact_key: bytes, text: str, now: dt.datetime, message_id: int | None = None,
+    session: Session,
+    contact: Contact,
+    contact_key: bytes,
+    text: str,
+    now: dt.datetime,
+    message_id: int | None = None,
     keyboard: str | None = None,
 ) -> str:
     """Queue a text to the tipster; `keyboard` names the quick-reply buttons a channel may show."""
@@ -78,48 +97,71 @@ def enqueue_delete(
     return _enqueue(session, contact, contact_key, DELETE, provider_message_id, due)
 
 
-def cancel_sends(session: Session, contact_id: str, reason: str) -> None:
+def cancel_sends(session: Session, contact_id: str, reason: ErasedReason) -> None:
     """Drop messages not yet sent to a tipster who can no longer be written to."""
     pending = session.scalars(
-        select(OutboxItem).where(OutboxItem.contact_id == contact_id, OutboxItem.kind == SEND, OutboxItem.status == "pending")
+        select(OutboxItem).where(
+            OutboxItem.contact_id == contact_id, OutboxItem.kind == SEND, OutboxItem.status == OutboxStatus.PENDING
+        )
     ).all()
     for item in pending:
-        item.status = "cancelled"
+        item.status = OutboxStatus.CANCELLED
         item.last_error = reason
-        if item.message_id is not None:
-            message = session.get(Message, item.message_id)
-            if message is not None:
-                message.delivery = "failed"
+        _show(session, item, ReplyDelivery.FAILED)
 
 
-def provider_ref(keyring: Keyring, channel: str, provider_message_id: str) -> str:
-    return keyring.keyed_hash("provider-message", f"{channel}:{provider_message_id}")[1]
+def _show(session: Session, item: OutboxItem, delivery: ReplyDelivery, *, keep_reported: bool = False) -> None:
+    """Mirror what happened to a send on the thread entry it carries (if any)."""
+    if item.message_id is None:
+        return
+    message = session.get(Message, item.message_id)
+    if message is None or (keep_reported and message.delivery in REPORTED):
+        return
+    message.delivery = delivery
+
+
+def provider_ref(keyring: Keyring, channel: str, provider_message_id: str, version: int | None = None) -> str:
+    """The keyed hash under which a sent message's provider id is remembered (for status reports)."""
+    return keyring.keyed_hash("provider-message", f"{channel}:{provider_message_id}", version)[1]
 
 
 def record_status(
-    factory: sessionmaker[Session], keyring: Keyring, channel: Channel, provider_message_id: str,
-    status: str, error_code: str | None, *, delete_delay: dt.timedelta | None, now: dt.datetime | None = None,
+    ctx: ServiceContext,
+    channel: Channel,
+    provider_message_id: str,
+    status: DeliveryStatus,
+    error_code: str | None,
+    *,
+    recipient_gone: ErasedReason | None = None,
+    delete_delay: dt.timedelta | None,
 ) -> bool:
-    """Record a provider's delivery report for one of our messages. False if we never sent it."""
-    now = now or utcnow()
-    refs = [keyring.keyed_hash("provider-message", f"{channel.name}:{provider_message_id}", v)[1] for v in keyring.pseudonym_versions()]
-    with factory.begin() as session:
-        item = session.scalars(select(OutboxItem).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND)).first()
+    """Record a provider's delivery report for one of our messages. False if we never sent it.
+
+    The report goes into its own column (`provider_status`): the dispatcher's lifecycle in `status`
+    stays what it was. Once the report is final, the provider's copy is queued for deletion.
+    """
+    keyring = ctx.keyring
+    now = ctx.now()
+    refs = [provider_ref(keyring, channel.name, provider_message_id, v) for v in keyring.pseudonym_versions()]
+    with ctx.factory.begin() as session:
+        item = session.scalars(
+            select(OutboxItem).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND)
+        ).first()
         if item is None:
             return False
-        if item.status in FINAL_DELIVERY and status not in FINAL_DELIVERY:
+        known = DeliveryStatus(item.provider_status) if item.provider_status else None
+        if known is not None and known.final and not status.final:
             return True  # a late "sent" after "delivered": keep the final word
-        item.status = status
+        item.provider_status = status
         item.last_error = error_code
-        if item.message_id is not None:
-            message = session.get(Message, item.message_id)
-            if message is not None:
-                message.delivery = status
+        _show(session, item, status.shown)
         contact = session.get(Contact, item.contact_id)
-        if contact is not None and error_code == "21610":  # the number opted out at the carrier
-            recipient_gone(session, contact, "stop")
-        if contact is not None and status in FINAL_DELIVERY and delete_delay is not None and channel.deletes_provider_copies:
-            enqueue_delete(session, contact, records.contact_dek(keyring, contact), provider_message_id, now + delete_delay)
+        if contact is not None and recipient_gone is not None:
+            mark_recipient_gone(session, contact, recipient_gone)
+        if contact is not None and status.final and delete_delay is not None and channel.deletes_provider_copies:
+            enqueue_delete(
+                session, contact, records.contact_dek(keyring, contact), provider_message_id, now + delete_delay
+            )
     return True
 
 
@@ -129,7 +171,7 @@ def retry_delay(error: ChannelError, attempts: int, cap: dt.timedelta) -> dt.tim
     return min(delay, cap)
 
 
-def recipient_gone(session: Session, contact: Contact, reason: str) -> None:
+def mark_recipient_gone(session: Session, contact: Contact, reason: ErasedReason) -> None:
     """The tipster can never be written to again (opted out at the carrier, blocked the bot)."""
     contact.opted_out = True
     records.erase_address(contact, reason)
@@ -140,15 +182,18 @@ class Dispatcher:
     """Performs due outbox rows through the channels, with retries and backoff."""
 
     def __init__(
-        self, factory: sessionmaker[Session], keys: KeyStore, channels: Mapping[str, Channel],
-        clock: Callable[[], dt.datetime] = utcnow, batch: int = 20,
-        maintenance: Callable[[], object] | None = None, maintenance_interval: float = 60.0,
-        background: Callable[[], int] | None = None, media: Callable[[], int] | None = None,
+        self,
+        ctx: ServiceContext,
+        channels: Mapping[str, Channel],
+        batch: int = 20,
+        maintenance: Callable[[], object] | None = None,
+        maintenance_interval: float = 60.0,
+        background: Callable[[], int] | None = None,
+        media: Callable[[], int] | None = None,
     ):
-        self.factory = factory
-        self.keys = keys
+        self.ctx = ctx
+        self.clock = ctx.clock  # tests move time forward here
         self.channels = dict(channels)
-        self.clock = clock
         self.batch = batch
         self.maintenance = maintenance
         self.maintenance_interval = maintenance_interval
@@ -162,12 +207,14 @@ class Dispatcher:
     def _claim(self) -> list[str]:
         now = self.clock()
         due = or_(
-            and_(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= now),
-            and_(OutboxItem.status == "sending", OutboxItem.lease_until < now),  # a dispatcher died
+            and_(OutboxItem.status == OutboxStatus.PENDING, OutboxItem.next_attempt_at <= now),
+            and_(OutboxItem.status == OutboxStatus.CLAIMED, OutboxItem.lease_until < now),  # a dispatcher died
         )
         query = select(OutboxItem.id).where(due, OutboxItem.channel.in_(list(self.channels)))
         query = query.order_by(OutboxItem.next_attempt_at).limit(self.batch)
-        return claim_due(self.factory, OutboxItem, query, {"status": "sending", "lease_until": now + LEASE})
+        return claim_due(
+            self.ctx.factory, OutboxItem, query, {"status": OutboxStatus.CLAIMED, "lease_until": now + LEASE}
+        )
 
     def run_once(self) -> int:
         """Perform every due row once, then the due photo downloads; returns how many were attempted."""
@@ -182,54 +229,66 @@ class Dispatcher:
         except (crypto.IntegrityError, crypto.MissingKeyError) as error:
             # A row that cannot be opened will never open: say so loudly, keep the others going.
             log.error("outbox %s cannot be decrypted: %s", item_id[:8], type(error).__name__)
-            self._finish(item_id, "failed", "integrity")
+            self._finish(item_id, OutboxStatus.FAILED, "integrity")
             return
-        if loaded is None:
-            return
-        self._deliver(item_id, *loaded)
+        if loaded is not None:
+            self._deliver(loaded)
 
-    def _load(self, item_id: str) -> tuple[str, str, str | None, str | None] | None:
-        keyring = self.keys.keyring
-        with self.factory() as session:
+    def _load(self, item_id: str) -> _Loaded | None:
+        keyring = self.ctx.keyring
+        with self.ctx.factory() as session:
             item = session.get(OutboxItem, item_id)
-            if item is None or item.status != "sending":
+            if item is None or item.status != OutboxStatus.CLAIMED:
                 return None
             contact = session.get(Contact, item.contact_id)
-            kind, channel_name = item.kind, item.channel
             contact_key = records.contact_dek(keyring, contact) if contact is not None else None
-            payload = crypto.open_sealed(contact_key, item.payload_ct, _payload_aad(item.id)).decode() if contact_key else None
-            address = records.read_address(contact, contact_key) if contact is not None and contact_key else None
-            if contact is not None and contact.opted_out:
-                address = None
+            payload = None
+            if contact_key is not None:
+                payload = records.OUTBOX_PAYLOAD.open(contact_key, item.id, item.payload_ct).decode()
+            address = None
+            if contact is not None and contact_key is not None and not contact.opted_out:
+                address = records.read_address(contact, contact_key)
+            loaded = _Loaded(item.id, OutboxKind(item.kind), item.channel, payload, address)
             session.rollback()
-        return kind, channel_name, payload, address
+        return loaded
 
-    def _deliver(self, item_id: str, kind: str, channel_name: str, payload: str | None, address: str | None) -> None:
-        keyring = self.keys.keyring
-        channel = self.channels[channel_name]
-        if payload is None:
-            self._finish(item_id, "cancelled", "no_contact")
+    def _deliver(self, job: _Loaded) -> None:
+        channel = self.channels[job.channel]
+        if job.payload is None:
+            self._finish(job.item_id, OutboxStatus.CANCELLED, "no_contact")
             return
         try:
-            if kind == SEND:
-                if address is None:
-                    self._finish(item_id, "cancelled", "no_address")
-                    return
-                text, keyboard = send_payload(payload)
-                sent = channel.send(address, text, keyboard)
-                ref = provider_ref(keyring, channel_name, sent.provider_message_id) if sent.provider_message_id else None
-                self._finish(item_id, "sent", None, provider=ref)
+            if job.kind is SEND:
+                self._send(channel, job)
             else:
-                channel.delete(payload)
-                self._finish(item_id, "done", None)
+                channel.delete(job.payload)
+                self._finish(job.item_id, OutboxStatus.DONE, None)
         except ChannelError as error:
-            self._failed(item_id, error)
+            self._failed(job.item_id, error)
         except Exception as error:  # noqa: BLE001 - a bug or network fault must not lose the row
-            log.warning("outbox %s %s via %s failed unexpectedly: %s", kind, item_id[:8], channel_name, type(error).__name__)
-            self._failed(item_id, ChannelError(type(error).__name__, permanent=False))
+            log.warning(
+                "outbox %s %s via %s failed unexpectedly: %s",
+                job.kind,
+                job.item_id[:8],
+                job.channel,
+                type(error).__name__,
+            )
+            self._failed(job.item_id, ChannelError(type(error).__name__, permanent=False))
 
-    def _finish(self, item_id: str, status: str, error: str | None, provider: str | None = None) -> None:
-        with self.factory.begin() as session:
+    def _send(self, channel: Channel, job: _Loaded) -> None:
+        assert job.payload is not None
+        if job.address is None:
+            self._finish(job.item_id, OutboxStatus.CANCELLED, "no_address")
+            return
+        text, keyboard = send_payload(job.payload)
+        sent = channel.send(job.address, text, keyboard)
+        ref = (
+            provider_ref(self.ctx.keyring, job.channel, sent.provider_message_id) if sent.provider_message_id else None
+        )
+        self._finish(job.item_id, OutboxStatus.SENT, None, provider=ref)
+
+    def _finish(self, item_id: str, status: OutboxStatus, error: str | None, provider: str | None = None) -> None:
+        with self.ctx.factory.begin() as session:
             item = session.get(OutboxItem, item_id)
             if item is None:
                 return
@@ -239,41 +298,40 @@ class Dispatcher:
             item.attempts += 1
             if provider:
                 item.provider_ref = provider
-            if item.kind == DELETE and status == "done":
+            if item.kind == DELETE and status is OutboxStatus.DONE:
                 item.payload_ct = b""  # the provider id is no longer needed anywhere
-            if item.message_id is not None:
-                message = session.get(Message, item.message_id)
-                if message is not None and message.delivery not in FINAL_DELIVERY:
-                    message.delivery = "sent" if status == "sent" else "failed"
+            shown = ReplyDelivery.SENT if status is OutboxStatus.SENT else ReplyDelivery.FAILED
+            _show(session, item, shown, keep_reported=True)
         log.info("outbox %s %s: %s", item_id[:8], status, error or "ok")
 
     def _failed(self, item_id: str, error: ChannelError) -> None:
         now = self.clock()
-        with self.factory.begin() as session:
+        with self.ctx.factory.begin() as session:
             item = session.get(OutboxItem, item_id)
             if item is None:
                 return
             item.attempts += 1
             item.lease_until = None
             item.last_error = error.code
-            give_up = error.permanent or item.attempts >= MAX_ATTEMPTS[item.kind]
-            if item.kind == DELETE and error.code in ("20404", "404"):
-                item.status, item.payload_ct = "done", b""  # already gone at the provider
+            give_up = error.permanent or item.attempts >= MAX_ATTEMPTS[OutboxKind(item.kind)]
+            if item.kind == DELETE and error.missing:
+                item.status, item.payload_ct = OutboxStatus.DONE, b""  # already gone at the provider
                 give_up = False
             elif give_up:
-                item.status = "failed"
-                if item.message_id is not None:
-                    message = session.get(Message, item.message_id)
-                    if message is not None:
-                        message.delivery = "failed"
-                if error.recipient_gone:
-                    contact = session.get(Contact, item.contact_id)
-                    if contact is not None:
-                        recipient_gone(session, contact, "stop" if error.code == "21610" else "blocked")
+                self._give_up(session, item, error)
             else:
-                item.status = "pending"
-                item.next_attempt_at = now + retry_delay(error, item.attempts, BACKOFF_CAP[item.kind])
+                item.status = OutboxStatus.PENDING
+                item.next_attempt_at = now + retry_delay(error, item.attempts, BACKOFF_CAP[OutboxKind(item.kind)])
         log.info("outbox %s attempt failed with %s%s", item_id[:8], error.code, " (giving up)" if give_up else "")
+
+    @staticmethod
+    def _give_up(session: Session, item: OutboxItem, error: ChannelError) -> None:
+        item.status = OutboxStatus.FAILED
+        _show(session, item, ReplyDelivery.FAILED)
+        if error.recipient_gone is not None:
+            contact = session.get(Contact, item.contact_id)
+            if contact is not None:
+                mark_recipient_gone(session, contact, error.recipient_gone)
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
         """The dispatcher loop: work while there is work, otherwise wait for a wake-up or the interval."""
@@ -291,4 +349,14 @@ class Dispatcher:
                 worked = 0
             if not worked:
                 self._wake.wait(interval)
-                self._wake.clear()
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """An outbox row opened for delivery, outside any transaction."""
+
+    item_id: str
+    kind: OutboxKind
+    channel: str
+    payload: str | None  # None: the contact is gone, so is the key that sealed it
+    address: str | None  # None: opted out or erased

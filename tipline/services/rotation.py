@@ -21,24 +21,27 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline.services import attachments, audit
-from tipline.core import crypto
-from tipline.storage import records
 from tipline.config import Settings
+from tipline.core import crypto
+from tipline.core.vocabulary import KeyPurpose, RotationStatus
+from tipline.services import attachments, audit
+from tipline.services.context import ServiceContext
+from tipline.storage import records
 from tipline.storage.db import read_only
-from tipline.storage.keystore import KeyStore, KeyStoreError, master_key_path, row_counts, write_secret_file
+from tipline.storage.keystore import KeyStoreError, master_key_path, row_counts, write_secret_file
 from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
 BATCH = 2000
 REENCRYPT_BATCH = 100
 _PG_KEYS_LOCK = 7_311_772
-ROTATABLE = (crypto.PURPOSE_TIPS, crypto.PURPOSE_CONTACTS, crypto.PURPOSE_PSEUDONYM, crypto.PURPOSE_ACCOUNTS, crypto.PURPOSE_AUDIT)
+ROTATABLE = (KeyPurpose.TIPS, KeyPurpose.CONTACTS, KeyPurpose.PSEUDONYM, KeyPurpose.ACCOUNTS, KeyPurpose.AUDIT)
 
 
 class RotationError(Exception):
@@ -52,13 +55,13 @@ def _lock(session: Session) -> None:
 
 def _pending(purpose: str, version: int):  # type: ignore[no-untyped-def]
     """The rows of `purpose` not yet on `version`."""
-    if purpose == crypto.PURPOSE_TIPS:
+    if purpose == KeyPurpose.TIPS:
         return Tip, Tip.kek_version != version
-    if purpose == crypto.PURPOSE_CONTACTS:
+    if purpose == KeyPurpose.CONTACTS:
         return Contact, Contact.kek_version != version
-    if purpose == crypto.PURPOSE_PSEUDONYM:
+    if purpose == KeyPurpose.PSEUDONYM:
         return Contact, and_(Contact.pseudonym.is_not(None), Contact.pseudonym_version != version)
-    if purpose == crypto.PURPOSE_ACCOUNTS:
+    if purpose == KeyPurpose.ACCOUNTS:
         return User, and_(User.totp_secret_ct.is_not(None), User.totp_kek_version != version)
     return None, None
 
@@ -76,43 +79,59 @@ def add_version(session: Session, master: bytes, purpose: str) -> int:
     current = session.scalar(select(func.max(KeyVersion.version)).where(KeyVersion.purpose == purpose)) or 0
     version = current + 1
     session.execute(update(KeyVersion).where(KeyVersion.purpose == purpose).values(is_primary=False))
-    session.add(KeyVersion(
-        purpose=purpose, version=version, wrapped_key=crypto.wrap_kek(master, purpose, version, crypto.new_key()),
-        is_primary=True, created_at=utcnow(),
-    ))
+    session.add(
+        KeyVersion(
+            purpose=purpose,
+            version=version,
+            wrapped_key=crypto.wrap_kek(master, purpose, version, crypto.new_key()),
+            is_primary=True,
+            created_at=utcnow(),
+        )
+    )
     return version
 
 
-def start(
-    factory: sessionmaker[Session], keys: KeyStore, master: bytes, purpose: str, reencrypt: bool = False,
-    actor: str | None = None,
-) -> int:
+def start(ctx: ServiceContext, master: bytes, purpose: str, reencrypt: bool = False, actor: str | None = None) -> int:
     """Begin a rotation of `purpose`, or return the unfinished one it would repeat. Returns its id."""
     if purpose not in ROTATABLE:
         raise RotationError(f"unknown key purpose {purpose}")
-    if reencrypt and purpose not in (crypto.PURPOSE_TIPS, crypto.PURPOSE_CONTACTS):
+    if reencrypt and purpose not in (KeyPurpose.TIPS, KeyPurpose.CONTACTS):
         raise RotationError("--reencrypt applies to tips and contacts (other purposes hold no data keys)")
-    keyring = keys.keyring
-    with factory.begin() as session:
+    keyring = ctx.keyring
+    with ctx.factory.begin() as session:
         _lock(session)
         running = session.scalars(
-            select(KeyRotation).where(KeyRotation.purpose == purpose, KeyRotation.status == "running")
+            select(KeyRotation).where(KeyRotation.purpose == purpose, KeyRotation.status == RotationStatus.RUNNING)
         ).first()
         if running is not None and (running.reencrypt or not reencrypt):
             return running.id  # resume: never mint another version over an unfinished rotation
         if running is not None:
-            running.status = "superseded"  # a re-encryption covers every row the re-wrap had left
+            running.status = RotationStatus.SUPERSEDED  # a re-encryption covers every row the re-wrap had left
         version = add_version(session, master, purpose)
         rotation = KeyRotation(
-            purpose=purpose, to_version=version, reencrypt=reencrypt, status="running", requested_by=actor,
-            rows_total=remaining(session, purpose, version), rows_done=0, unlinked=0, started_at=utcnow(),
+            purpose=purpose,
+            to_version=version,
+            reencrypt=reencrypt,
+            status=RotationStatus.RUNNING,
+            requested_by=actor,
+            rows_total=remaining(session, purpose, version),
+            rows_done=0,
+            unlinked=0,
+            started_at=utcnow(),
         )
         session.add(rotation)
         session.flush()
-        audit.record(session, keyring, "keys.rotate", actor=actor, object_type="key", object_id=purpose,
-                     detail={"to_version": version, "reencrypt": reencrypt, "rows": rotation.rows_total})
+        audit.record(
+            session,
+            keyring,
+            "keys.rotate",
+            actor=actor,
+            object_type="key",
+            object_id=purpose,
+            detail={"to_version": version, "reencrypt": reencrypt, "rows": rotation.rows_total},
+        )
         rotation_id = rotation.id
-    keys.reload()
+    ctx.keys.reload()
     return rotation_id
 
 
@@ -123,18 +142,18 @@ class Step:
     finished: bool
 
 
-def step(factory: sessionmaker[Session], keys: KeyStore, rotation_id: int, cursor: object = None) -> Step:
+def step(ctx: ServiceContext, rotation_id: int, cursor: object = None) -> Step:
     """Move one batch of rows to the rotation's version; `cursor` is the last row id handled."""
-    keyring = keys.keyring
-    with factory.begin() as session:
+    keyring = ctx.keyring
+    with ctx.factory.begin() as session:
         rotation = session.get(KeyRotation, rotation_id)
-        if rotation is None or rotation.status != "running":
+        if rotation is None or rotation.status != RotationStatus.RUNNING:
             return Step(0, cursor, True)
         purpose, version = rotation.purpose, rotation.to_version
         model, condition = _pending(purpose, version)
         if model is None:
             moved, last = 0, None
-        elif purpose in (crypto.PURPOSE_TIPS, crypto.PURPOSE_CONTACTS) and not rotation.reencrypt:
+        elif purpose in (KeyPurpose.TIPS, KeyPurpose.CONTACTS) and not rotation.reencrypt:
             moved, last = _rewrap_batch(session, keyring, purpose, version, cursor)
         else:
             query = select(model).where(condition)
@@ -154,23 +173,32 @@ def step(factory: sessionmaker[Session], keys: KeyStore, rotation_id: int, curso
         # primary would be behind the cursor: finish only when none is left anywhere.
         if remaining(session, purpose, version):
             return Step(moved, None, False)
-        rotation.status = "done"
+        rotation.status = RotationStatus.DONE
         rotation.finished_at = utcnow()
-        audit.record(session, keyring, "keys.rotate_done", actor=rotation.requested_by, object_type="key", object_id=purpose,
-                     detail={"to_version": version, "rows": rotation.rows_done, "unlinked": rotation.unlinked})
+        audit.record(
+            session,
+            keyring,
+            "keys.rotate_done",
+            actor=rotation.requested_by,
+            object_type="key",
+            object_id=purpose,
+            detail={"to_version": version, "rows": rotation.rows_done, "unlinked": rotation.unlinked},
+        )
         return Step(moved, None, True)
 
 
 def run(
-    factory: sessionmaker[Session], keys: KeyStore, rotation_id: int,
-    progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+    ctx: ServiceContext,
+    rotation_id: int,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Run a rotation to the end (True) or until `should_stop` says so (False)."""
     cursor: object = None
     while True:
         if should_stop is not None and should_stop():
             return False
-        result = step(factory, keys, rotation_id, cursor)
+        result = step(ctx, rotation_id, cursor)
         if progress is not None and result.moved:
             progress(result.moved)
         if result.finished:
@@ -178,13 +206,13 @@ def run(
         cursor = result.cursor
 
 
-def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows: list) -> int:  # type: ignore[type-arg]
+def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows: Sequence[Any]) -> int:
     version = rotation.to_version
-    if rotation.purpose == crypto.PURPOSE_TIPS:
+    if rotation.purpose == KeyPurpose.TIPS:
         return sum(_reencrypt_tip(session, keyring, tip) for tip in rows)
-    if rotation.purpose == crypto.PURPOSE_CONTACTS:
+    if rotation.purpose == KeyPurpose.CONTACTS:
         return sum(_reencrypt_contact(session, keyring, contact) for contact in rows)
-    if rotation.purpose == crypto.PURPOSE_PSEUDONYM:
+    if rotation.purpose == KeyPurpose.PSEUDONYM:
         moved = 0
         for contact in rows:
             address = records.read_address(contact, records.contact_dek(keyring, contact))
@@ -196,11 +224,11 @@ def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows
             contact.pseudonym_version = version
             moved += 1
         return moved
-    if rotation.purpose == crypto.PURPOSE_ACCOUNTS:
+    if rotation.purpose == KeyPurpose.ACCOUNTS:
         for user in rows:
-            associated = crypto.aad("users", "totp", str(user.id))
-            secret = keyring.open_with(crypto.PURPOSE_ACCOUNTS, user.totp_kek_version, user.totp_secret_ct, associated)
-            user.totp_kek_version, user.totp_secret_ct = keyring.seal_with(crypto.PURPOSE_ACCOUNTS, secret, associated)
+            associated = records.USER_TOTP.aad(str(user.id))
+            secret = keyring.open_with(KeyPurpose.ACCOUNTS, user.totp_kek_version, user.totp_secret_ct, associated)
+            user.totp_kek_version, user.totp_secret_ct = keyring.seal_with(KeyPurpose.ACCOUNTS, secret, associated)
         return len(rows)
     return 0
 
@@ -208,19 +236,23 @@ def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows
 # The hot loop of a rotation. It talks to the driver directly: SQLAlchemy's per-row parameter
 # processing costs more than the cryptography. The statements are fixed text; only values are bound.
 _REWRAP_SQL = {
-    crypto.PURPOSE_TIPS: ("tips", "reference"),
-    crypto.PURPOSE_CONTACTS: ("contacts", "id"),
+    KeyPurpose.TIPS: ("tips", "reference"),
+    KeyPurpose.CONTACTS: ("contacts", "id"),
 }
 
 
-def _rewrap_batch(session: Session, keyring: crypto.Keyring, purpose: str, version: int, cursor: object) -> tuple[int, object]:
+def _rewrap_batch(
+    session: Session, keyring: crypto.Keyring, purpose: str, version: int, cursor: object
+) -> tuple[int, object]:
     """Re-wrap up to BATCH data keys after `cursor`, with compare-and-swap UPDATEs in one executemany."""
-    table, owner = _REWRAP_SQL[purpose]
+    table, owner = _REWRAP_SQL[KeyPurpose(purpose)]
     connection = session.connection()
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     after = f" AND id > {mark}" if cursor is not None else ""
-    select_sql = (f"SELECT id, {owner}, kek_version, wrapped_dek FROM {table} "
-                  f"WHERE kek_version != {mark}{after} ORDER BY id LIMIT {BATCH}")
+    select_sql = (
+        f"SELECT id, {owner}, kek_version, wrapped_dek FROM {table} "
+        f"WHERE kek_version != {mark}{after} ORDER BY id LIMIT {BATCH}"
+    )
     arguments = (version, cursor) if cursor is not None else (version,)
     rows = connection.exec_driver_sql(select_sql, arguments).all()
     if not rows:
@@ -246,12 +278,12 @@ def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
     messages = session.scalars(select(Message).where(Message.tip_id == tip.id)).all()
     bodies = [(m, records.read_message(tip, old, m)) for m in messages]
     new = crypto.new_key()
-    tip.kek_version, tip.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_TIPS, new, tip.reference)
+    tip.kek_version, tip.wrapped_dek = keyring.wrap_dek(KeyPurpose.TIPS, new, tip.reference)
     for name, value in fields.items():
         if value is not None:
             records.set_tip_field(tip, new, name, value)
     for message, body in bodies:
-        message.body_ct = crypto.seal(new, body.encode(), crypto.aad("messages", "body", f"{tip.reference}#{message.seq}"))
+        message.body_ct = records.MESSAGE_BODY.seal(new, f"{tip.reference}#{message.seq}", body.encode())
     for attachment in session.scalars(select(Attachment).where(Attachment.tip_id == tip.id)):
         attachments.reseal(attachment, old, new)
     return 1
@@ -260,47 +292,65 @@ def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
 def _reencrypt_contact(session: Session, keyring: crypto.Keyring, contact: Contact) -> int:
     old = records.contact_dek(keyring, contact)
     address = records.read_address(contact, old)
-    items = session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id, OutboxItem.payload_ct != b"")).all()
-    payloads = [(i, crypto.open_sealed(old, i.payload_ct, crypto.aad("outbox", "payload", i.id))) for i in items]
+    items = session.scalars(
+        select(OutboxItem).where(OutboxItem.contact_id == contact.id, OutboxItem.payload_ct != b"")
+    ).all()
+    payloads = [(i, records.OUTBOX_PAYLOAD.open(old, i.id, i.payload_ct)) for i in items]
     new = crypto.new_key()
-    contact.kek_version, contact.wrapped_dek = keyring.wrap_dek(crypto.PURPOSE_CONTACTS, new, contact.id)
+    contact.kek_version, contact.wrapped_dek = keyring.wrap_dek(KeyPurpose.CONTACTS, new, contact.id)
     if address is not None:
         reason = contact.erased_reason
         records.store_address(contact, new, address)
         contact.erased_reason = reason
     for item, payload in payloads:
-        item.payload_ct = crypto.seal(new, payload, crypto.aad("outbox", "payload", item.id))
+        item.payload_ct = records.OUTBOX_PAYLOAD.seal(new, item.id, payload)
     return 1
 
 
-def running(factory: sessionmaker[Session]) -> list[KeyRotation]:
-    with read_only(factory) as session:  # polled by the dispatcher: must never take the write lock
-        return list(session.scalars(select(KeyRotation).where(KeyRotation.status == "running").order_by(KeyRotation.id)))
+def running(ctx: ServiceContext) -> list[KeyRotation]:
+    with read_only(ctx.factory) as session:  # polled by the dispatcher: must never take the write lock
+        return list(
+            session.scalars(
+                select(KeyRotation).where(KeyRotation.status == RotationStatus.RUNNING).order_by(KeyRotation.id)
+            )
+        )
 
 
-def recent(factory: sessionmaker[Session], limit: int = 10) -> list[KeyRotation]:
-    with read_only(factory) as session:
+def recent(ctx: ServiceContext, limit: int = 10) -> list[KeyRotation]:
+    with read_only(ctx.factory) as session:
         return list(session.scalars(select(KeyRotation).order_by(KeyRotation.id.desc()).limit(limit)))
 
 
-def retire(factory: sessionmaker[Session], keys: KeyStore, purpose: str, version: int, actor: str | None = None) -> None:
+def retire(ctx: ServiceContext, purpose: str, version: int, actor: str | None = None) -> None:
     """Destroy a key version that nothing needs any more; refuse otherwise."""
-    keyring = keys.keyring
-    with factory.begin() as session:
+    keyring = ctx.keyring
+    with ctx.factory.begin() as session:
         _lock(session)
-        row = session.scalars(select(KeyVersion).where(KeyVersion.purpose == purpose, KeyVersion.version == version)).first()
+        row = session.scalars(
+            select(KeyVersion).where(KeyVersion.purpose == purpose, KeyVersion.version == version)
+        ).first()
         if row is None or row.retired_at is not None:
             raise RotationError(f"there is no live {purpose} key v{version}")
         if row.is_primary:
             raise RotationError(f"{purpose} v{version} is the primary key: rotate first")
         still = row_counts(session).get((purpose, version), 0)
         if still:
-            raise RotationError(f"{still} rows still need {purpose} v{version}: finish `tipline keys rotate --purpose {purpose}` first")
+            raise RotationError(
+                f"{still} rows still need {purpose} v{version}: finish `tipline keys rotate --purpose {purpose}` first"
+            )
         row.wrapped_key = b""  # the key is gone; the row stays as the record that it existed
         row.retired_at = utcnow()
-        audit.record(session, keyring, "keys.retire", actor=actor, object_type="key", object_id=purpose, detail={"version": version})
-    _checkpoint(factory)
-    keys.reload()
+        audit.record(
+            session,
+            keyring,
+            "keys.retire",
+            actor=actor,
+            object_type="key",
+            object_id=purpose,
+            detail={"version": version},
+        )
+    _checkpoint(ctx.factory)
+    ctx.keys.reload()
 
 
 def _checkpoint(factory: sessionmaker[Session]) -> None:
@@ -319,8 +369,7 @@ def _checkpoint(factory: sessionmaker[Session]) -> None:
 NEXT_SUFFIX = ".next"
 
 
-def rotate_master(settings: Settings, factory: sessionmaker[Session], keys: KeyStore, old: bytes, new: bytes,
-                  actor: str | None = None) -> int:
+def rotate_master(ctx: ServiceContext, old: bytes, new: bytes, actor: str | None = None) -> int:
     """Re-wrap every KEK under a new master key in one transaction; returns how many.
 
     With a master key file, the new key is first written beside it (`master.key.next`, fsynced),
@@ -329,21 +378,29 @@ def rotate_master(settings: Settings, factory: sessionmaker[Session], keys: KeyS
     """
     if old == new:
         raise RotationError("the new master key is the current one")
+    settings = ctx.settings
     path = master_key_path(settings) if settings.master_key is None else None
     if path is not None:
         pending = path.with_name(path.name + NEXT_SUFFIX)
         if pending.exists():
             pending.unlink()
         write_secret_file(pending, base64.b64encode(new) + b"\n")
-    keyring = keys.keyring
-    with factory.begin() as session:
+    keyring = ctx.keyring
+    with ctx.factory.begin() as session:
         _lock(session)
         rows = session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None))).all()
         for row in rows:
             kek = crypto.unwrap_kek(old, row.purpose, row.version, row.wrapped_key)
             row.wrapped_key = crypto.wrap_kek(new, row.purpose, row.version, kek)
-        audit.record(session, keyring, "keys.rotate_master", actor=actor, object_type="key", object_id="master",
-                     detail={"keys": len(rows)})
+        audit.record(
+            session,
+            keyring,
+            "keys.rotate_master",
+            actor=actor,
+            object_type="key",
+            object_id="master",
+            detail={"keys": len(rows)},
+        )
     if path is not None:
         os.replace(path.with_name(path.name + NEXT_SUFFIX), path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -351,7 +408,7 @@ def rotate_master(settings: Settings, factory: sessionmaker[Session], keys: KeyS
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    _checkpoint(factory)
+    _checkpoint(ctx.factory)
     return len(rows)
 
 
@@ -387,16 +444,23 @@ def recover_master(settings: Settings, factory: sessionmaker[Session]) -> str | 
     raise KeyStoreError("neither master.key nor master.key.next opens the keys in the database")
 
 
-def status_rows(factory: sessionmaker[Session]) -> list[dict[str, object]]:
+def status_rows(ctx: ServiceContext) -> list[dict[str, object]]:
     """`tipline keys status --json`: every version with its rows."""
     from tipline.storage.keystore import key_status
 
     out = []
-    for row in key_status(factory):
+    for row in key_status(ctx.factory):
         created = row["created_at"]
-        out.append({
-            "purpose": row["purpose"], "version": row["version"], "primary": row["primary"],
-            "created_at": created.replace(tzinfo=dt.UTC).isoformat() if isinstance(created, dt.datetime) else created,
-            "rows": row["rows"], "retired": row["retired"],
-        })
+        out.append(
+            {
+                "purpose": row["purpose"],
+                "version": row["version"],
+                "primary": row["primary"],
+                "created_at": created.replace(tzinfo=dt.UTC).isoformat()
+                if isinstance(created, dt.datetime)
+                else created,
+                "rows": row["rows"],
+                "retired": row["retired"],
+            }
+        )
     return out

@@ -18,7 +18,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, update
+from alembic.config import Config
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -105,9 +106,7 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.rollback()
 
 
-def claim_due(
-    factory: sessionmaker[Session], model: Any, query: Any, values: dict[str, object]
-) -> list[Any]:
+def claim_due(factory: sessionmaker[Session], model: Any, query: Any, values: dict[str, object]) -> list[Any]:
     """Lease the rows `query` (a select of `model.id`) finds: set `values` on them, return their ids.
 
     It looks first without the write lock, so an idle queue costs intake nothing; then, on
@@ -126,14 +125,17 @@ def claim_due(
         return ids
 
 
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE touched."""
+    return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0
+
+
 def is_postgres(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
-
+def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -202,8 +204,8 @@ class GroupCommitter:
                 future.set_exception(error)
             return
         log.debug("group commit: %d units in one transaction", len(batch))
-        for future, result, error in outcomes:
-            if error is None:
+        for future, result, failure in outcomes:
+            if failure is None:
                 future.set_result(result)
             else:
-                future.set_exception(error)
+                future.set_exception(failure)

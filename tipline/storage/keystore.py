@@ -15,8 +15,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tipline.core import crypto
 from tipline.config import Settings
+from tipline.core import crypto
+from tipline.core.vocabulary import KeyPurpose
 from tipline.storage.db import read_only
 from tipline.storage.models import Contact, KeyVersion, Tip
 
@@ -77,9 +78,11 @@ def ensure_keys(session: Session, master: bytes) -> list[str]:
         if purpose not in existing:
             kek = crypto.new_key()
             session.add(
-                KeyVersion(purpose=purpose, version=1, wrapped_key=crypto.wrap_kek(master, purpose, 1, kek), is_primary=True)
+                KeyVersion(
+                    purpose=purpose, version=1, wrapped_key=crypto.wrap_kek(master, purpose, 1, kek), is_primary=True
+                )
             )
-            created.append(purpose)
+            created.append(purpose.value)
     return created
 
 
@@ -91,7 +94,8 @@ def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
             keks[(row.purpose, row.version)] = crypto.unwrap_kek(master, row.purpose, row.version, row.wrapped_key)
         except crypto.IntegrityError:
             raise KeyStoreError(
-                f"the master key does not open the {row.purpose} key v{row.version}: wrong TIPLINE_MASTER_KEY or master.key"
+                f"the master key does not open the {row.purpose} key v{row.version}: "
+                "wrong TIPLINE_MASTER_KEY or master.key"
             ) from None
         if row.is_primary:
             primary[row.purpose] = row.version
@@ -154,9 +158,9 @@ class KeyStore:
 
 
 def _fingerprint(session: Session) -> tuple[tuple[object, ...], ...]:
-    return tuple(tuple(r) for r in session.execute(
-        select(KeyVersion.id, KeyVersion.is_primary).order_by(KeyVersion.id)
-    ).all())
+    return tuple(
+        tuple(r) for r in session.execute(select(KeyVersion.id, KeyVersion.is_primary).order_by(KeyVersion.id)).all()
+    )
 
 
 def row_counts(session: Session) -> dict[tuple[str, int], int]:
@@ -165,17 +169,18 @@ def row_counts(session: Session) -> dict[tuple[str, int], int]:
 
     counts: dict[tuple[str, int], int] = {}
     for purpose, column, where in (
-        (crypto.PURPOSE_TIPS, Tip.kek_version, None),
-        (crypto.PURPOSE_CONTACTS, Contact.kek_version, None),
-        (crypto.PURPOSE_PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
-        (crypto.PURPOSE_ACCOUNTS, User.totp_kek_version, User.totp_secret_ct.is_not(None)),
-        (crypto.PURPOSE_AUDIT, AuditEntry.key_version, None),
+        (KeyPurpose.TIPS, Tip.kek_version, None),
+        (KeyPurpose.CONTACTS, Contact.kek_version, None),
+        (KeyPurpose.PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
+        (KeyPurpose.ACCOUNTS, User.totp_kek_version, User.totp_secret_ct.is_not(None)),
+        (KeyPurpose.AUDIT, AuditEntry.key_version, None),
     ):
         query = select(column, func.count()).group_by(column)
         if where is not None:
             query = query.where(where)
         for version, count in session.execute(query):
-            counts[(purpose, version)] = count
+            if version is not None:
+                counts[(purpose.value, version)] = count
     return counts
 
 
@@ -186,8 +191,11 @@ def key_status(factory: sessionmaker[Session]) -> list[dict[str, object]]:
         rows = session.scalars(select(KeyVersion).order_by(KeyVersion.purpose, KeyVersion.version)).all()
         return [
             {
-                "purpose": row.purpose, "version": row.version, "primary": row.is_primary,
-                "created_at": row.created_at, "retired": row.retired_at is not None,
+                "purpose": row.purpose,
+                "version": row.version,
+                "primary": row.is_primary,
+                "created_at": row.created_at,
+                "retired": row.retired_at is not None,
                 "rows": counts.get((row.purpose, row.version), 0),
             }
             for row in rows

@@ -18,9 +18,12 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tipline.core.vocabulary import OutboxStatus, TipStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -28,6 +31,13 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table behind a model, for the hot path's plain INSERTs (no unit-of-work bookkeeping)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Base(DeclarativeBase):
@@ -104,12 +114,14 @@ class Tip(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     reference: Mapped[str] = mapped_column(String(12), unique=True, comment="random, e.g. T-7K3Q9X")
-    alias: Mapped[str] = mapped_column(String(4), comment="random, shown as 'Tipster 4F2A'; says nothing about the sender")
+    alias: Mapped[str] = mapped_column(
+        String(4), comment="random, shown as 'Tipster 4F2A'; says nothing about the sender"
+    )
     contact_id: Mapped[str | None] = mapped_column(
         ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True, index=True
     )
     channel: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="draft")
+    status: Mapped[str] = mapped_column(String(16), default=TipStatus.DRAFT.value)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     category: Mapped[str | None] = mapped_column(String(32), nullable=True)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
@@ -137,7 +149,9 @@ class Message(Base):
     kind: Mapped[str] = mapped_column(String(8))
     body_ct: Mapped[bytes] = mapped_column(LargeBinary, comment="encrypted under the tip's data key")
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
-    delivery: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    delivery: Mapped[str | None] = mapped_column(
+        String(12), nullable=True, comment="for texts sent to the tipster: queued, sent, delivered, read or failed"
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
 
 
@@ -189,7 +203,12 @@ class OutboxItem(Base):
     contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
     payload_ct: Mapped[bytes] = mapped_column(LargeBinary, comment="encrypted under the contact's data key")
-    status: Mapped[str] = mapped_column(String(12), default="pending")
+    status: Mapped[str] = mapped_column(
+        String(12), default=OutboxStatus.PENDING.value, comment="the dispatcher's lifecycle (OutboxStatus)"
+    )
+    provider_status: Mapped[str | None] = mapped_column(
+        String(24), nullable=True, comment="the provider's last delivery report (DeliveryStatus), for sends"
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -261,7 +280,9 @@ class ConsoleSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime)
-    pending_totp_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, comment="encrypted, during enrolment")
+    pending_totp_ct: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, comment="encrypted, during enrolment"
+    )
 
 
 class AuditEntry(Base):
@@ -271,7 +292,9 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, comment="UTC, microseconds")
-    actor: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="console username, or NULL for the system")
+    actor: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, comment="console username, or NULL for the system"
+    )
     action: Mapped[str] = mapped_column(String(32))
     object_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
     object_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -279,4 +302,6 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(String(500), default="", comment="never tip content or tipster identifiers")
     key_version: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), comment="HMAC-SHA256 under the audit key over prev_hash and this entry")
+    hash: Mapped[str] = mapped_column(
+        String(64), comment="HMAC-SHA256 under the audit key over prev_hash and this entry"
+    )

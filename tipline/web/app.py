@@ -49,8 +49,10 @@ def create_app(runtime: Runtime) -> Flask:
     def http_error(error: HTTPException) -> tuple[Response, int]:
         # Plain, short, and never an echo of the request.
         code = error.code or 500
-        return Response(f"{code} {error.name}: {error.description}\n" if code < 500 else f"{code} {error.name}\n",
-                        content_type="text/plain; charset=utf-8"), code
+        return Response(
+            f"{code} {error.name}: {error.description}\n" if code < 500 else f"{code} {error.name}\n",
+            content_type="text/plain; charset=utf-8",
+        ), code
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:
@@ -58,8 +60,10 @@ def create_app(runtime: Runtime) -> Flask:
         frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
         where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
         app.logger.error("request failed: %s at %s", type(error).__name__, where)
-        return Response("500 Internal Server Error: nothing was acknowledged; the provider will retry.\n",
-                        content_type="text/plain; charset=utf-8"), 500
+        return Response(
+            "500 Internal Server Error: nothing was acknowledged; the provider will retry.\n",
+            content_type="text/plain; charset=utf-8",
+        ), 500
 
     @app.after_request
     def headers(response: Response) -> Response:

@@ -4,6 +4,7 @@ Every route declares who may use it (`@page(role=...)`); nothing is reachable wi
 server-side session that passed password and TOTP. Every POST carries a CSRF token tied to the
 session. Every page is sent with a strict Content-Security-Policy (no inline script) and
 `Cache-Control: no-store`. Pages show a tip's alias and channel, never anything about who sent it.
+The views parse the request and call the services (`review`, `auth`, `accounts`, `audit`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ import functools
 import io
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec
 from urllib.parse import urlencode
 
 import qrcode
 import qrcode.image.svg
-from flask import (
-    Blueprint, Response, abort, current_app, g, jsonify, make_response, redirect, render_template, request, url_for,
-)
+from flask import Blueprint, Response, abort, g, jsonify, make_response, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
-from tipline.services import audit, auth, review
-from tipline.services.auth import STAGE_ENROL, STAGE_FULL, STAGE_PASSWORD
+from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery, Role, TipStatus
+from tipline.services import accounts, audit, auth, review
+from tipline.services.auth import Stage
+from tipline.services.context import ServiceContext
 from tipline.storage.keystore import key_status
-from tipline.storage.models import User, utcnow
-from tipline.services.accounts import UserError, add_user, check_password, hasher, reset_2fa, set_disabled, unlock
+from tipline.storage.models import utcnow
+from tipline.web.context import current_runtime, sign_in_budget
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 COOKIE = "tipline_console"
@@ -44,30 +47,31 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
 )
+STAGE_PAGES = {Stage.ENROL: "console.enrol", Stage.PASSWORD: "console.password"}
+
+P = ParamSpec("P")
+View = Callable[P, ResponseReturnValue]
 
 
-def _attempts() -> auth.AttemptBudget:
-    """Sign-in attempts per client address, per app (counted before any password hashing)."""
-    return current_app.extensions.setdefault("tipline.sign_in_budget", auth.AttemptBudget(limit=20))
+def _ctx() -> ServiceContext:
+    return current_runtime().ctx
 
 
-def _runtime():  # type: ignore[no-untyped-def]
-    return current_app.extensions["tipline"]
+def _visit() -> auth.Visit:
+    """The signed-in session of this request (set by `page`)."""
+    visit = g.get("visit")
+    assert isinstance(visit, auth.Visit)
+    return visit
 
 
-def _policy() -> auth.Policy:
-    settings = _runtime().settings
-    return auth.Policy(
-        idle=dt.timedelta(minutes=settings.console_idle_minutes),
-        lifetime=dt.timedelta(hours=settings.console_session_hours),
-        lock=dt.timedelta(minutes=settings.console_lock_minutes),
-    )
-
-
-def _set_cookie(response: Response, name: str, value: str) -> None:
+def _set_cookie(response: BaseResponse, name: str, value: str) -> None:
     response.set_cookie(
-        name, value, httponly=True, samesite="Strict", path="/console",
-        secure=_runtime().settings.public_url.startswith("https://"),
+        name,
+        value,
+        httponly=True,
+        samesite="Strict",
+        path="/console",
+        secure=current_runtime().settings.public_url.startswith("https://"),
     )
 
 
@@ -75,36 +79,51 @@ def _wants_json() -> bool:
     return request.path.startswith("/console/api/")
 
 
-def page(role: str | None = None, stage: str = STAGE_FULL, touch: bool = True) -> Callable[..., Any]:
-    """Guard a route: a live session at `stage`, holding `role`; CSRF checked on POST."""
+def _home(roles: frozenset[Role]) -> str:
+    """Where a fully signed-in person starts: the tips, or account management for admins only."""
+    return url_for("console.tips") if Role.DETECTIVE in roles else url_for("console.admin_users")
 
-    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+
+def _next_page(stage: Stage, roles: frozenset[Role]) -> str:
+    """Where a session at `stage` goes next: the sign-in step it still lacks, or home."""
+    return url_for(STAGE_PAGES[stage]) if stage in STAGE_PAGES else _home(roles)
+
+
+def _not_there_yet(token: str | None, visit: auth.Visit | None) -> ResponseReturnValue:
+    """The answer to a request without a session (`visit` None) or whose session is at another stage:
+    a 401 for the live-update API, otherwise a redirect to where the person should be."""
+    if visit is None:
+        if _wants_json():
+            return jsonify(error="signed out"), 401
+        return redirect(url_for("console.login", expired=1) if token is not None else url_for("console.login"))
+    if _wants_json():
+        return jsonify(error="sign-in not complete"), 401
+    return redirect(_next_page(visit.stage, visit.roles))
+
+
+def page(role: Role | None = None, stage: Stage = Stage.FULL, touch: bool = True) -> Callable[[View[P]], View[P]]:
+    """Guard a route: a live session at `stage`, holding `role`; CSRF checked on POST.
+
+    `touch=False` for polling routes, so that live updates do not keep an idle session alive.
+    """
+
+    def decorate(view: View[P]) -> View[P]:
         @functools.wraps(view)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            runtime = _runtime()
-            with runtime.factory.begin() as session:
-                loaded = auth.load_session(session, request.cookies.get(COOKIE), _policy(), touch=touch)
-                if loaded is not None:
-                    record, user = loaded
-                    g.user_id, g.username, g.roles = user.id, user.username, user.role_set
-                    g.stage, g.csrf_token, g.session_id = record.stage, record.csrf_token, record.id
-            if loaded is None:
-                if _wants_json():
-                    return jsonify(error="signed out"), 401
-                expired = request.cookies.get(COOKIE) is not None
-                return redirect(url_for("console.login", expired=1) if expired else url_for("console.login"))
-            if g.stage != stage:
-                if _wants_json():
-                    return jsonify(error="sign-in not complete"), 401
-                stage_pages = {STAGE_ENROL: url_for("console.enrol"), STAGE_PASSWORD: url_for("console.password")}
-                return redirect(stage_pages.get(g.stage, _home(g.roles)))
-            if request.method == "POST" and not secrets.compare_digest(request.form.get("csrf_token", ""), g.csrf_token):
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            token = request.cookies.get(COOKIE)
+            visit = auth.resume(_ctx(), token, touch=touch)
+            if visit is None or visit.stage != stage:
+                return _not_there_yet(token, visit)
+            g.visit = visit
+            if request.method == "POST" and not secrets.compare_digest(
+                request.form.get("csrf_token", ""), visit.csrf_token
+            ):
                 abort(400, "The form expired or did not come from this console. Go back, reload and try again.")
-            if role is not None and role not in g.roles:
+            if role is not None and role not in visit.roles:
                 abort(403)
             return view(*args, **kwargs)
 
-        guarded.console_role = role  # type: ignore[attr-defined]
+        guarded.console_role = role  # type: ignore[attr-defined]  # read by the tests: every route declares one
         return guarded
 
     return decorate
@@ -136,19 +155,31 @@ def _age(moment: dt.datetime | None) -> str:
 
 @bp.app_context_processor
 def _context() -> dict[str, Any]:
+    visit = g.get("visit")
     return {
-        "agency": _runtime().settings.agency_name,
+        "agency": current_runtime().settings.agency_name,
         "status_labels": review.STATUS_LABELS,
-        "me": getattr(g, "username", None),
-        "my_roles": getattr(g, "roles", frozenset()),
-        "csrf_token": getattr(g, "csrf_token", ""),
+        "me": visit.username if visit else None,
+        "my_roles": visit.roles if visit else frozenset(),
+        "csrf_token": visit.csrf_token if visit else "",
+        # The vocabulary, so that templates compare with its members rather than with bare strings.
+        "Role": Role,
+        "MessageKind": MessageKind,
+        "ReplyDelivery": ReplyDelivery,
+        "AttachmentStatus": AttachmentStatus,
     }
+
+
+@bp.errorhandler(auth.SessionEnded)
+def _session_ended(_: auth.SessionEnded) -> ResponseReturnValue:
+    return redirect(url_for("console.login"))
 
 
 # Signing in -------------------------------------------------------------------------------------
 
+
 @bp.get("/login")
-def login() -> Response:
+def login() -> ResponseReturnValue:
     token = secrets.token_urlsafe(24)
     notice = "Your session ended after a period of inactivity. Sign in again." if request.args.get("expired") else None
     response = make_response(render_template("console/login.html", login_csrf=token, notice=notice, error=None))
@@ -158,44 +189,32 @@ def login() -> Response:
 
 
 @bp.post("/login")
-def login_submit() -> Response | tuple[Response, int]:
-    runtime = _runtime()
-    keyring = runtime.keys.keyring
+def login_submit() -> ResponseReturnValue:
     sent = request.form.get("csrf_token", "")
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(sent, expected):
         abort(400, "The sign-in form expired. Reload the page and try again.")
     if request.form.get("ack") != "1":
         return _login_failed("Please confirm the notice about authorised use.", 400)
-    username = request.form.get("username", "")[:64]
-    if not _attempts().allow(request.remote_addr or "?"):
-        audit.log_event(runtime.factory, keyring, "auth.sign_in", outcome="refused", detail={"reason": "too many attempts"})
+    if not sign_in_budget().allow(request.remote_addr or "?"):
+        audit.log_event(_ctx(), "auth.sign_in", outcome="refused", detail={"reason": "too many attempts"})
         return _login_failed("Too many attempts. Wait a minute and try again.", 429)
-    with runtime.factory.begin() as session:
-        try:
-            user = auth.authenticate(
-                session, keyring, _policy(), username, request.form.get("password", "")[:1024], request.form.get("code", ""),
-            )
-        except auth.SignInFailed as failure:
-            # Commit the failure count (and lock) together with its audit entry.
-            known = failure.reason != "unknown user"
-            audit.record(session, keyring, "auth.sign_in", actor=username.strip().lower() if known else None,
-                         outcome="failed", detail={"reason": failure.reason})
-            token = None
-        else:
-            token, record = auth.start_session(session, user)
-            audit.record(session, keyring, "auth.sign_in", actor=user.username, outcome="ok")
-            stage, roles = record.stage, user.role_set
-    if token is None:
+    try:
+        signed_in = auth.sign_in(
+            _ctx(),
+            request.form.get("username", "")[:64],
+            request.form.get("password", "")[:1024],
+            request.form.get("code", ""),
+        )
+    except auth.SignInFailed:
         return _login_failed(auth.SIGN_IN_FAILED, 401)
-    target = {STAGE_ENROL: url_for("console.enrol"), STAGE_PASSWORD: url_for("console.password")}.get(stage, _home(roles))
-    response = redirect(target)
-    _set_cookie(response, COOKIE, token)  # a fresh token at every sign-in: no session fixation
+    response = redirect(_next_page(signed_in.visit.stage, signed_in.visit.roles))
+    _set_cookie(response, COOKIE, signed_in.token)  # a fresh token at every sign-in: no session fixation
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/console")
     return response
 
 
-def _login_failed(message: str, status: int) -> tuple[Response, int]:
+def _login_failed(message: str, status: int) -> ResponseReturnValue:
     token = secrets.token_urlsafe(24)
     response = make_response(render_template("console/login.html", login_csrf=token, notice=None, error=message))
     _set_cookie(response, LOGIN_CSRF_COOKIE, token)
@@ -207,89 +226,51 @@ def _qr_svg(data: str) -> Markup:
     buffer = io.BytesIO()
     image.save(buffer)
     svg = buffer.getvalue().decode()
-    return Markup(svg[svg.index("<svg"):])  # our own generated markup: no user input inside
+    return Markup(svg[svg.index("<svg") :])  # our own generated markup: no user input inside
 
 
 @bp.get("/enrol")
-@page(stage=STAGE_ENROL)
-def enrol() -> str:
-    runtime = _runtime()
-    with runtime.factory.begin() as session:
-        record = session.get(auth.ConsoleSession, g.session_id)
-        secret = auth.pending_secret(runtime.keys.keyring, record)
-    uri = auth.provisioning_uri(secret, g.username, runtime.settings.agency_name)
-    return render_template("console/enrol.html", secret=secret, qr=_qr_svg(uri), error=request.args.get("error"))
+@page(stage=Stage.ENROL)
+def enrol() -> ResponseReturnValue:
+    enrolment = auth.enrolment(_ctx(), _visit())
+    return render_template(
+        "console/enrol.html", secret=enrolment.secret, qr=_qr_svg(enrolment.uri), error=request.args.get("error")
+    )
 
 
 @bp.post("/enrol")
-@page(stage=STAGE_ENROL)
-def enrol_submit() -> Response:
-    runtime = _runtime()
-    keyring = runtime.keys.keyring
-    with runtime.factory.begin() as session:
-        record = session.get(auth.ConsoleSession, g.session_id)
-        user = session.get(User, g.user_id)
-        ok = auth.complete_enrolment(keyring, record, user, request.form.get("code", ""))
-        audit.record(session, keyring, "auth.enrol_totp", actor=g.username, outcome="ok" if ok else "failed")
-        stage = record.stage
-    if not ok:
+@page(stage=Stage.ENROL)
+def enrol_submit() -> ResponseReturnValue:
+    visit = _visit()
+    stage = auth.enrol(_ctx(), visit, request.form.get("code", ""))
+    if stage is None:
         return redirect(url_for("console.enrol", error=1))
-    return redirect(url_for("console.password") if stage == STAGE_PASSWORD else _home(g.roles))
+    return redirect(_next_page(stage, visit.roles))
 
 
 @bp.get("/password")
-@page(stage=STAGE_PASSWORD)
-def password() -> str:
+@page(stage=Stage.PASSWORD)
+def password() -> ResponseReturnValue:
     return render_template("console/password.html", error=None)
 
 
 @bp.post("/password")
-@page(stage=STAGE_PASSWORD)
-def password_submit() -> Response | tuple[str, int]:
-    runtime = _runtime()
-    new, again = request.form.get("new_password", ""), request.form.get("new_password_again", "")
+@page(stage=Stage.PASSWORD)
+def password_submit() -> ResponseReturnValue:
+    visit = _visit()
     try:
-        check_password(new)
-        if new != again:
-            raise UserError("the two passwords differ")
-    except UserError as error:
+        auth.change_password(
+            _ctx(), visit, request.form.get("new_password", ""), request.form.get("new_password_again", "")
+        )
+    except accounts.UserError as error:
         return render_template("console/password.html", error=str(error).capitalize() + "."), 400
-    with runtime.factory.begin() as session:
-        user = session.get(User, g.user_id)
-        if _same(user.password_hash, new):
-            return render_template("console/password.html", error="Choose a password you have not used here."), 400
-        user.password_hash = hasher.hash(new)
-        user.must_change_password = False
-        record = session.get(auth.ConsoleSession, g.session_id)
-        auth.advance(record, user)
-        audit.record(session, runtime.keys.keyring, "auth.password_change", actor=g.username)
-    return redirect(_home(g.roles))
-
-
-def _same(stored: str, candidate: str) -> bool:
-    try:
-        return bool(hasher.verify(stored, candidate))
-    except Exception:  # noqa: BLE001 - any mismatch
-        return False
-
-
-def _home(roles: frozenset[str]) -> str:
-    """Where a fully signed-in person starts: the tips, or account management for admins only."""
-    return url_for("console.tips") if "detective" in roles else url_for("console.admin_users")
+    return redirect(_home(visit.roles))
 
 
 @bp.post("/logout")
-def logout() -> Response:
-    runtime = _runtime()
-    token = request.cookies.get(COOKIE)
-    with runtime.factory.begin() as session:
-        loaded = auth.load_session(session, token, _policy(), touch=False)
-        if loaded is not None:
-            record, user = loaded
-            if not secrets.compare_digest(request.form.get("csrf_token", ""), record.csrf_token):
-                abort(400, "The form expired. Reload and try again.")
-            audit.record(session, runtime.keys.keyring, "auth.sign_out", actor=user.username)
-        auth.end_session(session, token)
+def logout() -> ResponseReturnValue:
+    if not auth.sign_out(_ctx(), request.cookies.get(COOKIE), request.form.get("csrf_token", "")):
+        abort(400, "The form expired. Reload and try again.")
     response = redirect(url_for("console.login"))
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -297,13 +278,14 @@ def logout() -> Response:
 
 # Tips --------------------------------------------------------------------------------------------------
 
+
 def _filter_from_args() -> review.TipFilter:
     args = request.args
-    urgent = {"yes": True, "no": False}.get(args.get("urgent", ""))
+    status = args.get("status", "")
     assignee = args.get("assignee", "")
     return review.TipFilter(
-        status=args.get("status") if args.get("status") in review.STATUSES else None,
-        urgent=urgent,
+        status=TipStatus(status) if status in review.STATUSES else None,
+        urgent={"yes": True, "no": False}.get(args.get("urgent", "")),
         channel=args.get("channel") or None,
         category=args.get("category") if args.get("category") in review.CATEGORIES else None,
         assignee_id=0 if assignee == "none" else (int(assignee) if assignee.isdigit() else None),
@@ -312,50 +294,61 @@ def _filter_from_args() -> review.TipFilter:
 
 
 @bp.get("/")
-@page(role="detective")
-def tips() -> str:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE)
+def tips() -> ResponseReturnValue:
+    runtime = current_runtime()
     flt = _filter_from_args()
     try:
         page_number = max(int(request.args.get("page", "1")), 1)
     except ValueError:
         page_number = 1
-    summaries, total = review.list_tips(runtime.factory, runtime.keys.keyring, page_number, PER_PAGE, flt)
+    summaries, total = review.list_tips(runtime.ctx, page_number, PER_PAGE, flt)
     if flt.reference and total == 1 and page_number == 1:
-        return redirect(url_for("console.tip", reference=summaries[0].reference))  # type: ignore[return-value]
+        return redirect(url_for("console.tip", reference=summaries[0].reference))
     kept = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template(
-        "console/tips.html", tips=summaries, total=total, page=page_number, pages=max((total + PER_PAGE - 1) // PER_PAGE, 1),
-        args=request.args, query=urlencode(kept), statuses=review.STATUSES, categories=review.CATEGORIES,
-        detectives=review.detectives(runtime.factory), channels=sorted(set(runtime.channels) | {"sms"}),
-        fingerprint=review.latest_change(runtime.factory),
+        "console/tips.html",
+        tips=summaries,
+        total=total,
+        page=page_number,
+        pages=max((total + PER_PAGE - 1) // PER_PAGE, 1),
+        args=request.args,
+        query=urlencode(kept),
+        statuses=review.STATUSES,
+        categories=review.CATEGORIES,
+        detectives=review.detectives(runtime.ctx),
+        channels=sorted(set(runtime.channels) | {"sms"}),
+        fingerprint=review.latest_change(runtime.ctx),
     )
 
 
 @bp.get("/tips/<reference>")
-@page(role="detective")
-def tip(reference: str) -> str:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE)
+def tip(reference: str) -> ResponseReturnValue:
     try:
-        detail = review.read_tip(runtime.factory, runtime.keys.keyring, reference, actor=g.username)
+        detail = review.read_tip(_ctx(), reference, actor=_visit().username)
     except review.TipNotFound:
         abort(404)
     return render_template(
-        "console/tip.html", tip=detail, photo_reasons=PHOTO_REASONS, statuses=review.STATUSES, categories=review.CATEGORIES,
-        detectives=review.detectives(runtime.factory), notice=request.args.get("notice"), error=request.args.get("error"),
+        "console/tip.html",
+        tip=detail,
+        photo_reasons=PHOTO_REASONS,
+        statuses=review.STATUSES,
+        categories=review.CATEGORIES,
+        detectives=review.detectives(_ctx()),
+        notice=request.args.get("notice"),
+        error=request.args.get("error"),
         last_seq=detail.thread[-1].seq if detail.thread else 0,
     )
 
 
 @bp.get("/tips/<reference>/photos/<attachment_id>")
-@page(role="detective")
-def tip_photo(reference: str, attachment_id: str) -> Response:
+@page(role=Role.DETECTIVE)
+def tip_photo(reference: str, attachment_id: str) -> ResponseReturnValue:
     """A cleaned photo, inline or (with ?download=1) as a file named after the tip; audited either way."""
-    runtime = _runtime()
     download = request.args.get("download") == "1"
     try:
-        photo = review.read_photo(runtime.factory, runtime.keys.keyring, reference, attachment_id,
-                                  actor=g.username, download=download)
+        photo = review.read_photo(_ctx(), reference, attachment_id, actor=_visit().username, download=download)
     except review.TipNotFound:
         abort(404)
     response = Response(photo.data, content_type=photo.content_type)
@@ -366,71 +359,87 @@ def tip_photo(reference: str, attachment_id: str) -> Response:
     return response
 
 
+def _back_to_tip(
+    reference: str,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    end: bool = False,
+) -> BaseResponse:
+    """Back to the tip's page with a notice or an error; `end` scrolls to the thread's newest entry."""
+    url = url_for("console.tip", reference=reference, notice=notice, error=error)
+    return redirect(url + "#thread-end" if end else url)
+
+
 @bp.post("/tips/<reference>/reply")
-@page(role="detective")
-def tip_reply(reference: str) -> Response:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE)
+def tip_reply(reference: str) -> ResponseReturnValue:
+    runtime = current_runtime()
+    visit = _visit()
     try:
-        review.reply(runtime.factory, runtime.keys.keyring, runtime.settings, reference, request.form.get("text", ""),
-                     author_id=g.user_id, actor=g.username)
+        review.reply(
+            runtime.ctx, reference, request.form.get("text", ""), author_id=visit.user_id, actor=visit.username
+        )
     except review.TipNotFound:
         abort(404)
     except review.RepliesImpossible as refused:
-        return redirect(url_for("console.tip", reference=reference, error=f"Not sent: {refused.reason}."))
+        return _back_to_tip(reference, error=f"Not sent: {refused.reason}.")
     except ValueError as error:
-        return redirect(url_for("console.tip", reference=reference, error=f"Not sent: {error}."))
+        return _back_to_tip(reference, error=f"Not sent: {error}.")
     runtime.wake_dispatcher()
-    return redirect(url_for("console.tip", reference=reference, notice="Reply queued.") + "#thread-end")
+    return _back_to_tip(reference, notice="Reply queued.", end=True)
 
 
 @bp.post("/tips/<reference>/note")
-@page(role="detective")
-def tip_note(reference: str) -> Response:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE)
+def tip_note(reference: str) -> ResponseReturnValue:
+    visit = _visit()
     try:
-        review.add_note(runtime.factory, runtime.keys.keyring, reference, request.form.get("text", ""),
-                        author_id=g.user_id, actor=g.username)
+        review.add_note(_ctx(), reference, request.form.get("text", ""), author_id=visit.user_id, actor=visit.username)
     except review.TipNotFound:
         abort(404)
     except ValueError as error:
-        return redirect(url_for("console.tip", reference=reference, error=f"Not saved: {error}."))
-    return redirect(url_for("console.tip", reference=reference, notice="Note added.") + "#thread-end")
+        return _back_to_tip(reference, error=f"Not saved: {error}.")
+    return _back_to_tip(reference, notice="Note added.", end=True)
 
 
 @bp.post("/tips/<reference>/triage")
-@page(role="detective")
-def tip_triage(reference: str) -> Response:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE)
+def tip_triage(reference: str) -> ResponseReturnValue:
     form = request.form
     assignee = form.get("assignee", "")
     try:
         review.triage(
-            runtime.factory, reference, status=form.get("status") or None, category=form.get("category"),
-            assignee_id=int(assignee) if assignee.isdigit() else None, clear_assignee=assignee == "none",
-            actor=g.username, keyring=runtime.keys.keyring,
+            _ctx(),
+            reference,
+            status=form.get("status") or None,
+            category=form.get("category"),
+            assignee_id=int(assignee) if assignee.isdigit() else None,
+            clear_assignee=assignee == "none",
+            actor=_visit().username,
         )
     except review.TipNotFound:
         abort(404)
     except ValueError as error:
-        return redirect(url_for("console.tip", reference=reference, error=f"Not changed: {error}."))
-    return redirect(url_for("console.tip", reference=reference, notice="Saved."))
+        return _back_to_tip(reference, error=f"Not changed: {error}.")
+    return _back_to_tip(reference, notice="Saved.")
 
 
 # Live updates (polled by console.js; they do not extend an idle session) -----------------------------
 
+
 @bp.get("/api/changes")
-@page(role="detective", touch=False)
-def api_changes() -> Response:
-    return jsonify(review.latest_change(_runtime().factory))
+@page(role=Role.DETECTIVE, touch=False)
+def api_changes() -> ResponseReturnValue:
+    return jsonify(review.latest_change(_ctx()))
 
 
 @bp.get("/api/tips/<reference>/thread")
-@page(role="detective", touch=False)
-def api_thread(reference: str) -> Response:
-    runtime = _runtime()
+@page(role=Role.DETECTIVE, touch=False)
+def api_thread(reference: str) -> ResponseReturnValue:
     try:
         after = int(request.args.get("after", "0"))
-        entries, deliveries, photos = review.thread_since(runtime.factory, runtime.keys.keyring, reference, after)
+        entries, deliveries, photos = review.thread_since(_ctx(), reference, after)
     except review.TipNotFound:
         abort(404)
     except ValueError:
@@ -444,83 +453,99 @@ def api_thread(reference: str) -> Response:
 
 # Administration -------------------------------------------------------------------------------------
 
-@bp.get("/admin/users")
-@page(role="admin")
-def admin_users() -> str:
-    from tipline.services.accounts import list_users
 
-    return render_template("console/admin_users.html", users=list_users(_runtime().factory), now=utcnow(),
-                           created=request.args.get("created"), password=None, error=request.args.get("error"))
+@bp.get("/admin/users")
+@page(role=Role.ADMIN)
+def admin_users() -> ResponseReturnValue:
+    return render_template(
+        "console/admin_users.html",
+        users=accounts.list_users(_ctx()),
+        now=utcnow(),
+        created=request.args.get("created"),
+        password=None,
+        error=request.args.get("error"),
+    )
 
 
 @bp.post("/admin/users")
-@page(role="admin")
-def admin_users_create() -> Response | str:
-    from tipline.services.accounts import generate_password, list_users
-
-    runtime = _runtime()
-    username = request.form.get("username", "")
-    roles = request.form.getlist("roles")
-    password = generate_password()
+@page(role=Role.ADMIN)
+def admin_users_create() -> ResponseReturnValue:
+    ctx, actor = _ctx(), _visit().username
+    username = accounts.normalise_username(request.form.get("username", ""))
+    password = accounts.generate_password()
     try:
-        add_user(runtime.factory, username, roles, password, must_change=True)
-    except UserError as error:
-        audit.log_event(runtime.factory, runtime.keys.keyring, "user.create", actor=g.username, outcome="failed",
-                        detail={"reason": str(error)})
+        accounts.add_user(ctx, username, request.form.getlist("roles"), password, must_change=True, actor=actor)
+    except accounts.UserError as error:
+        audit.log_event(ctx, "user.create", actor=actor, outcome="failed", detail={"reason": str(error)})
         return redirect(url_for("console.admin_users", error=str(error)))
-    audit.log_event(runtime.factory, runtime.keys.keyring, "user.create", actor=g.username, object_type="user",
-                    object_id=username.strip().lower(), detail={"roles": sorted(roles)})
     # The one-time password is shown once, on this response only (never in a URL or the log).
-    return render_template("console/admin_users.html", users=list_users(runtime.factory), now=utcnow(),
-                           created=username.strip().lower(), password=password, error=None)
+    return render_template(
+        "console/admin_users.html",
+        users=accounts.list_users(ctx),
+        now=utcnow(),
+        created=username,
+        password=password,
+        error=None,
+    )
+
+
+USER_ACTIONS: dict[str, Callable[[ServiceContext, str, str], None]] = {
+    "disable": lambda ctx, username, actor: accounts.set_disabled(ctx, username, True, actor=actor),
+    "enable": lambda ctx, username, actor: accounts.set_disabled(ctx, username, False, actor=actor),
+    "reset-2fa": lambda ctx, username, actor: accounts.reset_2fa(ctx, username, actor=actor),
+    "unlock": lambda ctx, username, actor: accounts.unlock(ctx, username, actor=actor),
+}
 
 
 @bp.post("/admin/users/<username>/<action>")
-@page(role="admin")
-def admin_user_action(username: str, action: str) -> Response:
-    runtime = _runtime()
-    actions: dict[str, Callable[[], None]] = {
-        "disable": lambda: set_disabled(runtime.factory, username, True),
-        "enable": lambda: set_disabled(runtime.factory, username, False),
-        "reset-2fa": lambda: reset_2fa(runtime.factory, username),
-        "unlock": lambda: unlock(runtime.factory, username),
-    }
-    if action not in actions:
+@page(role=Role.ADMIN)
+def admin_user_action(username: str, action: str) -> ResponseReturnValue:
+    actor = _visit().username
+    if action not in USER_ACTIONS:
         abort(404)
-    if action == "disable" and username == g.username:
+    if action == "disable" and username == actor:
         return redirect(url_for("console.admin_users", error="You cannot disable your own account."))
     try:
-        actions[action]()
-    except UserError as error:
+        USER_ACTIONS[action](_ctx(), username, actor)
+    except accounts.UserError as error:
         return redirect(url_for("console.admin_users", error=str(error)))
-    audit.log_event(runtime.factory, runtime.keys.keyring, f"user.{action}", actor=g.username, object_type="user", object_id=username)
     return redirect(url_for("console.admin_users"))
 
 
 @bp.get("/admin/keys")
-@page(role="admin")
-def admin_keys() -> str:
+@page(role=Role.ADMIN)
+def admin_keys() -> ResponseReturnValue:
     from tipline.services import rotation
 
-    runtime = _runtime()
-    audit.log_event(runtime.factory, runtime.keys.keyring, "keys.status", actor=g.username)
-    return render_template("console/admin_keys.html", keys=key_status(runtime.factory),
-                           rotations=rotation.recent(runtime.factory), purposes=rotation.ROTATABLE,
-                           notice=request.args.get("notice"), error=request.args.get("error"))
+    runtime = current_runtime()
+    audit.log_event(runtime.ctx, "keys.status", actor=_visit().username)
+    return render_template(
+        "console/admin_keys.html",
+        keys=key_status(runtime.factory),
+        rotations=rotation.recent(runtime.ctx),
+        purposes=rotation.ROTATABLE,
+        notice=request.args.get("notice"),
+        error=request.args.get("error"),
+    )
 
 
 @bp.post("/admin/keys/rotate")
-@page(role="admin")
-def admin_keys_rotate() -> Response:
+@page(role=Role.ADMIN)
+def admin_keys_rotate() -> ResponseReturnValue:
     from tipline.services import rotation
     from tipline.storage.keystore import load_master_key
 
-    runtime = _runtime()
+    runtime = current_runtime()
     purpose = request.form.get("purpose", "")
     reencrypt = request.form.get("reencrypt") == "1"
     try:
-        rotation.start(runtime.factory, runtime.keys, load_master_key(runtime.settings), purpose, reencrypt=reencrypt,
-                       actor=g.username)
+        rotation.start(
+            runtime.ctx,
+            load_master_key(runtime.settings),
+            purpose,
+            reencrypt=reencrypt,
+            actor=_visit().username,
+        )
     except rotation.RotationError as error:
         return redirect(url_for("console.admin_keys", error=str(error)))
     runtime.wake_dispatcher()
@@ -528,22 +553,21 @@ def admin_keys_rotate() -> Response:
 
 
 @bp.get("/admin/audit")
-@page(role="admin")
-def admin_audit() -> str:
-    runtime = _runtime()
-    verification = audit.verify(runtime.factory, runtime.keys.keyring)
-    audit.log_event(runtime.factory, runtime.keys.keyring, "audit.verify", actor=g.username,
-                    outcome="ok" if verification.intact else "tampered")
-    return render_template("console/admin_audit.html", verification=verification, entries=audit.recent(runtime.factory))
+@page(role=Role.ADMIN)
+def admin_audit() -> ResponseReturnValue:
+    ctx = _ctx()
+    verification = audit.verify(ctx)
+    audit.log_event(ctx, "audit.verify", actor=_visit().username, outcome="ok" if verification.intact else "tampered")
+    return render_template("console/admin_audit.html", verification=verification, entries=audit.recent(ctx))
 
 
 @bp.get("")
-def root() -> Response:
+def root() -> ResponseReturnValue:
     return redirect(url_for("console.tips"))
 
 
 @bp.errorhandler(HTTPException)
-def _error(error: HTTPException) -> tuple[str, int]:
+def _error(error: HTTPException) -> ResponseReturnValue:
     code = error.code or 500
     titles = {400: "That request could not be used", 403: "Not allowed", 404: "Not found", 405: "Not allowed"}
     messages = {

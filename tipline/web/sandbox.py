@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, abort, current_app, jsonify, make_response, render_template, request
+from flask import Blueprint, Response, abort, jsonify, make_response, render_template, request
 from sqlalchemy import select
 
 from adapters import sandbox as channel
 from adapters.sms import clean_text
-from tipline.core import crypto
+from tipline.core.channels import InboundMessage, MediaRef
+from tipline.core.vocabulary import OutboxKind, OutboxStatus
 from tipline.services import outbox
 from tipline.storage import records
-from tipline.core.channels import InboundMessage, MediaRef
 from tipline.storage.db import read_only
 from tipline.storage.models import Contact, OutboxItem
+from tipline.web.context import current_runtime
 
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")
 COOKIE = "tipline_sandbox"
@@ -34,19 +35,20 @@ def _token() -> str | None:
 
 @bp.get("")
 def page() -> Response:
-    runtime = current_app.extensions["tipline"]
+    runtime = current_runtime()
     response = make_response(render_template("sandbox.html", agency=runtime.settings.agency_name))
     if _token() is None:
         response.set_cookie(COOKIE, channel.new_address(), httponly=True, samesite="Strict", path="/sandbox")
     response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
     )
     return response
 
 
 @bp.post("/messages")
 def send() -> Response:
-    runtime = current_app.extensions["tipline"]
+    runtime = current_runtime()
     token = _token()
     if token is None:
         abort(400, "open /sandbox first: it gives this browser a sandbox identity")
@@ -67,7 +69,7 @@ def send() -> Response:
 def send_photo() -> Response:
     """A photo from the page: the request body is the file itself (read into memory, never spooled
     to disk as a multipart upload would be). It goes through the same pipeline as an MMS photo."""
-    runtime = current_app.extensions["tipline"]
+    runtime = current_runtime()
     token = _token()
     if token is None:
         abort(400, "open /sandbox first: it gives this browser a sandbox identity")
@@ -100,7 +102,7 @@ def send_photo() -> Response:
 @bp.get("/inbox")
 def inbox() -> Response:
     """Agency replies delivered to this browser, oldest first."""
-    runtime = current_app.extensions["tipline"]
+    runtime = current_runtime()
     token = _token()
     if token is None:
         return jsonify(messages=[])
@@ -113,10 +115,14 @@ def inbox() -> Response:
             key = records.contact_dek(keyring, contact)
             rows = session.scalars(
                 select(OutboxItem)
-                .where(OutboxItem.contact_id == contact.id, OutboxItem.kind == "send", OutboxItem.status == "sent")
+                .where(
+                    OutboxItem.contact_id == contact.id,
+                    OutboxItem.kind == OutboxKind.SEND,
+                    OutboxItem.status == OutboxStatus.SENT,
+                )
                 .order_by(OutboxItem.created_at)
             ).all()
             for row in rows[-50:]:
-                payload = crypto.open_sealed(key, row.payload_ct, crypto.aad("outbox", "payload", row.id)).decode()
+                payload = records.OUTBOX_PAYLOAD.open(key, row.id, row.payload_ct).decode()
                 messages.append({"id": row.id, "text": outbox.send_payload(payload)[0]})
     return jsonify(messages=messages)

@@ -10,6 +10,7 @@ config = context.config
 
 def run() -> None:
     url = config.get_main_option("sqlalchemy.url")
+    assert url is not None, "tipline.storage.db.alembic_config sets the URL"
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(

@@ -1,0 +1,54 @@
+"""Run the `tipline` command as an operator would: a child process with only the settings we give it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+TIPLINE = [sys.executable, "-m", "tipline.cli"]
+
+
+def environment(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any tip line setting of its own (a developer's shell has
+    some), plus `env`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("TIPLINE_", "TWILIO_", "TELEGRAM_"))}
+    return {**inherited, **env}
+
+
+def workdir(env: dict[str, str]) -> Path:
+    """The directory that holds the data directory: the command runs there and reads its `.env`."""
+    return Path(env["TIPLINE_DATA_DIR"]).parent
+
+
+def run(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`tipline ARGS...` to completion; its output is captured as text."""
+    return subprocess.run(
+        [*TIPLINE, *args],
+        env=environment(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=workdir(env),
+    )
+
+
+def spawn(env: dict[str, str], *args: str, output: IO[str] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """`tipline ARGS...` in the background, stdout and stderr both to `output`."""
+    return subprocess.Popen(
+        [*TIPLINE, *args], env=environment(env), stdout=output, stderr=subprocess.STDOUT, cwd=workdir(env)
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
