@@ -1,8 +1,11 @@
 """The sandbox channel: a web page on this machine where anyone can play tipster.
 
 Its "return address" is a random token kept in the browser's cookie; the same state machine,
-encryption and outbox serve it as SMS. Delivering a message means marking it sent: the page then
-reads it back from the outbox, so replies appear even when the dispatcher runs in another process.
+encryption and outbox serve it as SMS. Delivering a message means keeping it in this process's
+memory, as a provider keeps what it delivered, until the page reads it (`delivered`): the outbox
+row's text is cleared once it is sent, as for every channel. So agency replies reach the page only
+when the dispatcher runs in the same process (`make run`, `tipline serve`), and are forgotten at a
+restart.
 
 A photo sent from the page waits in this process's memory (never on disk) until the media worker
 fetches it, as it would wait at a provider: so the sandbox shows photo cleaning only when the
@@ -22,6 +25,8 @@ from tipline.core.channels import ChannelError, InboundMessage, Sent
 CHANNEL = "sandbox"
 HOLD_SECONDS = 3600.0
 HOLD_MAX_FILES = 20  # the oldest waiting photo is dropped beyond this: a sandbox, not a store
+INBOX_MAX_ADDRESSES = 200  # browsers whose delivered messages are kept; the oldest is dropped beyond this
+INBOX_MAX_MESSAGES = 50  # per browser, as many as the page shows
 
 
 def new_address() -> str:
@@ -39,6 +44,7 @@ class SandboxChannel:
 
     def __init__(self) -> None:
         self._held: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._delivered: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def hold(self, data: bytes) -> str:
@@ -52,7 +58,18 @@ class SandboxChannel:
         return reference
 
     def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
+        with self._lock:
+            box = self._delivered.pop(address, [])
+            box = [*box, (secrets.token_urlsafe(12), text)][-INBOX_MAX_MESSAGES:]
+            self._delivered[address] = box  # the most recently written browser goes last
+            while len(self._delivered) > INBOX_MAX_ADDRESSES:
+                self._delivered.popitem(last=False)
         return Sent(None)
+
+    def delivered(self, address: str) -> list[tuple[str, str]]:
+        """(id, text) of the messages delivered to a browser, oldest first."""
+        with self._lock:
+            return list(self._delivered.get(address, ()))
 
     def delete(self, provider_message_id: str) -> None:  # pragma: no cover - nothing is kept elsewhere
         return None

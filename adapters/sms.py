@@ -12,6 +12,10 @@ logs a number, a body, an id or a media URL.
 MMS media are downloaded with Basic auth from the API host only, after checking that the URL is
 exactly this account's media of this message: a forged URL never receives our credentials. Twilio
 answers with a redirect to its CDN; `requests` drops the credentials when the host changes.
+
+A signed message keeps its words whatever its media fields say: Twilio retries neither a 4xx nor a
+5xx, so an attachment we cannot take (a video, a media URL of another form, host, account or
+message) becomes a refusal the detective sees, never an error that loses the message.
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ RECIPIENT_GONE = {
 RETRYABLE = {20009, 20429, 30001}
 NOT_FOUND = 20404  # the resource (a message or media to delete) does not exist
 MEDIA_URL = re.compile(
-    r"^https?://[^/?#]+/2010-04-01/Accounts/AC[0-9a-fA-F]{32}/Messages/(?P<message>(?:SM|MM)[0-9a-fA-F]{32})"
-    r"/Media/ME[0-9a-fA-F]{32}$"
+    r"https?://[^/?#]+/2010-04-01/Accounts/AC[0-9a-fA-F]{32}/Messages/(?P<message>(?:SM|MM)[0-9a-fA-F]{32})"
+    r"/Media/ME[0-9a-fA-F]{32}"
 )
+NUM_MEDIA = re.compile(r"[0-9]{1,2}")
+MAX_MEDIA = 10  # Twilio sends at most ten files with one MMS
 # Declared types worth downloading; the content is checked again. Anything else (video/3gpp,
 # audio/amr, text/vcard, application/pdf, image/tiff...) is refused without being fetched.
 PHOTO_TYPES = {
@@ -76,15 +82,19 @@ def verify(auth_token: str, url: str, params: Mapping[str, str], signature: str 
     return bool(RequestValidator(auth_token).validate(url, params, signature))
 
 
-def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
-    """An inbound SMS or MMS webhook, channel-neutral; MalformedWebhook names the field that is wrong."""
+def parse_inbound(form: Mapping[str, str], media_prefix: str = "") -> InboundMessage:
+    """An inbound SMS or MMS webhook, channel-neutral; MalformedWebhook names the field that is wrong.
+
+    Only a message that cannot be processed at all (no MessageSid to process it once, no From to
+    answer) is malformed; media are taken only if their URL starts with `media_prefix` (this
+    account's messages at the configured API host), and refused otherwise."""
     sid = form.get("MessageSid", "")
-    if not MESSAGE_SID.match(sid):
+    if not MESSAGE_SID.fullmatch(sid):
         raise MalformedWebhook("MessageSid is missing or malformed")
     sender = form.get("From", "")
-    if not PHONE.match(sender):
+    if not PHONE.fullmatch(sender):
         raise MalformedWebhook("From is missing or not a phone number")
-    files, refused = _media(form, sid)
+    files, refused = _media(form, sid, media_prefix)
     return InboundMessage(
         channel=CHANNEL,
         address=sender,
@@ -97,40 +107,42 @@ def parse_inbound(form: Mapping[str, str]) -> InboundMessage:
     )
 
 
-def _media(form: Mapping[str, str], sid: str) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
+def _media(form: Mapping[str, str], sid: str, prefix: str) -> tuple[tuple[MediaRef, ...], tuple[str, ...]]:
     """An MMS's photos worth fetching, and one refusal per other attachment (video, vCard...)."""
-    try:
-        count = int(form.get("NumMedia", "0") or "0")
-    except ValueError:
-        raise MalformedWebhook("NumMedia is not a number") from None
-    if not 0 <= count <= 10:
-        raise MalformedWebhook("NumMedia is out of range")
+    announced = form.get("NumMedia", "0") or "0"
+    if not NUM_MEDIA.fullmatch(announced) or int(announced) > MAX_MEDIA:
+        return (), (media_mod.UNREADABLE,)  # files were sent, but which cannot be told
     files: list[MediaRef] = []
     refused: list[str] = []
-    for n in range(count):
+    for n in range(int(announced)):
         url = form.get(f"MediaUrl{n}", "")
-        match = MEDIA_URL.match(url)
-        if not match or match.group("message") != sid:
-            raise MalformedWebhook(f"MediaUrl{n} is missing or not a media URL of this message")
         declared = form.get(f"MediaContentType{n}", "").split(";")[0].strip().lower()
-        if declared in PHOTO_TYPES:
-            files.append(MediaRef(url, declared, provider_copy=f"{sid}/{url.rsplit('/', 1)[1]}"))
-        else:
+        if declared not in PHOTO_TYPES:
             refused.append(media_mod.TYPE)
+        elif not _media_of(url, sid, prefix):
+            refused.append(media_mod.UNREADABLE)  # never fetched: it is not where our credentials may go
+        else:
+            files.append(MediaRef(url, declared, provider_copy=f"{sid}/{url.rsplit('/', 1)[1]}"))
     return tuple(files), tuple(refused)
+
+
+def _media_of(url: str, sid: str, prefix: str) -> bool:
+    """Whether `url` is exactly a media file of message `sid` under `prefix`."""
+    match = MEDIA_URL.fullmatch(url)
+    return match is not None and match.group("message") == sid and url.startswith(prefix)
 
 
 def parse_status(form: Mapping[str, str]) -> StatusReport:
     """A delivery status callback: which message, its status (any Twilio reports) and error code."""
     sid = form.get("MessageSid", "")
-    if not MESSAGE_SID.match(sid):
+    if not MESSAGE_SID.fullmatch(sid):
         raise MalformedWebhook("MessageSid is missing or malformed")
     try:
         status = DeliveryStatus(form.get("MessageStatus", "").lower())
     except ValueError:
         raise MalformedWebhook("MessageStatus is missing or unknown") from None
     error_code = form.get("ErrorCode") or None
-    if error_code is not None and not error_code.isdigit():
+    if error_code is not None and not (error_code.isascii() and error_code.isdigit()):  # not "²"
         raise MalformedWebhook("ErrorCode is malformed")
     gone = RECIPIENT_GONE.get(int(error_code)) if error_code is not None else None
     return StatusReport(sid, status, error_code, recipient_gone=gone)
@@ -168,7 +180,12 @@ class TwilioSms:
         return verify(self.settings.auth_token, url, form, signature)
 
     def parse_inbound(self, form: Mapping[str, str]) -> InboundMessage:
-        return parse_inbound(form)
+        return parse_inbound(form, self.media_prefix)
+
+    @property
+    def media_prefix(self) -> str:
+        """Where this account's MMS media live: the only URLs that get our credentials."""
+        return f"{self.settings.api_base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages/"
 
     def parse_status(self, form: Mapping[str, str]) -> StatusReport:
         return parse_status(form)
@@ -209,8 +226,7 @@ class TwilioSms:
 
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
         """Download one MMS media file, streamed and capped at max_bytes (images.Refused past it)."""
-        prefix = f"{self.settings.api_base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages/"
-        if not source.startswith(prefix) or not MEDIA_URL.match(source):
+        if not source.startswith(self.media_prefix) or not MEDIA_URL.fullmatch(source):
             # Never send our credentials anywhere else, whatever the webhook said.
             raise ChannelError("media_url", permanent=True)
         auth = (self.settings.account_sid, self.settings.auth_token)
@@ -220,7 +236,7 @@ class TwilioSms:
                     status = response.status_code
                     raise ChannelError(str(status), permanent=status in (404, 410))
                 declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
+                if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                     raise media_mod.Refused(media_mod.SIZE)
                 data = bytearray()
                 for chunk in response.iter_content(64 * 1024):

@@ -11,8 +11,17 @@ then forgotten), premium flag, forward origin, contact cards, `via_bot` and quot
 are dropped here. Nothing here logs an id, a name or a text.
 
 Each kind of update has its handler (`_HANDLERS`), and the kinds in that table are the ones the
-bot subscribes to. Telegram's errors become ChannelError here: a 403 means the tipster blocked the
-bot (`recipient_gone`), "message to delete not found" that there is nothing left to erase.
+bot subscribes to. python-telegram-bot builds objects without checking types, so what we keep is
+checked here (a chat id is an integer, a file id looks like one...): an update with the right
+secret but an odd shape gets a 400 or is taken in part, never a 500. A deep link's `/start
+PAYLOAD` is a greeting: the payload was chosen by whoever made the link, and could tag the tipster.
+
+Telegram's errors become ChannelError here: a 403 means the tipster blocked the bot
+(`recipient_gone`), "message to delete not found" that there is nothing left to erase.
+
+Files are fetched over HTTP from the configured file URL only. python-telegram-bot's own download
+reads a *local* file when getFile's `file_path` names one that exists (its "local mode"), so a
+`file_path` that is not a plain relative path at Telegram is refused, and the download is ours.
 
 Sending runs on one long-lived asyncio loop owned by the channel (python-telegram-bot is async,
 the app is WSGI): calls from the dispatcher thread are submitted to it.
@@ -24,6 +33,7 @@ import asyncio
 import hmac
 import json
 import os
+import re
 import threading
 import time
 import warnings
@@ -36,6 +46,7 @@ from typing import Any, TypeVar
 # deprecation warnings; _channel_error handles both forms.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
+import requests  # noqa: E402
 from telegram import Bot, Chat, ChatMember, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update  # noqa: E402
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut  # noqa: E402
 
@@ -68,6 +79,11 @@ MESSAGE_GONE = "message to delete not found"  # Telegram's description when ther
 
 # Images sent as files ("documents") worth downloading; the content is checked again.
 PHOTO_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif"}
+FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
+ALBUM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# getFile's file_path as Telegram gives it ("photos/file_12.jpg"): relative, plain characters only.
+FILE_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
+START = "/start"
 
 
 def erase_payload(address: str, up_to: int) -> str:
@@ -85,10 +101,19 @@ def parse_update(data: object) -> tuple[int, ChatUpdate]:
         raise MalformedWebhook("the update could not be parsed") from None
     try:
         return update.update_id, interpret(update)
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, LookupError, ArithmeticError, RecursionError):
         # The library builds objects without checking types or required parts: a text that is a
         # number, a membership change without its new status, fail only when read.
         raise MalformedWebhook("the update has a field of an unexpected type or lacks one") from None
+
+
+def _interpreted(update: Update) -> ChatUpdate:
+    """A polled update, or nothing for one of a shape Telegram does not send (skipped, so that the
+    poller does not stop on it, or fetch it again forever)."""
+    try:
+        return interpret(update)
+    except (MalformedWebhook, AttributeError, TypeError, ValueError, LookupError, ArithmeticError, RecursionError):
+        return ChatUpdate()
 
 
 def interpret(update: Update) -> ChatUpdate:
@@ -105,7 +130,18 @@ def _delivery(update: Update) -> str:
 
 def _private(chat: Chat | None) -> bool:
     """A tipster's own chat with the bot. (The library leaves a missing chat as None.)"""
-    return chat is not None and chat.type == Chat.PRIVATE
+    if chat is None or not isinstance(chat, Chat) or chat.type != Chat.PRIVATE:
+        return False
+    if type(chat.id) is not int:  # the return address: an integer, never a text, a float or an object
+        raise MalformedWebhook("the chat id is not an integer")
+    return True
+
+
+def _command(text: object) -> str | None:
+    """The bot command a text starts with ("/start@SomeBot payload" -> "/start"), if any."""
+    if not isinstance(text, str) or not text.startswith("/"):
+        return None
+    return text.split(maxsplit=1)[0].split("@", 1)[0].lower()
 
 
 def _button(update: Update) -> ChatUpdate:
@@ -144,7 +180,8 @@ def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUp
     if message is None or not _private(message.chat):
         return ChatUpdate()
     address = str(message.chat.id)
-    if message.text and message.text.strip().split("@", 1)[0].lower() == "/erase":
+    command = _command(message.text)
+    if command == "/erase" and type(message.message_id) is int:
         erase = erase_payload(address, message.message_id)
         return ChatUpdate(
             inbound=InboundMessage(
@@ -156,6 +193,10 @@ def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUp
             )
         )
     content = _content(message)
+    if command == START:
+        # A deep link (t.me/<bot>?start=PAYLOAD) arrives as "/start PAYLOAD": the tipster typed
+        # nothing, and the payload, chosen by whoever made the link, could tag them. A greeting.
+        content = _Content(START)
     if edited:
         # An edit re-sends the same file: it was taken (or refused) the first time.
         content = _Content(f"(edited) {content.text}" if content.text else "")
@@ -168,7 +209,7 @@ def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUp
             media=content.media,
             refused_media=content.refused,
             language_hint=_language(message),
-            album=message.media_group_id if content.media else None,
+            album=_album(message) if content.media else None,
         )
     )
 
@@ -176,7 +217,14 @@ def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUp
 def _language(message: Message) -> str | None:
     """The sender's app language, to pick the first language of the conversation (then forgotten)."""
     user = message.from_user
-    return user.language_code[:2].lower() if user is not None and user.language_code else None
+    code = getattr(user, "language_code", None)
+    return code[:2].lower() if isinstance(code, str) and code else None
+
+
+def _album(message: Message) -> str | None:
+    """The id of the album a photo belongs to (only to thank the tipster once per album)."""
+    album = message.media_group_id
+    return album if isinstance(album, str) and ALBUM_ID.fullmatch(album) else None
 
 
 # Which handler reads which kind of update; also the kinds the bot subscribes to.
@@ -207,6 +255,8 @@ def _content(message: Message) -> _Content:
     text = message.text or message.caption or ""
     for attachment in _PHOTOS:
         photo = attachment(message)
+        if photo is not None and not FILE_ID.fullmatch(photo.source):
+            return _Content(text, refused=(images.UNREADABLE,))  # not a file id Telegram would give
         if photo is not None:
             return _Content(text, media=(photo,))
     # Anything else attached (video, voice, a non-image file, sticker, contact card, venue...) is
@@ -218,7 +268,7 @@ def _photo(message: Message) -> MediaRef | None:
     if not message.photo:
         return None
     largest = message.photo[-1]  # Telegram lists the sizes smallest first
-    return MediaRef(largest.file_id, "image/jpeg", largest.file_size)
+    return MediaRef(_text(largest.file_id), "image/jpeg", _size(largest.file_size))
 
 
 def _image_file(message: Message) -> MediaRef | None:
@@ -227,7 +277,16 @@ def _image_file(message: Message) -> MediaRef | None:
     declared = (document.mime_type or "").lower() if document is not None else ""
     if document is None or declared not in PHOTO_TYPES:
         return None
-    return MediaRef(document.file_id, declared, document.file_size)
+    return MediaRef(_text(document.file_id), declared, _size(document.file_size))
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _size(value: object) -> int | None:
+    """A declared file size, if it is one (the bytes are counted again on download)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 _PHOTOS: tuple[Callable[[Message], MediaRef | None], ...] = (_photo, _image_file)
@@ -340,7 +399,7 @@ class TelegramChannel:
             self.bot.get_updates(offset=offset, timeout=timeout, allowed_updates=ALLOWED_UPDATES),
             timeout=timeout + 60,
         )
-        return [(update.update_id, interpret(update)) for update in updates]
+        return [(update.update_id, _interpreted(update)) for update in updates]
 
     def confirm(self, offset: int) -> None:
         """Tell Telegram that the updates before `offset` are handled, as the next poll would."""
@@ -378,19 +437,44 @@ class TelegramChannel:
                     raise
 
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
-        """Download a file by its file_id (getFile, then the file URL, which holds the bot token)."""
+        """Download a file by its file_id (getFile, then the file URL, which holds the bot token).
+
+        Never through python-telegram-bot's File.download_*, which read a local file when
+        `file_path` names one that exists (the library then leaves the path as it is instead of
+        putting the file URL in front). Only a plain relative path is accepted, and it is always
+        fetched from the configured file URL, streamed and capped."""
         file = self._request(self.bot.get_file(source))
-        if file.file_size and file.file_size > max_bytes:
+        if type(file.file_size) is int and file.file_size > max_bytes:
             raise images.Refused(images.SIZE)
-        data = bytes(self._request(file.download_as_bytearray()))
-        if len(data) > max_bytes:
-            raise images.Refused(images.SIZE)
-        return data
+        prefix = f"{self.bot.base_file_url}/"
+        path = file.file_path.removeprefix(prefix) if isinstance(file.file_path, str) else ""
+        if not FILE_PATH.fullmatch(path) or ".." in path.split("/"):
+            raise ChannelError("file_path", permanent=True)  # absolute, climbing or a URL: never read
+        url = prefix + path
+        return _download(url, max_bytes)
 
     def close(self) -> None:
         if self._initialised:
             asyncio.run_coroutine_threadsafe(self.bot.shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _download(url: str, max_bytes: int) -> bytes:
+    """GET a file, streamed and capped at max_bytes (images.Refused past it). The URL holds the bot
+    token: no exception that could quote it leaves this function."""
+    try:
+        with requests.get(url, timeout=(5, 30), stream=True, allow_redirects=False) as response:
+            if response.status_code != 200:
+                status = response.status_code
+                raise ChannelError(str(status), permanent=status in (400, 404, 410))
+            data = bytearray()
+            for chunk in response.iter_content(64 * 1024):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise images.Refused(images.SIZE)
+            return bytes(data)
+    except requests.RequestException as error:
+        raise ChannelError(type(error).__name__, permanent=False) from None
 
 
 def _channel_error(error: TelegramError) -> ChannelError:

@@ -4,6 +4,7 @@ set), a stand-in Twilio server, and the tip line initialised and served through 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.support.harness import (
     telegram_harness,
 )
 from tests.support.scratch import PG_URL, scratch_database
+from tipline.services import rotation
 
 
 def pytest_report_header() -> str:
@@ -102,3 +104,13 @@ def tipline(env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file
     harness = make_harness(env, twilio_server, log_file)
     yield harness
     harness.runtime.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_key_propagation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process rotations finish without waiting out the propagation window (5 s in production).
+
+    The tests of that window set it back (tests/attacks/test_key_lifecycle.py); processes started
+    by tests (`tipline keys rotate`) keep the real window.
+    """
+    monkeypatch.setattr(rotation, "PROPAGATION", dt.timedelta(0))

@@ -96,9 +96,11 @@ def test_every_command_has_help(cli_env: dict[str, str]) -> None:
 def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     assert run(cli_env, "init").returncode == 0
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # The sandbox is served on a loopback address only (tests/attacks/test_exposed_sandbox.py).
+    cli_env = {**cli_env, "TIPLINE_PUBLIC_URL": base}
     with (workdir(cli_env) / "serve.log").open("w") as out:
         process = spawn({**cli_env, "TIPLINE_LOG_LEVEL": "DEBUG"}, "serve", "--port", str(port), output=out)
-    base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
             try:

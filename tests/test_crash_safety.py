@@ -25,7 +25,8 @@ PATH = "/webhooks/twilio/sms"
 
 def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("a") as out:
-        process = spawn(env, "serve", "--port", str(port), "--no-dispatcher", output=out)
+        # Webhooks only: the sandbox is not served on a public address (tests/attacks/test_exposed_sandbox.py)
+        process = spawn({**env, "TIPLINE_SANDBOX": "0"}, "serve", "--port", str(port), "--no-dispatcher", output=out)
     for _ in range(150):
         try:
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)

@@ -40,6 +40,7 @@ def test_every_twilio_status_is_stored_and_shown(tipline: Harness, status: Deliv
     row = reply_row(tipline)
     assert row.provider_status == status.value
     assert row.status == OutboxStatus.SENT  # the dispatcher's lifecycle is its own
+    assert row.payload_ct == b""  # the text went: it lives on in the thread only
     thread = review.read_tip(tipline.runtime.ctx, reference).thread
     assert thread[-1].delivery == status.shown
 

@@ -290,8 +290,10 @@ def fill(runtime: Runtime, count: int, messages: int = 0) -> None:
         )
         bodies.append(
             [
-                crypto.seal(
-                    dek, f"message {m} of tip {n}".encode(), crypto.aad("messages", "body", f"{reference}#{m + 1}")
+                records.MESSAGE_BODY.seal(
+                    dek,
+                    records.message_row_id(reference, m + 1, MessageKind.TIPSTER, None),
+                    f"message {m} of tip {n}".encode(),
                 )
                 for m in range(messages)
             ]

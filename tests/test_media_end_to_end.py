@@ -263,12 +263,11 @@ def test_a_media_url_on_another_host_never_receives_our_credentials(tipline: Har
             "look", sid=sid, NumMedia="1", MediaContentType0="image/jpeg", MediaUrl0=tipline.twilio.cdn_url + path
         )
     )
-    assert answer[0].startswith("Thank you, we got your photo.")
+    assert answer[0].startswith("We could not open the picture you sent")  # refused at the door
     tipline.dispatch()
     assert tipline.twilio.cdn_requests == []
     assert tipline.twilio.media_fetches == []
-    assert [(a.status, a.reason) for a in photos(tipline)] == [(FAILED, "media_url")]
-    assert tipline.twilio.sent[-1]["Body"].startswith("We could not receive a photo you sent")
+    assert [(a.status, a.reason) for a in photos(tipline)] == [(REFUSED, "unreadable")]
 
 
 def test_a_redelivered_mms_is_fetched_once(tipline: Harness) -> None:

@@ -79,6 +79,10 @@ def init(settings: Settings) -> None:
     click.echo(f"data directory: {settings.data_dir}")
     click.echo(f"schema: up to date ({settings.database_url.split('://', 1)[0]})")
     click.echo(f"keys: {'created ' + ', '.join(report.keys_created) if report.keys_created else 'present'}")
+    if report.messages_resealed:
+        click.echo(f"thread entries bound to their kind and author: {report.messages_resealed}")
+    if report.messages_unreadable:
+        click.echo(f"WARNING: {report.messages_unreadable} thread entries were altered and cannot be opened")
     if report.admin_password:
         click.echo(f"first admin account: {FIRST_ADMIN}")
         click.echo(f"one-time password: {report.admin_password}   (shown once; you set your own at first sign-in)")
@@ -95,8 +99,20 @@ def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher:
     import waitress
 
     from tipline.web.app import create_app
+    from tipline.web.limits import server_limits
+    from tipline.web.sandbox import exposure
+
+    if problem := exposure(settings, host):
+        _fail(problem)
+    if settings.sandbox and settings.sandbox_public:
+        click.echo(
+            f"WARNING: TIPLINE_SANDBOX_PUBLIC=i-understand: the sandbox at {settings.public_url}/sandbox is open, "
+            "and anyone who reaches it can post tips, urgent ones too, into the detectives' queue",
+            err=True,
+        )
 
     runtime = _runtime(settings)
+    runtime.announce("serve")
     app = create_app(runtime)
     stop = None
     if not no_dispatcher:
@@ -106,7 +122,15 @@ def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher:
     if settings.sandbox:
         click.echo(f"sandbox: http://{host}:{port}/sandbox")
     try:
-        waitress.serve(app, host=host, port=port, threads=threads, ident="tipline", clear_untrusted_proxy_headers=True)
+        waitress.serve(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="tipline",
+            clear_untrusted_proxy_headers=True,
+            **server_limits(settings),  # no body over what a route accepts; none spooled to disk
+        )
     finally:
         if stop is not None:
             stop.set()
@@ -127,6 +151,7 @@ def dispatch(settings: Settings, once: bool) -> None:
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        runtime.announce("dispatch")
         click.echo(f"dispatching for channels: {', '.join(sorted(runtime.channels)) or 'none'}")
         try:
             runtime.dispatcher.run_forever(stop)
@@ -153,7 +178,11 @@ CLI_ACTOR = "cli"  # who the audit log says acted, for account actions from the 
 
 @cli.group()
 def users() -> None:
-    """Manage console accounts."""
+    """Manage console accounts.
+
+    Detective accounts are created, and their authenticator reset, only here (never in the
+    console), so that no single console account can give itself access to tips.
+    """
 
 
 @users.command("add")
@@ -447,6 +476,7 @@ def telegram_poll(settings: Settings, once: bool) -> None:
         channel = _telegram_channel(runtime)
         channel.delete_webhook()
         if not once:
+            runtime.announce("poll")
             threading.Thread(target=runtime.dispatcher.run_forever, args=(stop,), daemon=True).start()
             click.echo("polling Telegram for updates (Ctrl-C to stop)")
         offset = 0

@@ -70,6 +70,9 @@ class Settings:
     media_max_bytes: int = 10_000_000
     # ... and an image of more pixels is refused before it is decoded (a decompression bomb).
     media_max_pixels: int = 40_000_000
+    # Serve the sandbox on a public address anyway (TIPLINE_SANDBOX_PUBLIC=i-understand): anyone who
+    # reaches it can post tips into the detectives' queue, so `serve` refuses without this.
+    sandbox_public: bool = False
 
     @property
     def catalog_defaults(self) -> dict[str, str]:
@@ -94,6 +97,7 @@ _MESSAGING_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _TELEGRAM_TOKEN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]{20,}$")
 _TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+SANDBOX_PUBLIC_CONSENT = "i-understand"
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -127,6 +131,14 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name} must be an http(s) URL such as {default} (got {raw!r})")
     return raw.rstrip("/")
+
+
+def _sandbox_public(env: Mapping[str, str]) -> bool:
+    # A consent phrase rather than a flag, so that nobody turns it on by copying a "=1" line.
+    raw = env.get("TIPLINE_SANDBOX_PUBLIC", "").strip()
+    if raw and raw != SANDBOX_PUBLIC_CONSENT:
+        raise ConfigError(f"TIPLINE_SANDBOX_PUBLIC must be empty or {SANDBOX_PUBLIC_CONSENT} (got {raw!r})")
+    return bool(raw)
 
 
 def _master_key(env: Mapping[str, str]) -> bytes | None:
@@ -212,6 +224,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         victim_services=env.get("TIPLINE_VICTIM_SERVICES", "").strip()
         or "the National Center for Victims of Crime, 1-855-484-2846",
         sandbox=_flag(env, "TIPLINE_SANDBOX", False),
+        sandbox_public=_sandbox_public(env),
         twilio=_twilio(env),
         telegram=_telegram(env),
         draft_idle_minutes=_int(env, "TIPLINE_DRAFT_IDLE_MINUTES", 30, 1),

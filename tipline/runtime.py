@@ -25,6 +25,7 @@ from tipline.services.context import ServiceContext
 from tipline.services.intake import ChannelTraits, Intake
 from tipline.services.maintenance import PurgeReport, purge
 from tipline.services.outbox import Dispatcher
+from tipline.services.processes import Heartbeat
 from tipline.storage import db
 from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key
 
@@ -61,6 +62,7 @@ class Runtime:
             media=self.media.run_once,
         )
         self._rotation_cursors: dict[int, object] = {}
+        self._heartbeat: Heartbeat | None = None
 
     @property
     def sms(self) -> TwilioSms | None:
@@ -81,7 +83,7 @@ class Runtime:
         for record in rotation.running(self.ctx):
             result = rotation.step(self.ctx, record.id, self._rotation_cursors.get(record.id))
             self._rotation_cursors[record.id] = result.cursor
-            busy += 0 if result.finished else 1
+            busy += 1 if result.moved else 0  # waiting out the propagation window lets the dispatcher rest
         return busy
 
     def maintain(self) -> PurgeReport:
@@ -92,6 +94,11 @@ class Runtime:
             session_lifetime=dt.timedelta(hours=self.settings.console_session_hours),
         )
 
+    def announce(self, kind: str) -> Heartbeat:
+        """Record this long-running process (serve, dispatch, poll) until `close()`."""
+        self._heartbeat = Heartbeat(self.ctx, kind).start()
+        return self._heartbeat
+
     def start_dispatcher(self) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
         thread = threading.Thread(target=self.dispatcher.run_forever, args=(stop,), name="dispatcher", daemon=True)
@@ -99,6 +106,8 @@ class Runtime:
         return thread, stop
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         for channel in self.channels.values():
             close = getattr(channel, "close", None)
             if close is not None:
@@ -140,7 +149,7 @@ def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None
         from tipline.services.rotation import recover_master
 
         recover_master(settings, factory)
-        keys = KeyStore(factory, load_master_key(settings))
+        keys = KeyStore(factory, load_master_key(settings), master_source=lambda: load_master_key(settings))
     except KeyStoreError:
         engine.dispose()
         raise

@@ -10,9 +10,9 @@ from tipline.config import Settings
 from tipline.core.vocabulary import Role
 from tipline.services import accounts
 from tipline.services.context import ServiceContext
-from tipline.storage import db
-from tipline.storage.keystore import KeyStore, ensure_keys, load_master_key, secret_key
-from tipline.storage.models import KeyVersion
+from tipline.storage import db, records
+from tipline.storage.keystore import KeyStore, ensure_keys, load_keyring, load_master_key, secret_key
+from tipline.storage.models import KeyVersion, utcnow
 
 FIRST_ADMIN = "admin"
 
@@ -21,6 +21,8 @@ FIRST_ADMIN = "admin"
 class InitReport:
     keys_created: tuple[str, ...]
     admin_password: str | None  # the first admin's one-time password, when one was created
+    messages_resealed: int = 0  # thread entries bound to their kind and author by this run (upgrade to 0.2)
+    messages_unreadable: int = 0  # entries that opened under no binding (altered): left to fail closed
 
 
 def initialise(settings: Settings) -> InitReport:
@@ -36,12 +38,14 @@ def initialise(settings: Settings) -> InitReport:
             master = load_master_key(settings, create=not has_keys)
             created = ensure_keys(session, master)
             needs_admin = not accounts.any_users(session)
+        with factory.begin() as session:
+            resealed, unreadable = records.upgrade_message_seals(session, load_keyring(session, master), utcnow())
         secret_key(settings, create=True)
         password = None
         if needs_admin:
             password = accounts.generate_password()
             ctx = ServiceContext(factory, KeyStore(factory, master), settings)
             accounts.add_user(ctx, FIRST_ADMIN, [Role.ADMIN], password, must_change=True, actor="init")
-        return InitReport(tuple(created), password)
+        return InitReport(tuple(created), password, resealed, unreadable)
     finally:
         engine.dispose()

@@ -46,6 +46,10 @@ def updates() -> Response:
     if not channel.authenticate(request.headers.get("X-Telegram-Bot-Api-Secret-Token")):
         log.warning("telegram webhook refused: bad or missing secret token")
         abort(403)
-    update = channel.parse(request.get_json(silent=True))
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # JSON nested deeper than Python parses: not an update (400 below)
+        data = None
+    update = channel.parse(data)
     handle(runtime.intake, update)
     return jsonify(channel.webhook_response(update))

@@ -27,7 +27,9 @@ def phone_formats(e164: str) -> list[str]:
     ]
 
 
-def _variants(needle: str) -> list[bytes]:
+def _variants(needle: str | bytes) -> list[bytes]:
+    if isinstance(needle, bytes):
+        return [needle]  # a ciphertext or key: exactly these bytes
     forms = {needle, needle.lower(), needle.upper()}
     out = []
     for form in forms:
@@ -36,9 +38,13 @@ def _variants(needle: str) -> list[bytes]:
     return out
 
 
-def scan_files(root: Path, needles: list[str], extra_files: Sequence[Path] = ()) -> list[tuple[str, str]]:
-    """Every (file, needle) pair where a needle occurs in a file under root (or in extra_files)."""
-    hits = []
+def scan_files(
+    root: Path, needles: Sequence[str | bytes], extra_files: Sequence[Path] = ()
+) -> list[tuple[str, str | bytes]]:
+    """Every (file, needle) pair where a needle occurs in a file under root (or in extra_files).
+
+    Text needles are searched in UTF-8 and UTF-16 and in any case; bytes needles exactly."""
+    hits: list[tuple[str, str | bytes]] = []
     files = [p for p in root.rglob("*") if p.is_file()] + list(extra_files)
     assert files, f"nothing to scan under {root}"
     for path in files:
@@ -49,11 +55,11 @@ def scan_files(root: Path, needles: list[str], extra_files: Sequence[Path] = ())
     return hits
 
 
-def scan_database(engine: Engine, needles: list[str]) -> list[tuple[str, str]]:
+def scan_database(engine: Engine, needles: Sequence[str | bytes]) -> list[tuple[str, str | bytes]]:
     """Every (table.column, needle) pair where a needle occurs in a stored value (any database)."""
     metadata = MetaData()
     metadata.reflect(engine)
-    hits = []
+    hits: list[tuple[str, str | bytes]] = []
     with engine.connect() as connection:
         for table in metadata.sorted_tables:
             for row in connection.execute(select(table)):

@@ -28,6 +28,8 @@ class FakeTelegram:
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_message_id: int = 5000
     files: dict[str, bytes] = field(default_factory=dict)  # file_path -> content, for getFile and download
+    # file_id -> the file_path getFile answers (default "documents/<file_id>.bin"): a hostile Bot API's
+    file_paths: dict[str, str] = field(default_factory=dict)
     url: str = ""
 
     def called(self, method: str) -> list[dict[str, Any]]:
@@ -133,7 +135,7 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                         return pending
                     time.sleep(0.05)
             if method == "getFile":
-                path = f"documents/{params['file_id']}.bin"
+                path = fake.file_paths.get(str(params["file_id"]), f"documents/{params['file_id']}.bin")
                 return {
                     "file_id": params["file_id"],
                     "file_unique_id": "u" + str(params["file_id"]),

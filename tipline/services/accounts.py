@@ -2,6 +2,12 @@
 
 Each action takes an `actor` (who asked for it: a console username, "cli" or "init"); with one, the
 action and its audit entry commit together.
+
+Who may give access to tips: only someone with a shell on the server. The console's `*_from_console`
+functions refuse (and audit) whatever would let one admin reach tips: creating an account with the
+detective role, or resetting a detective's authenticator (the next sign-in would enrol a new one).
+Otherwise an admin who is not a detective could make a detective account, read its one-time
+password and sign in as it. The command line and the Python API act as the shell they run in.
 """
 
 from __future__ import annotations
@@ -21,12 +27,26 @@ from tipline.storage.models import ConsoleSession, User
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+# The audit log's actors for the command line and for `tipline init`: no account may look like them.
+RESERVED_USERNAMES = frozenset({"cli", "init"})
+SHELL_ONLY = (
+    "Granting the detective role, and resetting a detective's authenticator, happen only on the "
+    "server's command line, so that no single console account can give itself access to tips"
+)
 
 hasher = PasswordHasher()  # argon2id, argon2-cffi's defaults (t=3, m=64 MiB, p=4): above ASVS minimums
 
 
 class UserError(ValueError):
     pass
+
+
+class ShellOnly(UserError):
+    """Refused in the console: it would hand tips to whoever asked. `command` is the way that works."""
+
+    def __init__(self, command: str):
+        super().__init__(f"{SHELL_ONLY}. Someone with a shell on the server runs: {command}")
+        self.command = command
 
 
 def generate_password() -> str:
@@ -63,18 +83,17 @@ def add_user(
     actor: str | None = None,
 ) -> User:
     """Create an account; `must_change` when `password` is a one-time password someone else will read."""
-    username = normalise_username(username)
-    if not username or not set(username) <= USERNAME_CHARS or len(username) > 64:
-        raise UserError("usernames use a-z, 0-9, '.', '_' and '-' (at most 64)")
+    username = checked_username(username)
     role_list = normalise_roles(roles)
     check_password(password)
+    password_hash = hasher.hash(password)  # before the transaction: argon2 must never hold the write lock
     with ctx.factory.begin() as session:
         if session.scalar(select(User.id).where(User.username == username)) is not None:
             raise UserError(f"user {username} already exists")
         user = User(
             username=username,
             roles=" ".join(role_list),
-            password_hash=hasher.hash(password),
+            password_hash=password_hash,
             disabled=False,
             must_change_password=must_change,
             totp_last_step=0,
@@ -83,6 +102,39 @@ def add_user(
         session.add(user)
         _audit(session, ctx, "user.create", actor, username, {"roles": sorted(role_list)})
         return user
+
+
+def checked_username(username: str) -> str:
+    """The username normalised; UserError if it cannot be one."""
+    username = normalise_username(username)
+    if not username or not set(username) <= USERNAME_CHARS or len(username) > 64:
+        raise UserError("usernames use a-z, 0-9, '.', '_' and '-' (at most 64)")
+    if username in RESERVED_USERNAMES:
+        raise UserError(f"{username!r} is how the audit log names the command line or setup; choose another username")
+    return username
+
+
+def add_user_from_console(
+    ctx: ServiceContext, username: str, roles: str | Iterable[str], password: str, *, actor: str
+) -> User:
+    """`add_user` as the console may: admin accounts only, with a one-time password.
+
+    An account with the detective role is refused with ShellOnly, and the refusal audited.
+    """
+    username = checked_username(username)
+    role_list = normalise_roles(roles)
+    if Role.DETECTIVE in role_list:
+        audit.log_event(
+            ctx,
+            "user.create",
+            actor=actor,
+            object_type="user",
+            object_id=username,
+            outcome="refused",
+            detail={"roles": sorted(role_list)},
+        )
+        raise ShellOnly(f"tipline users add {username} " + " ".join(f"--role {role}" for role in role_list))
+    return add_user(ctx, username, role_list, password, must_change=True, actor=actor)
 
 
 def list_users(ctx: ServiceContext) -> list[User]:
@@ -103,11 +155,31 @@ def set_disabled(ctx: ServiceContext, username: str, disabled: bool = True, *, a
 def reset_2fa(ctx: ServiceContext, username: str, *, actor: str | None = None) -> None:
     """Forget the TOTP secret (the account enrols again at next sign-in) and end its sessions."""
     with ctx.factory.begin() as session:
+        _reset_2fa(session, ctx, _user(session, username), actor)
+
+
+def reset_2fa_from_console(ctx: ServiceContext, username: str, *, actor: str) -> None:
+    """`reset_2fa` as the console may: not for a detective (ShellOnly, and the refusal audited).
+
+    Whoever resets an authenticator decides who enrols the next one, so for an account that reads
+    tips it takes the server's shell.
+    """
+    with ctx.factory.begin() as session:
         user = _user(session, username)
-        user.totp_secret_ct = None
-        user.totp_kek_version = None
-        end_sessions(session, user.id)
-        _audit(session, ctx, "user.reset-2fa", actor, user.username)
+        name, refused = user.username, Role.DETECTIVE in user.role_set
+        if refused:
+            _audit(session, ctx, "user.reset-2fa", actor, name, outcome="refused")
+        else:
+            _reset_2fa(session, ctx, user, actor)
+    if refused:
+        raise ShellOnly(f"tipline users reset-2fa {name}")
+
+
+def _reset_2fa(session: Session, ctx: ServiceContext, user: User, actor: str | None) -> None:
+    user.totp_secret_ct = None
+    user.totp_kek_version = None
+    end_sessions(session, user.id)
+    _audit(session, ctx, "user.reset-2fa", actor, user.username)
 
 
 def unlock(ctx: ServiceContext, username: str, *, actor: str | None = None) -> None:
@@ -141,6 +213,7 @@ def _audit(
     actor: str | None,
     username: str,
     detail: dict[str, object] | None = None,
+    outcome: str = "ok",
 ) -> None:
     if actor is not None:
         audit.record(
@@ -150,6 +223,7 @@ def _audit(
             actor=actor,
             object_type="user",
             object_id=username,
+            outcome=outcome,
             detail=detail,
             now=ctx.now(),
         )

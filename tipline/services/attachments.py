@@ -123,8 +123,14 @@ def record(
 
 
 def insert(session: Session, rows: list[dict[str, object]]) -> None:
-    if rows:
-        session.execute(_INSERT, rows)
+    """Insert `record`'s rows. One batch INSERT takes its columns from the first row, so rows of
+    different shapes (a photo's encrypted source, a refused file's reason) go in batches of their own:
+    a photo sent beside a video must not fail the message, and with it the tipster's words."""
+    shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(sorted(row)), []).append(row)
+    for batch in shapes.values():
+        session.execute(_INSERT, batch)
 
 
 def abandon(session: Session, tip: Tip, tip_key: bytes) -> set[str]:
@@ -259,7 +265,7 @@ class MediaWorker:
             attachment.reason = error.code[:16]
             attachment.lease_until = None
             attachment.next_attempt_at = self.clock() + outbox.retry_delay(error, attempts, BACKOFF_CAP)
-        log.info("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
+        log.debug("attachment %s fetch attempt %d failed with %s", job.attachment_id[:8], attempts, error.code)
 
     def _settle(
         self,
@@ -283,6 +289,8 @@ class MediaWorker:
             attachment.status = status
             attachment.reason = reason
             attachment.lease_until = None
+            # Settled: its due time, precise while it waited, is kept to the minute like every time a tipster causes.
+            attachment.next_attempt_at = to_minute(attachment.next_attempt_at)
             attachment.source_ct = None
             attachment.attempts += 1
             if image is not None:
@@ -297,7 +305,8 @@ class MediaWorker:
             if contact is not None and job is not None:
                 # The dispatcher that runs this worker performs the queued rows on its next pass.
                 self._after(session, tip, tip_key, contact, attachment, job, now)
-        log.info("attachment %s %s%s", attachment_id[:8], status, f": {reason}" if reason else "")
+        # Per photo, so DEBUG only: at INFO every line would time a tipster's message.
+        log.debug("attachment %s %s%s", attachment_id[:8], status, f": {reason}" if reason else "")
 
     def _after(
         self,

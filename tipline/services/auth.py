@@ -1,12 +1,24 @@
 """Console sign-in: argon2id passwords, mandatory single-use TOTP, lockout, server-side sessions.
 
-Order matters for cost: a locked account or a client over its attempt budget is refused before
-any password hashing (argon2 costs ~0.1 s, so unthrottled guesses would saturate the server).
-Every refusal says the same thing, whichever factor was wrong.
+A sign-in attempt runs in three steps, and the password hash (argon2, ~0.1 s) runs in none of the
+transactions. On SQLite a write transaction holds every writer of the process, intake included, so:
+  1. one short write counts the attempt against its budgets and reads the account;
+  2. with no transaction open, the password is verified (exactly once, whatever the account's
+     state: unknown and locked accounts are verified against a dummy hash, so that no one can tell
+     them from a wrong password by the time the answer takes), then the code;
+  3. one short write records the outcome (failure count, lock, session) with its audit entry,
+     checking again what may have changed since step 1 (a lock, a code used meanwhile).
 
-The console calls the functions that take a `ctx` (sign_in, resume, enrol, change_password,
-sign_out): each is one transaction with its audit entry. The others work inside a caller's
-transaction and are their building blocks.
+The budgets live in the database, so every process counts the same attempts: each client address
+gets `Policy.per_address` attempts a minute, each username `Policy.per_username`, besides the lock
+after `MAX_FAILURES` failures. They are counted before any hashing. A refusal costs one read; the
+first refusal of each budget is recorded (so the count passes the limit) and audited, later ones
+are not, so that a flood of refused attempts writes nothing. Counts are kept under keyed hashes of
+the username and the address, never the address itself.
+
+Every refusal says the same thing, whichever factor was wrong. The console calls the functions
+that take a `ctx` (sign_in, resume, enrol, change_password, sign_out); the others are their
+building blocks.
 """
 
 from __future__ import annotations
@@ -15,14 +27,13 @@ import datetime as dt
 import enum
 import hashlib
 import secrets
-import threading
 import time
-from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyotp
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from tipline.config import Settings
@@ -30,15 +41,17 @@ from tipline.core import crypto
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import KeyPurpose, Role
 from tipline.services import audit
-from tipline.services.accounts import UserError, check_password, hasher
+from tipline.services.accounts import USERNAME_CHARS, UserError, check_password, hasher, normalise_username
 from tipline.services.context import ServiceContext
 from tipline.storage import records
-from tipline.storage.models import ConsoleSession, User, utcnow
+from tipline.storage.db import read_only, rowcount
+from tipline.storage.models import ConsoleSession, SignInAttempt, User, utcnow
 
 SIGN_IN_FAILED = "Sign-in failed. Check your username, password and code, then try again."
 MAX_FAILURES = 5  # consecutive failures before the account locks (CJIS AC-7)
 TOTP_PERIOD = 30
-# A real hash to verify against when the username is unknown, so both cases cost the same.
+COUNTED = ("wrong password", "wrong or reused code")  # the failures that count toward the lock
+# A real hash to verify against when the account is unknown or locked, so every case costs the same.
 _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
 
 
@@ -56,6 +69,10 @@ class SignInFailed(Exception):
         self.reason = reason  # for the audit log only: never shown to the person signing in
 
 
+class TooManyAttempts(Exception):
+    """A sign-in budget (of the client address or of the username) is spent for now."""
+
+
 class SessionEnded(Exception):
     """The console session ended (signed out elsewhere, disabled, expired) during the request."""
 
@@ -65,6 +82,9 @@ class Policy:
     idle: dt.timedelta = dt.timedelta(minutes=15)
     lifetime: dt.timedelta = dt.timedelta(hours=12)
     lock: dt.timedelta = dt.timedelta(minutes=30)
+    window: dt.timedelta = dt.timedelta(minutes=1)  # the sign-in budgets are per this sliding window
+    per_address: int = 20
+    per_username: int = 10
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -93,25 +113,10 @@ class SignedIn:
     visit: Visit
 
 
-class AttemptBudget:
-    """At most `limit` sign-in attempts per client per minute, counted in memory before hashing."""
-
-    def __init__(self, limit: int = 10, window: float = 60.0):
-        self.limit = limit
-        self.window = window
-        self._attempts: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            attempts = self._attempts[client]
-            while attempts and attempts[0] < now - self.window:
-                attempts.popleft()
-            if len(attempts) >= self.limit:
-                return False
-            attempts.append(now)
-            return True
+def same_token(sent: str, expected: str) -> bool:
+    """Compare a token someone sent with the expected one, in constant time, whatever text was sent
+    (`secrets.compare_digest` raises on non-ASCII strings; bytes it takes)."""
+    return secrets.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def _stage_for(user: User) -> Stage:
@@ -131,9 +136,10 @@ def totp_secret(keyring: Keyring, user: User) -> str:
 
 def accept_totp(secret: str, code: str, last_step: int, now: float | None = None) -> int | None:
     """The time step a code belongs to (now, or one step either side), if it is newer than
-    `last_step`; None otherwise. Each code is accepted once (CJIS IA-2(8))."""
+    `last_step`; None otherwise. Each code is accepted once (CJIS IA-2(8)). A code is six ASCII
+    digits: digits of other scripts ("١٢٣٤٥٦") are a wrong code like any other."""
     code = code.strip().replace(" ", "")
-    if not (code.isdigit() and len(code) == 6):
+    if not (len(code) == 6 and code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret, interval=TOTP_PERIOD)
     current = int((now if now is not None else time.time()) // TOTP_PERIOD)
@@ -143,53 +149,174 @@ def accept_totp(secret: str, code: str, last_step: int, now: float | None = None
     return None
 
 
-def authenticate(
-    session: Session,
-    keyring: Keyring,
-    policy: Policy,
-    username: str,
-    password: str,
-    code: str,
-    now: dt.datetime | None = None,
-    clock: float | None = None,
-) -> User:
-    """Check password and (once enrolled) TOTP code; raise SignInFailed with an audit reason."""
-    now = now or utcnow()
-    user = session.scalars(select(User).where(User.username == username.strip().lower()).with_for_update()).first()
-    if user is None:
-        _verify_password(_DUMMY_HASH, password)
-        raise SignInFailed("unknown user")
-    if user.locked_until is not None and user.locked_until > now:
-        raise SignInFailed("account locked")  # refused before hashing
-    ok = _verify_password(user.password_hash, password)
-    reason = "wrong password"
-    if ok and user.totp_secret_ct is not None:
-        step = accept_totp(totp_secret(keyring, user), code, user.totp_last_step, clock)
-        if step is None:
-            ok, reason = False, "wrong or reused code"
-        else:
-            user.totp_last_step = step
-    if not ok:
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILURES:
-            user.locked_until = now + policy.lock
-            user.failed_logins = 0
-            reason += "; account locked"
-        raise SignInFailed(reason)
-    if user.disabled:
-        raise SignInFailed("account disabled")
-    user.failed_logins = 0
-    user.locked_until = None
-    if hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hasher.hash(password)
+# Budgets ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "username" or "address", for the audit entry
+    key: str  # keyed hash of the username or of the client address
+    limit: int
+
+
+def budgets(keyring: Keyring, policy: Policy, username: str, client: str) -> tuple[Budget, Budget]:
+    """The budgets an attempt for `username` from the address `client` counts against."""
+    _, by_name = keyring.keyed_hash("console-sign-in-username", username)
+    _, by_address = keyring.keyed_hash("console-sign-in-address", client)
+    return Budget("username", by_name, policy.per_username), Budget("address", by_address, policy.per_address)
+
+
+def _counts(session: Session, spent: Sequence[Budget], since: dt.datetime) -> dict[str, int]:
+    query = (
+        select(SignInAttempt.key, func.count())
+        .where(SignInAttempt.key.in_([b.key for b in spent]), SignInAttempt.at > since)
+        .group_by(SignInAttempt.key)
+    )
+    counts = {b.key: 0 for b in spent}
+    counts.update((key, count) for key, count in session.execute(query))
+    return counts
+
+
+def _refuse(ctx: ServiceContext, first: Sequence[Budget], now: dt.datetime) -> TooManyAttempts:
+    """Record and audit the first refusal of each budget (later ones, while the count stays above
+    the limit, cost a read and write nothing)."""
+    if first:
+        with ctx.factory.begin() as session:
+            session.add_all(SignInAttempt(key=b.key, at=now) for b in first)
+            detail: dict[str, object] = {"reason": "too many attempts", "budget": ", ".join(b.kind for b in first)}
+            audit.record(session, ctx.keyring, "auth.sign_in", outcome="refused", detail=detail, now=now)
+    return TooManyAttempts()
+
+
+def _could_exist(username: str) -> bool:
+    # Names accounts cannot have are not looked up (a NUL would not even reach PostgreSQL).
+    return 0 < len(username) <= 64 and set(username) <= USERNAME_CHARS
+
+
+def _admit(
+    ctx: ServiceContext, policy: Policy, spent: Sequence[Budget], username: str, now: dt.datetime
+) -> User | None:
+    """Count the attempt against its budgets and read the account, in one short write (the
+    account read is detached, for use outside the transaction). TooManyAttempts if a budget is spent."""
+    since = now - policy.window
+    with read_only(ctx.factory) as session:
+        counts = _counts(session, spent, since)
+    if any(counts[b.key] >= b.limit for b in spent):
+        raise _refuse(ctx, [b for b in spent if counts[b.key] == b.limit], now)
+    with ctx.factory.begin() as session:
+        session.add_all(SignInAttempt(key=b.key, at=now) for b in spent)
+        session.flush()
+        counts = _counts(session, spent, since)
+        user = (
+            session.scalars(select(User).where(User.username == username)).first() if _could_exist(username) else None
+        )
+    if any(counts[b.key] > b.limit for b in spent):
+        raise TooManyAttempts()  # attempts running at the same time took the last ones
     return user
+
+
+def forget_attempts(session: Session, now: dt.datetime, policy: Policy = Policy()) -> int:
+    """Drop attempts older than the budgets' window (run by the periodic upkeep)."""
+    return rowcount(session.execute(delete(SignInAttempt).where(SignInAttempt.at <= now - policy.window)))
+
+
+# Checking credentials -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the credentials proved, found with no transaction open."""
+
+    reason: str | None  # why the attempt fails; None when every factor was right
+    step: int | None = None  # the TOTP step of the code, to be recorded as used
+    rehashed: str | None = None  # the password hashed with today's parameters, when they changed
+
+
+def _locked(user: User, now: dt.datetime) -> bool:
+    return user.locked_until is not None and user.locked_until > now
+
+
+def check(
+    keyring: Keyring, user: User | None, password: str, code: str, now: dt.datetime, clock: float | None = None
+) -> Checked:
+    """Verify the password and then the code. Exactly one argon2 verification runs whatever the
+    account's state, so unknown, locked and existing accounts take the same time. Call it with no
+    transaction open: on SQLite one would hold every writer, intake included, for the whole hash."""
+    usable = user if user is not None and not _locked(user, now) else None
+    right = _verify_password(usable.password_hash if usable is not None else _DUMMY_HASH, password)
+    if user is None:
+        return Checked("unknown user")
+    if usable is None:
+        return Checked("account locked")
+    if not right:
+        return Checked("wrong password")
+    step = None
+    if usable.totp_secret_ct is not None:
+        step = accept_totp(totp_secret(keyring, usable), code, usable.totp_last_step, clock)
+        if step is None:
+            return Checked("wrong or reused code")
+    rehashed = hasher.hash(password) if hasher.check_needs_rehash(usable.password_hash) else None
+    return Checked(None, step, rehashed)
 
 
 def _verify_password(stored: str, password: str) -> bool:
     try:
-        return hasher.verify(stored, password)
+        return bool(hasher.verify(stored, password))
     except (VerificationError, InvalidHashError):
         return False
+
+
+def _changed_since(fresh: User, seen: User, checked: Checked, now: dt.datetime) -> str | None:
+    """Why an attempt whose credentials were right fails after all, given the account as it is now."""
+    if _locked(fresh, now):
+        return "account locked"
+    if fresh.password_hash != seen.password_hash or fresh.totp_secret_ct != seen.totp_secret_ct:
+        return "credentials changed during sign-in"
+    if checked.step is not None and checked.step <= fresh.totp_last_step:
+        return "wrong or reused code"  # the same code was accepted meanwhile
+    if fresh.disabled:
+        return "account disabled"
+    return None
+
+
+def _count_failure(user: User, policy: Policy, now: dt.datetime, reason: str) -> str:
+    if reason not in COUNTED:
+        return reason
+    user.failed_logins += 1
+    if user.failed_logins < MAX_FAILURES:
+        return reason
+    user.locked_until = now + policy.lock
+    user.failed_logins = 0
+    return reason + "; account locked"
+
+
+def _settle(
+    ctx: ServiceContext, policy: Policy, seen: User | None, checked: Checked, now: dt.datetime
+) -> SignedIn | SignInFailed:
+    """Record the outcome of an attempt in one short write, with its audit entry."""
+    with ctx.factory.begin() as session:
+        fresh = None if seen is None else session.get(User, seen.id, with_for_update=True)
+        if seen is None or fresh is None:
+            unknown = checked.reason or "unknown user"
+            audit.record(session, ctx.keyring, "auth.sign_in", outcome="failed", detail={"reason": unknown}, now=now)
+            return SignInFailed(unknown)
+        why = checked.reason or _changed_since(fresh, seen, checked, now)
+        if why is not None:
+            why = _count_failure(fresh, policy, now, why)
+            detail: dict[str, object] = {"reason": why}
+            audit.record(
+                session, ctx.keyring, "auth.sign_in", actor=fresh.username, outcome="failed", detail=detail, now=now
+            )
+            return SignInFailed(why)
+        fresh.failed_logins = 0
+        fresh.locked_until = None
+        if checked.step is not None:
+            fresh.totp_last_step = checked.step
+        if checked.rehashed is not None:
+            fresh.password_hash = checked.rehashed
+        token, record = start_session(session, fresh, now)
+        audit.record(session, ctx.keyring, "auth.sign_in", actor=fresh.username, outcome="ok", now=now)
+        return SignedIn(token, _visit(record, fresh))
 
 
 # Sessions -----------------------------------------------------------------------------------------
@@ -313,34 +440,22 @@ def _live(session: Session, visit: Visit) -> tuple[ConsoleSession, User]:
     return record, user
 
 
-def sign_in(ctx: ServiceContext, username: str, password: str, code: str, clock: float | None = None) -> SignedIn:
-    """Check the credentials and start a session; the attempt is audited either way.
+def sign_in(
+    ctx: ServiceContext, username: str, password: str, code: str, *, client: str, clock: float | None = None
+) -> SignedIn:
+    """Check the credentials of an attempt from the address `client` and start a session; the
+    attempt is audited either way (see the module's docstring for the steps).
 
-    Raises SignInFailed once the failure (its count, a lock, its audit entry) is committed.
+    Raises TooManyAttempts before any hashing when a budget is spent, and SignInFailed once the
+    failure (its count, a lock, its audit entry) is committed.
     """
-    failure: SignInFailed | None = None
-    policy = Policy.of(ctx.settings)
-    with ctx.factory.begin() as session:
-        try:
-            user = authenticate(session, ctx.keyring, policy, username, password, code, ctx.now(), clock)
-        except SignInFailed as error:
-            failure = error
-            known = error.reason != "unknown user"
-            audit.record(
-                session,
-                ctx.keyring,
-                "auth.sign_in",
-                actor=username.strip().lower() if known else None,
-                outcome="failed",
-                detail={"reason": error.reason},
-            )
-        else:
-            token, record = start_session(session, user, ctx.now())
-            audit.record(session, ctx.keyring, "auth.sign_in", actor=user.username, outcome="ok")
-            signed_in = SignedIn(token, _visit(record, user))
-    if failure is not None:
-        raise failure
-    return signed_in
+    policy, now = Policy.of(ctx.settings), ctx.now()
+    name = normalise_username(username)
+    user = _admit(ctx, policy, budgets(ctx.keyring, policy, name, client), name, now)
+    outcome = _settle(ctx, policy, user, check(ctx.keyring, user, password, code, now, clock), now)
+    if isinstance(outcome, SignInFailed):
+        raise outcome
+    return outcome
 
 
 def resume(ctx: ServiceContext, token: str | None, *, touch: bool = True) -> Visit | None:
@@ -370,23 +485,39 @@ def enrol(ctx: ServiceContext, visit: Visit, code: str, clock: float | None = No
     with ctx.factory.begin() as session:
         record, user = _live(session, visit)
         ok = complete_enrolment(ctx.keyring, record, user, code, clock)
+        if ok:  # a session opened before (perhaps by someone else) cannot enrol an authenticator of its own over it
+            _end_other_sessions(session, record)
         audit.record(session, ctx.keyring, "auth.enrol_totp", actor=visit.username, outcome="ok" if ok else "failed")
         return Stage(record.stage) if ok else None
 
 
 def change_password(ctx: ServiceContext, visit: Visit, new: str, again: str) -> None:
-    """Replace a one-time password with one of the person's own; UserError says what is wrong with it."""
+    """Replace a one-time password with one of the person's own and end the account's other
+    sessions (whoever else knew the old password is signed out); UserError says what is wrong.
+
+    Both argon2 operations run with no transaction open (on SQLite one would hold intake)."""
     check_password(new)
     if new != again:
         raise UserError("the two passwords differ")
+    with read_only(ctx.factory) as session:
+        _, user = _live(session, visit)
+    if _verify_password(user.password_hash, new):
+        raise UserError("choose a password you have not used here")
+    new_hash = hasher.hash(new)
     with ctx.factory.begin() as session:
         record, user = _live(session, visit)
-        if _verify_password(user.password_hash, new):
-            raise UserError("choose a password you have not used here")
-        user.password_hash = hasher.hash(new)
+        user.password_hash = new_hash
         user.must_change_password = False
         advance(record, user)
-        audit.record(session, ctx.keyring, "auth.password_change", actor=visit.username)
+        ended = _end_other_sessions(session, record)
+        detail: dict[str, object] = {"other_sessions_ended": ended}
+        audit.record(session, ctx.keyring, "auth.password_change", actor=visit.username, detail=detail, now=ctx.now())
+
+
+def _end_other_sessions(session: Session, record: ConsoleSession) -> int:
+    """End every session of the account but `record`, after a change of its credentials."""
+    others = delete(ConsoleSession).where(ConsoleSession.user_id == record.user_id, ConsoleSession.id != record.id)
+    return rowcount(session.execute(others))
 
 
 def sign_out(ctx: ServiceContext, token: str | None, csrf_token: str) -> bool:
@@ -396,7 +527,7 @@ def sign_out(ctx: ServiceContext, token: str | None, csrf_token: str) -> bool:
         loaded = load_session(session, token, Policy.of(ctx.settings), ctx.now(), touch=False)
         if loaded is not None:
             record, user = loaded
-            if not secrets.compare_digest(csrf_token, record.csrf_token):
+            if not same_token(csrf_token, record.csrf_token):
                 return False
             audit.record(session, ctx.keyring, "auth.sign_out", actor=user.username)
         end_session(session, token)

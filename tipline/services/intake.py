@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,8 +31,17 @@ from tipline.core.vocabulary import ErasedReason, MessageKind, ReplyDelivery, Ti
 from tipline.services import attachments, outbox
 from tipline.services.context import ServiceContext
 from tipline.storage import records
-from tipline.storage.db import GroupCommitter, rowcount
-from tipline.storage.models import Contact, Conversation, Message, ProcessedDelivery, Tip, table_of, to_minute
+from tipline.storage.db import GroupCommitter, checkpoint, rowcount
+from tipline.storage.models import (
+    Attachment,
+    Contact,
+    Conversation,
+    Message,
+    ProcessedDelivery,
+    Tip,
+    table_of,
+    to_minute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,10 @@ ALBUM_MEMORY = 120.0  # seconds: the photos of one Telegram album arrive within 
 # Effects after which the bot's answer joins the thread (the detective sees what the tipster was told).
 CONTENT_EFFECTS = (conv.CreateDraft, conv.SetField, conv.FollowUp, conv.Submit, conv.Attach)
 OPEN_STATES = (State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value)
+# After FORGET, the provider messages of photos not yet fetched are deleted this much later: after
+# the media worker has fetched or given up on them (attachments.MAX_ATTEMPTS with backoff), since
+# the tip no longer knows a contact to queue the deletion under when they settle.
+FORGOTTEN_FILES_DELETED_AFTER = dt.timedelta(hours=12)
 
 # The hot path's statements, built once so SQLAlchemy compiles them once.
 _REMEMBER_DELIVERY = table_of(ProcessedDelivery).insert()
@@ -60,6 +73,16 @@ Row = dict[str, object]
 class Result:
     replies: tuple[str, ...]
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What one message's unit of work leaves for after its commit."""
+
+    replies: tuple[str, ...]
+    queued: bool  # the outbox has work: wake the dispatcher
+    moved: str  # "state -> state", for the debug log
+    erased: bool = False  # an address or a sender was erased: checkpoint the WAL
 
 
 def keyboard_for(conversation: ConversationState) -> str:
@@ -93,6 +116,7 @@ class Unit:
     now: dt.datetime
     tip_key: bytes | None = None
     forgotten: bool = False
+    erased: bool = False  # the return address was erased (STOP or FORGET): shred its data key
     thread: list[Row] = field(default_factory=list)  # new thread entries, inserted in one batch
     files: list[Row] = field(default_factory=list)  # new attachment rows, inserted in one batch
 
@@ -149,21 +173,24 @@ class Intake:
     def _receive(self, msg: InboundMessage) -> Result:
         try:
             if self.committer is not None:
-                replies, queued, moved = self.committer.run(lambda session: self._process(session, msg))
+                done = self.committer.run(lambda session: self._process(session, msg))
             else:
                 with self.ctx.factory.begin() as session:
-                    replies, queued, moved = self._process(session, msg)
+                    done = self._process(session, msg)
         except _Duplicate:
             # Already processed, or processed right now by a concurrent copy whose commit we waited
             # for. Nothing to do, and nothing to say twice.
-            log.info("%s delivery already processed", msg.channel)
+            log.debug("%s delivery already processed", msg.channel)
             return Result((), duplicate=True)
-        if queued:
+        if done.erased:
+            checkpoint(self.ctx.factory)  # the erased address and its old key leave the WAL
+        if done.queued:
             self.on_outbox()
-        log.info("%s message processed: %s", msg.channel, moved)
-        return Result(replies)
+        # Per message, so DEBUG only: at INFO every line would time a tipster's message.
+        log.debug("%s message processed: %s", msg.channel, done.moved)
+        return Result(done.replies)
 
-    def _process(self, session: Session, msg: InboundMessage) -> tuple[tuple[str, ...], bool, str]:
+    def _process(self, session: Session, msg: InboundMessage) -> _Done:
         """The unit of work for one inbound message, inside the caller's transaction.
 
         This is the hot path of every webhook: plain INSERTs go through Core (no unit-of-work
@@ -205,7 +232,8 @@ class Intake:
         replies, queued = self._answer(unit, msg.channel, replies, outcome.conversation)
         queued = self._settle_provider_copy(unit, msg) or queued
         self._write(unit)
-        return replies, queued, f"{before.state.value} -> {outcome.conversation.state.value}"
+        self._shred(unit)
+        return _Done(replies, queued, f"{before.state.value} -> {outcome.conversation.state.value}", unit.erased)
 
     def _remember_delivery(self, session: Session, msg: InboundMessage, now: dt.datetime) -> None:
         """Raise _Duplicate if this delivery was processed before (under any pepper version)."""
@@ -219,7 +247,9 @@ class Intake:
                 raise _Duplicate()
         try:
             session.execute(
-                _REMEMBER_DELIVERY, {"key": keyring.keyed_hash(label, value)[1], "expires_at": now + DELIVERY_MEMORY}
+                _REMEMBER_DELIVERY,
+                # Forgotten a week later, to the minute: a time to the second would time the message.
+                {"key": keyring.keyed_hash(label, value)[1], "expires_at": to_minute(now) + DELIVERY_MEMORY},
             )
         except IntegrityError:
             raise _Duplicate() from None
@@ -346,6 +376,7 @@ class Intake:
         unit.contact.opted_out = True
         records.erase_address(unit.contact, ErasedReason.STOP)
         outbox.cancel_sends(unit.session, unit.contact.id, ErasedReason.STOP)
+        unit.erased = True  # the pseudonym stays, so that START finds the sender again
         return []
 
     def _opt_in(self, unit: Unit, effect: conv.OptIn) -> list[Row]:
@@ -354,11 +385,11 @@ class Intake:
         return []
 
     def _forget(self, unit: Unit, effect: conv.Forget) -> list[Row]:
-        # The tip stays; nothing links this sender to it any more.
+        # The tip stays; nothing links this sender to it any more (see _shred).
         unit.contact.pseudonym = None
         records.erase_address(unit.contact, ErasedReason.FORGET)
         outbox.cancel_sends(unit.session, unit.contact.id, ErasedReason.FORGET)
-        unit.forgotten = True
+        unit.forgotten = unit.erased = True
         return []
 
     # After the effects ---------------------------------------------------------------------------
@@ -368,7 +399,8 @@ class Intake:
         if unit.tip is None or unit.tip_key is None or not (incoming.files or incoming.refused):
             return
         attach = any(isinstance(e, conv.Attach) for e in outcome.effects)
-        rows = attachments.record(unit.tip, unit.tip_key, incoming, attach, unit.now, unit.thread)
+        # To the minute: a file refused at once is settled as it is written (see attachments.py).
+        rows = attachments.record(unit.tip, unit.tip_key, incoming, attach, to_minute(unit.now), unit.thread)
         unit.files.extend(rows)
         if rows and was_submitted and not any(isinstance(e, conv.FollowUp) for e in outcome.effects):
             unit.tip.unread += 1
@@ -415,6 +447,31 @@ class Intake:
     def _deletes_copies(self, channel: str) -> bool:
         return self.settings.provider_delete and self.traits.deletes_provider_copies(channel)
 
+    def _shred(self, unit: Unit) -> None:
+        """After an erasure, once everything this message queued is written: destroy the data key
+        that sealed the address (and, for FORGET, the contact row with every link to its tips)."""
+        if not unit.erased:
+            return
+        keyring = self.ctx.keyring
+        if not unit.forgotten:
+            unit.contact_key = records.shred_contact_key(unit.session, keyring, unit.contact, unit.contact_key)
+            return
+        self._queue_unfetched_copies(unit)
+        unit.contact, unit.contact_key = records.forget_contact(unit.session, keyring, unit.contact, unit.contact_key)
+
+    def _queue_unfetched_copies(self, unit: Unit) -> None:
+        """Photos of the forgotten sender still to be fetched: once settled, their tip names no
+        contact to delete their provider copies under, so queue those deletions now, for later."""
+        if not self._deletes_copies(unit.contact.channel):
+            return
+        unfetched = exists().where(Attachment.tip_id == Tip.id, Attachment.source_ct.is_not(None))
+        tips = unit.session.scalars(select(Tip).where(Tip.contact_id == unit.contact.id, unfetched)).all()
+        due = unit.now + FORGOTTEN_FILES_DELETED_AFTER
+        for tip in tips:
+            key = records.tip_dek(self.ctx.keyring, tip)
+            for provider_id in attachments.abandon(unit.session, tip, key):
+                outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, provider_id, due)
+
     @staticmethod
     def _write(unit: Unit) -> None:
         try:
@@ -439,13 +496,13 @@ class Intake:
             self._albums[key] = (now, msg.delivery_id)  # the first photo (or its retried transaction)
             return False
 
-    def _erase(self, unit: Unit, erase_request: str) -> tuple[tuple[str, ...], bool, str]:
+    def _erase(self, unit: Unit, erase_request: str) -> _Done:
         """The tipster asked to erase the chat at the provider: queue it, and say honestly what it does."""
         outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, erase_request, unit.now)
         reply = render(Text.of("erase_requested"), unit.conversation.language, self.defaults)
         if unit.contact.address_ct is not None and not unit.contact.opted_out:
             outbox.enqueue_send(unit.session, unit.contact, unit.contact_key, reply, unit.now)
-        return (), True, "erase requested"
+        return _Done((), True, "erase requested")
 
     def recipient_gone(self, channel: str, address: str, reason: ErasedReason) -> bool:
         """The provider says this sender can no longer be written to (e.g. they blocked the bot)."""
@@ -455,8 +512,9 @@ class Intake:
             contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
             if contact is None:
                 return False
-            outbox.mark_recipient_gone(session, contact, reason)
-        log.info("%s sender can no longer be reached: %s", channel, reason)
+            outbox.mark_recipient_gone(session, keyring, contact, reason)
+        checkpoint(self.ctx.factory)
+        log.debug("%s sender can no longer be reached: %s", channel, reason)
         return True
 
     # Idle drafts ---------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Periodic upkeep: idle drafts, retention, and forgetting what we no longer need.
 
-Run by the dispatcher every minute and on demand by `tipline purge`.
+Run by the dispatcher every minute and on demand by `tipline purge`. Retention erases a silent
+sender's return address, shreds the data key that sealed it and drops their pseudonym, so that
+nothing can link them to anything again; senders left with no tip and nothing queued go entirely.
+On SQLite the WAL is checkpointed afterwards, so that what was erased leaves the disk.
 """
 
 from __future__ import annotations
@@ -8,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, or_, select
 
 from tipline.core.vocabulary import ErasedReason, OutboxStatus
-from tipline.services import outbox
+from tipline.services import auth, outbox
 from tipline.services.intake import Intake, forget_deliveries
-from tipline.storage import records
-from tipline.storage.db import rowcount
-from tipline.storage.models import ConsoleSession, Contact, OutboxItem, utcnow
+from tipline.storage.db import checkpoint, rowcount
+from tipline.storage.models import ConsoleSession, Contact, OutboxItem, Tip, utcnow
 
 FINISHED_OUTBOX_KEPT = dt.timedelta(days=7)
 FINISHED = (OutboxStatus.SENT, OutboxStatus.DONE, OutboxStatus.FAILED, OutboxStatus.CANCELLED)
@@ -28,6 +30,7 @@ class PurgeReport:
     deliveries_forgotten: int
     outbox_rows_deleted: int
     console_sessions_ended: int = 0
+    senders_removed: int = 0
 
     def lines(self) -> list[str]:
         return [
@@ -36,6 +39,7 @@ class PurgeReport:
             f"remembered deliveries forgotten: {self.deliveries_forgotten}",
             f"finished outbox rows deleted: {self.outbox_rows_deleted}",
             f"expired console sessions removed: {self.console_sessions_ended}",
+            f"unlinked senders removed: {self.senders_removed}",
         ]
 
 
@@ -49,13 +53,18 @@ def purge(
     now = now or utcnow()
     drafts = intake.expire_idle()
     cutoff = now - dt.timedelta(days=retention_days)
+    keyring = intake.ctx.keyring
     with intake.ctx.factory.begin() as session:
+        # Opted-out senders too: STOP kept their pseudonym for START, retention ends that as well.
         stale = session.scalars(
-            select(Contact).where(Contact.last_activity_at < cutoff, Contact.address_ct.is_not(None))
+            select(Contact).where(
+                Contact.last_activity_at < cutoff,
+                or_(Contact.address_ct.is_not(None), Contact.pseudonym.is_not(None)),
+            )
         ).all()
+        erased = sum(contact.address_ct is not None for contact in stale)
         for contact in stale:
-            records.erase_address(contact, ErasedReason.RETENTION)
-            outbox.cancel_sends(session, contact.id, ErasedReason.RETENTION)
+            outbox.erase_contact(session, keyring, contact, ErasedReason.RETENTION)
         deliveries = forget_deliveries(session, now)
         finished = session.execute(
             delete(OutboxItem).where(
@@ -69,10 +78,26 @@ def purge(
                 | (ConsoleSession.created_at < now - session_lifetime)
             )
         )
-    return PurgeReport(
+        auth.forget_attempts(session, now)  # the sign-in budgets only look one window back
+        removed = session.execute(delete(Contact).where(*UNREACHABLE_AND_UNUSED))
+    report = PurgeReport(
         drafts,
-        len(stale),
+        erased,
         deliveries,
         rowcount(finished),
         rowcount(ended),
+        rowcount(removed),
     )
+    if stale or any(count for count in (deliveries, report.outbox_rows_deleted, report.senders_removed)):
+        checkpoint(intake.ctx.factory)  # what was erased or deleted leaves the WAL
+    return report
+
+
+# A contact no message can find again (no pseudonym), that no tip names and nothing in the outbox
+# needs: a forgotten sender's blank stand-in once its provider deletions are done, or a silent
+# sender who never sent a tip. Its conversation goes with it (ON DELETE CASCADE).
+UNREACHABLE_AND_UNUSED = (
+    Contact.pseudonym.is_(None),
+    ~exists().where(Tip.contact_id == Contact.id),
+    ~exists().where(OutboxItem.contact_id == Contact.id),
+)

@@ -26,8 +26,8 @@ from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import DeliveryStatus, ErasedReason, OutboxKind, OutboxStatus, ReplyDelivery
 from tipline.services.context import ServiceContext
 from tipline.storage import records
-from tipline.storage.db import claim_due
-from tipline.storage.models import Contact, Message, OutboxItem, table_of, utcnow
+from tipline.storage.db import checkpoint, claim_due
+from tipline.storage.models import Contact, Message, OutboxItem, table_of, to_minute, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def _enqueue(
             "payload_ct": records.OUTBOX_PAYLOAD.seal(contact_key, item_id, payload.encode()),
             "status": OutboxStatus.PENDING,
             "attempts": 0,
-            "next_attempt_at": due,
-            "created_at": utcnow(),
+            "next_attempt_at": due,  # precise while the row waits; to the minute once it settles
+            "created_at": to_minute(utcnow()),
         },
     )
     return item_id
@@ -105,9 +105,22 @@ def cancel_sends(session: Session, contact_id: str, reason: ErasedReason) -> Non
         )
     ).all()
     for item in pending:
-        item.status = OutboxStatus.CANCELLED
+        _settle(item, OutboxStatus.CANCELLED)
         item.last_error = reason
         _show(session, item, ReplyDelivery.FAILED)
+
+
+def _settle(item: OutboxItem, status: OutboxStatus) -> None:
+    """The row will never be performed again: keep nothing it no longer needs.
+
+    Its payload (a text, a provider's message id) is cleared whatever the outcome: a text that went
+    lives on in the thread, and one kept here would outlive an erasure. Its times are cut to the
+    minute: a due time to the second would time the tipster's message.
+    """
+    item.status = status
+    item.payload_ct = b""
+    item.lease_until = None
+    item.next_attempt_at = to_minute(item.next_attempt_at)
 
 
 def _show(session: Session, item: OutboxItem, delivery: ReplyDelivery, *, keep_reported: bool = False) -> None:
@@ -156,12 +169,15 @@ def record_status(
         item.last_error = error_code
         _show(session, item, status.shown)
         contact = session.get(Contact, item.contact_id)
-        if contact is not None and recipient_gone is not None:
-            mark_recipient_gone(session, contact, recipient_gone)
         if contact is not None and status.final and delete_delay is not None and channel.deletes_provider_copies:
             enqueue_delete(
                 session, contact, records.contact_dek(keyring, contact), provider_message_id, now + delete_delay
             )
+        gone = contact is not None and recipient_gone is not None and not contact.opted_out
+        if contact is not None and recipient_gone is not None:
+            mark_recipient_gone(session, keyring, contact, recipient_gone)
+    if gone:
+        checkpoint(ctx.factory)
     return True
 
 
@@ -171,11 +187,27 @@ def retry_delay(error: ChannelError, attempts: int, cap: dt.timedelta) -> dt.tim
     return min(delay, cap)
 
 
-def mark_recipient_gone(session: Session, contact: Contact, reason: ErasedReason) -> None:
+def erase_contact(session: Session, keyring: Keyring, contact: Contact, reason: ErasedReason) -> bytes:
+    """Erase a sender's return address for good; returns the contact's new data key.
+
+    Sends not yet made are cancelled, and the data key that sealed the address is shredded (see
+    records.shred_contact_key). Under retention the pseudonym goes too, so that nothing links a
+    future message to this sender; after STOP it stays, so that START finds them again. (FORGET
+    goes further: intake replaces the whole contact, records.forget_contact.) On SQLite, run
+    db.checkpoint after the commit so that the old bytes leave the WAL.
+    """
+    old_key = records.contact_dek(keyring, contact)
+    records.erase_address(contact, reason)
+    if reason is ErasedReason.RETENTION:
+        contact.pseudonym = None
+    cancel_sends(session, contact.id, reason)
+    return records.shred_contact_key(session, keyring, contact, old_key)
+
+
+def mark_recipient_gone(session: Session, keyring: Keyring, contact: Contact, reason: ErasedReason) -> None:
     """The tipster can never be written to again (opted out at the carrier, blocked the bot)."""
     contact.opted_out = True
-    records.erase_address(contact, reason)
-    cancel_sends(session, contact.id, reason)
+    erase_contact(session, keyring, contact, reason)
 
 
 class Dispatcher:
@@ -237,7 +269,9 @@ class Dispatcher:
     def _load(self, item_id: str) -> _Loaded | None:
         keyring = self.ctx.keyring
         with self.ctx.factory() as session:
-            item = session.get(OutboxItem, item_id)
+            # Locked while it is read, so that an erasure re-sealing the row under a fresh key (STOP,
+            # FORGET) happens wholly before or after: never a row read under a key already replaced.
+            item = session.get(OutboxItem, item_id, with_for_update=True)
             if item is None or item.status != OutboxStatus.CLAIMED:
                 return None
             contact = session.get(Contact, item.contact_id)
@@ -292,20 +326,19 @@ class Dispatcher:
             item = session.get(OutboxItem, item_id)
             if item is None:
                 return
-            item.status = status
-            item.lease_until = None
+            _settle(item, status)  # sent, done, failed or cancelled
             item.last_error = error
             item.attempts += 1
             if provider:
                 item.provider_ref = provider
-            if item.kind == DELETE and status is OutboxStatus.DONE:
-                item.payload_ct = b""  # the provider id is no longer needed anywhere
             shown = ReplyDelivery.SENT if status is OutboxStatus.SENT else ReplyDelivery.FAILED
             _show(session, item, shown, keep_reported=True)
-        log.info("outbox %s %s: %s", item_id[:8], status, error or "ok")
+        # Per message, so DEBUG only: at INFO the log would time every reply to a tipster.
+        log.debug("outbox %s %s: %s", item_id[:8], status, error or "ok")
 
     def _failed(self, item_id: str, error: ChannelError) -> None:
         now = self.clock()
+        erased = False
         with self.ctx.factory.begin() as session:
             item = session.get(OutboxItem, item_id)
             if item is None:
@@ -315,23 +348,28 @@ class Dispatcher:
             item.last_error = error.code
             give_up = error.permanent or item.attempts >= MAX_ATTEMPTS[OutboxKind(item.kind)]
             if item.kind == DELETE and error.missing:
-                item.status, item.payload_ct = OutboxStatus.DONE, b""  # already gone at the provider
+                _settle(item, OutboxStatus.DONE)  # already gone at the provider
                 give_up = False
             elif give_up:
-                self._give_up(session, item, error)
+                erased = self._give_up(session, item, error)
             else:
                 item.status = OutboxStatus.PENDING
                 item.next_attempt_at = now + retry_delay(error, item.attempts, BACKOFF_CAP[OutboxKind(item.kind)])
-        log.info("outbox %s attempt failed with %s%s", item_id[:8], error.code, " (giving up)" if give_up else "")
+        if erased:
+            checkpoint(self.ctx.factory)
+        log.debug("outbox %s attempt failed with %s%s", item_id[:8], error.code, " (giving up)" if give_up else "")
 
-    @staticmethod
-    def _give_up(session: Session, item: OutboxItem, error: ChannelError) -> None:
-        item.status = OutboxStatus.FAILED
+    def _give_up(self, session: Session, item: OutboxItem, error: ChannelError) -> bool:
+        """Settle a row as failed; True if the provider said the tipster is gone (their address erased)."""
+        _settle(item, OutboxStatus.FAILED)  # a failed deletion's provider id is dropped too
         _show(session, item, ReplyDelivery.FAILED)
-        if error.recipient_gone is not None:
-            contact = session.get(Contact, item.contact_id)
-            if contact is not None:
-                mark_recipient_gone(session, contact, error.recipient_gone)
+        if error.recipient_gone is None:
+            return False
+        contact = session.get(Contact, item.contact_id)
+        if contact is None or contact.opted_out:
+            return False
+        mark_recipient_gone(session, self.ctx.keyring, contact, error.recipient_gone)
+        return True
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
         """The dispatcher loop: work while there is work, otherwise wait for a wake-up or the interval."""

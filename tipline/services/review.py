@@ -30,7 +30,7 @@ REPLY_BLOCKERS: dict[str, str] = {
     ErasedReason.RETENTION: "the tipster's return address expired under the retention policy",
     ErasedReason.BLOCKED: "the tipster blocked the bot; no message can be sent",
     ErasedReason.UNREACHABLE: "the provider says the tipster's address cannot receive messages",
-    NO_CONTACT: "this tip has no return address",
+    NO_CONTACT: "the tipster asked to be forgotten: nothing links this tip to them any more",
 }
 
 STATUSES = TipStatus.submitted()
@@ -177,7 +177,7 @@ def _blocker(contact: Contact | None) -> str | None:
     if contact.opted_out:
         return contact.erased_reason or ErasedReason.STOP
     if contact.pseudonym is None:
-        return ErasedReason.FORGET
+        return contact.erased_reason or ErasedReason.FORGET
     if contact.address_ct is None:
         return contact.erased_reason or NO_CONTACT
     return None
@@ -249,9 +249,34 @@ def thread_since(
     ctx: ServiceContext,
     reference: str,
     after_seq: int,
+    *,
+    actor: str | None = None,
 ) -> tuple[list[ThreadEntry], dict[int, str | None], dict[int, str]]:
     """Thread entries after `after_seq`, the delivery state of every agency reply, and the state of
-    every photo (which changes without a new entry while it is fetched): for live updates."""
+    every photo (which changes without a new entry while it is fetched): for live updates.
+
+    With an `actor`, entries are returned only once a "tip.view" entry naming the reader, the tip
+    and the entries read has committed. A poll that finds nothing new carries no tip content
+    (delivery and photo states only) and writes nothing, so polling does not grow the audit log.
+    """
+    entries, deliveries, photos = _thread_since(ctx, reference, after_seq)
+    if entries and actor is not None:
+        audit.log_event(
+            ctx,
+            "tip.view",
+            actor=actor,
+            object_type="tip",
+            object_id=reference,
+            detail={"entries": [entries[0].seq, entries[-1].seq], "live": True},
+        )
+    return entries, deliveries, photos
+
+
+def _thread_since(
+    ctx: ServiceContext, reference: str, after_seq: int
+) -> tuple[list[ThreadEntry], dict[int, str | None], dict[int, str]]:
+    # Read without the write lock (polling is frequent); the audit entry, when one is due, is
+    # written afterwards but before anything is returned.
     with read_only(ctx.factory) as session:
         tip = _tip(session, reference)
         key = records.tip_dek(ctx.keyring, tip)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from tipline.config import Settings
 from tipline.core import crypto
 from tipline.core.vocabulary import KeyPurpose, RotationStatus
-from tipline.services import attachments, audit
+from tipline.services import attachments, audit, processes
 from tipline.services.context import ServiceContext
 from tipline.storage import records
-from tipline.storage.db import read_only
+from tipline.storage.db import checkpoint, read_only
 from tipline.storage.keystore import KeyStoreError, master_key_path, row_counts, write_secret_file
 from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
@@ -135,6 +136,12 @@ def start(ctx: ServiceContext, master: bytes, purpose: str, reencrypt: bool = Fa
     return rotation_id
 
 
+# How long after a new version becomes primary a process may still write under the old one: every
+# KeyStore re-reads the primaries at least once a second (keystore.KeyStore.check_interval), plus a
+# transaction begun just before that look. Tests shorten it through a fixture.
+PROPAGATION = dt.timedelta(seconds=5)
+
+
 @dataclass
 class Step:
     moved: int
@@ -170,8 +177,10 @@ def step(ctx: ServiceContext, rotation_id: int, cursor: object = None) -> Step:
         if last is not None:
             return Step(moved, last, False)
         # A pass reached the end. Rows written meanwhile by a process that had not yet seen the new
-        # primary would be behind the cursor: finish only when none is left anywhere.
-        if remaining(session, purpose, version):
+        # primary would be behind the cursor: finish only when none is left anywhere, and only once
+        # every process has seen the new primary (PROPAGATION after it became primary), so that no
+        # row can still be written under an older version after the rotation says it is done.
+        if remaining(session, purpose, version) or ctx.now() < rotation.started_at + PROPAGATION:
             return Step(moved, None, False)
         rotation.status = RotationStatus.DONE
         rotation.finished_at = utcnow()
@@ -203,6 +212,8 @@ def run(
             progress(result.moved)
         if result.finished:
             return True
+        if not result.moved and result.cursor is None:
+            time.sleep(0.2)  # waiting out PROPAGATION: look again shortly, without spinning
         cursor = result.cursor
 
 
@@ -276,14 +287,13 @@ def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:
     old = records.tip_dek(keyring, tip)
     fields = {name: records.read_tip_field(tip, old, name) for name in records.TIP_FIELDS}
     messages = session.scalars(select(Message).where(Message.tip_id == tip.id)).all()
-    bodies = [(m, records.read_message(tip, old, m)) for m in messages]
     new = crypto.new_key()
     tip.kek_version, tip.wrapped_dek = keyring.wrap_dek(KeyPurpose.TIPS, new, tip.reference)
     for name, value in fields.items():
         if value is not None:
             records.set_tip_field(tip, new, name, value)
-    for message, body in bodies:
-        message.body_ct = records.MESSAGE_BODY.seal(new, f"{tip.reference}#{message.seq}", body.encode())
+    for message in messages:
+        records.reseal_message(tip, old, new, message)
     for attachment in session.scalars(select(Attachment).where(Attachment.tip_id == tip.id)):
         attachments.reseal(attachment, old, new)
     return 1
@@ -349,19 +359,8 @@ def retire(ctx: ServiceContext, purpose: str, version: int, actor: str | None = 
             object_id=purpose,
             detail={"version": version},
         )
-    _checkpoint(ctx.factory)
+    checkpoint(ctx.factory)  # the destroyed key's bytes leave the WAL
     ctx.keys.reload()
-
-
-def _checkpoint(factory: sessionmaker[Session]) -> None:
-    """On SQLite, fold the WAL into the database and truncate it, so deleted key bytes leave the disk."""
-    engine = factory.kw["bind"]
-    if engine.dialect.name == "sqlite":
-        raw = engine.raw_connection()  # outside any transaction, as a checkpoint must be
-        try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            raw.close()
 
 
 # The master key ------------------------------------------------------------------------------------
@@ -379,6 +378,13 @@ def rotate_master(ctx: ServiceContext, old: bytes, new: bytes, actor: str | None
     if old == new:
         raise RotationError("the new master key is the current one")
     settings = ctx.settings
+    stuck = [p.kind for p in processes.running(ctx) if settings.master_key is not None or not p.follows_master_file]
+    if stuck:
+        raise RotationError(
+            f"{len(stuck)} tip line process(es) ({', '.join(sorted(set(stuck)))}) run with the master key in "
+            "TIPLINE_MASTER_KEY and cannot follow a new one: stop them, rotate, set the new TIPLINE_MASTER_KEY "
+            "everywhere, then start them again"
+        )
     path = master_key_path(settings) if settings.master_key is None else None
     if path is not None:
         pending = path.with_name(path.name + NEXT_SUFFIX)
@@ -408,7 +414,7 @@ def rotate_master(ctx: ServiceContext, old: bytes, new: bytes, actor: str | None
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    _checkpoint(ctx.factory)
+    checkpoint(ctx.factory)  # the keys wrapped by the old master leave the WAL
     return len(rows)
 
 

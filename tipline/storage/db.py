@@ -4,8 +4,11 @@ SQLite is the embedded default and is run for durability: WAL with `synchronous=
 tip acknowledged to the provider must survive a power cut (in WAL mode NORMAL may roll back a
 committed transaction). Write transactions start with BEGIN IMMEDIATE so that two requests never
 both read then both try to upgrade to a write lock (which SQLite resolves by failing one).
-`secure_delete` overwrites erased return addresses instead of leaving them in free pages.
-PostgreSQL is fully supported through psycopg 3.
+`secure_delete` overwrites what is deleted or replaced (an erased return address, a shredded data
+key) with zeros instead of leaving it in free space, and `checkpoint` after an erasure folds the
+WAL, which still holds the old pages, into the database and truncates it.
+PostgreSQL is fully supported through psycopg 3; what erasure needs there is the operator's part
+(VACUUM, WAL and backup retention, see README).
 """
 
 from __future__ import annotations
@@ -133,6 +136,27 @@ def rowcount(result: Result[Any]) -> int:
 def is_postgres(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
+
+
+def checkpoint(factory: sessionmaker[Session]) -> bool:
+    """On SQLite, fold the WAL into the database and truncate it, so erased bytes leave the disk.
+
+    Run after a commit that erased something (a return address, a data key): until then the old
+    pages are still in the WAL. It waits (busy_timeout) for readers of older snapshots to finish;
+    returns False if it could not truncate (a reader held on), True otherwise. On PostgreSQL it
+    does nothing: dead tuples and WAL there are the operator's (VACUUM, WAL and backup retention).
+    """
+    engine = factory.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        return True
+    raw = engine.raw_connection()  # outside any transaction, as a checkpoint must be
+    try:
+        busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        raw.close()
+    if busy:
+        log.warning("WAL checkpoint after an erasure did not complete: a reader held on; the next one will")
+    return not busy
 
 
 def alembic_config(url: str) -> Config:

@@ -7,9 +7,11 @@ missing key is never silently replaced by a new one (that would make every tip u
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -20,6 +22,8 @@ from tipline.core import crypto
 from tipline.core.vocabulary import KeyPurpose
 from tipline.storage.db import read_only
 from tipline.storage.models import Contact, KeyVersion, Tip
+
+log = logging.getLogger(__name__)
 
 MASTER_KEY_FILE = "master.key"
 
@@ -106,24 +110,56 @@ def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
 
 
 class KeyStore:
-    """The process's keyring. It follows rotations made by other processes: a version it has not
-    seen is loaded when first needed, and which versions are primary is re-read every
-    `check_interval` seconds, so new data moves to a new primary within that time."""
+    """The process's keyring. It follows key changes made by other processes:
 
-    def __init__(self, factory: sessionmaker[Session], master: bytes, check_interval: float = 1.0):
+    - a version it has not seen is loaded when first needed, and which versions are primary (and
+      which are retired) is re-read every `check_interval` seconds, so new data moves to a new
+      primary within that time and a retired key leaves the process's memory;
+    - after `tipline keys rotate-master` the keys in the database are wrapped by a new master key:
+      when they stop opening, the master key is read again from its source (`master_source`, the
+      key file), so a running process follows a rotation made with a key file.
+    """
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        master: bytes,
+        check_interval: float = 1.0,
+        master_source: Callable[[], bytes] | None = None,
+    ):
         self._factory = factory
         self._master = master
-        self._lock = threading.Lock()
+        self._master_source = master_source
+        self._lock = threading.RLock()
         self._check_interval = check_interval
         self._checked = time.monotonic()
         self._fingerprint, self._keyring = self._load()
 
     def _load(self) -> tuple[tuple[tuple[object, ...], ...], crypto.Keyring]:
         with read_only(self._factory) as session:
-            keyring = load_keyring(session, self._master)
             fingerprint = _fingerprint(session)
+            try:
+                keyring = load_keyring(session, self._master)
+            except KeyStoreError:
+                if not self._follow_master():
+                    raise
+                keyring = load_keyring(session, self._master)
         keyring.loader = self._load_version
         return fingerprint, keyring
+
+    def _follow_master(self) -> bool:
+        """Read the master key again; True if it changed (another process rotated it)."""
+        if self._master_source is None:
+            return False
+        try:
+            current = self._master_source()
+        except KeyStoreError:
+            return False
+        if current == self._master:
+            return False
+        log.warning("the master key changed (tipline keys rotate-master): following it")
+        self._master = current
+        return True
 
     def _load_version(self, purpose: str, version: int) -> bytes | None:
         with read_only(self._factory) as session:
@@ -132,7 +168,13 @@ class KeyStore:
             ).first()
             if row is None or row.retired_at is not None:
                 return None
-            return crypto.unwrap_kek(self._master, row.purpose, row.version, row.wrapped_key)
+            try:
+                return crypto.unwrap_kek(self._master, row.purpose, row.version, row.wrapped_key)
+            except crypto.IntegrityError:
+                with self._lock:
+                    if not self._follow_master():
+                        raise
+                return crypto.unwrap_kek(self._master, row.purpose, row.version, row.wrapped_key)
 
     @property
     def keyring(self) -> crypto.Keyring:
@@ -158,9 +200,9 @@ class KeyStore:
 
 
 def _fingerprint(session: Session) -> tuple[tuple[object, ...], ...]:
-    return tuple(
-        tuple(r) for r in session.execute(select(KeyVersion.id, KeyVersion.is_primary).order_by(KeyVersion.id)).all()
-    )
+    """What changes when a key is added, made primary or retired."""
+    query = select(KeyVersion.id, KeyVersion.is_primary, KeyVersion.retired_at.is_(None)).order_by(KeyVersion.id)
+    return tuple(tuple(r) for r in session.execute(query).all())
 
 
 def row_counts(session: Session) -> dict[tuple[str, int], int]:

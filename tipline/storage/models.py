@@ -52,6 +52,11 @@ def to_minute(moment: dt.datetime) -> dt.datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+# A due time may be precise while its row waits (so that work runs in order and on time); once the
+# row settles it is cut to the minute like every other time a tipster causes.
+SETTLED_TO_THE_MINUTE = "precise while pending; to the minute once settled"
+
+
 class KeyVersion(Base):
     """One version of a key-encryption key (or of the pseudonym pepper), wrapped by the master key."""
 
@@ -80,11 +85,13 @@ class Contact(Base):
         String(64),
         unique=True,
         nullable=True,
-        comment="HMAC-SHA256(pepper, 'channel:address'); NULL once the tipster asked to be forgotten",
+        comment="HMAC-SHA256(pepper, 'channel:address'); NULL once forgotten or past retention",
     )
     pseudonym_version: Mapped[int] = mapped_column(Integer)
     kek_version: Mapped[int] = mapped_column(Integer, comment="version of the contacts KEK wrapping wrapped_dek")
-    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary, comment="this contact's data key, wrapped")
+    wrapped_dek: Mapped[bytes] = mapped_column(
+        LargeBinary, comment="this contact's data key, wrapped; replaced when the address is erased"
+    )
     address_ct: Mapped[bytes | None] = mapped_column(
         LargeBinary, nullable=True, comment="encrypted return address; NULL once erased"
     )
@@ -186,7 +193,7 @@ class Attachment(Base):
     size: Mapped[int | None] = mapped_column(Integer, nullable=True, comment="bytes of the cleaned image")
     frames: Mapped[int | None] = mapped_column(Integer, nullable=True, comment="frames in the original; one kept")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, comment=SETTLED_TO_THE_MINUTE)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
 
@@ -202,7 +209,9 @@ class OutboxItem(Base):
     channel: Mapped[str] = mapped_column(String(16))
     contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True)
-    payload_ct: Mapped[bytes] = mapped_column(LargeBinary, comment="encrypted under the contact's data key")
+    payload_ct: Mapped[bytes] = mapped_column(
+        LargeBinary, comment="encrypted under the contact's data key; emptied once done, failed or cancelled"
+    )
     status: Mapped[str] = mapped_column(
         String(12), default=OutboxStatus.PENDING.value, comment="the dispatcher's lifecycle (OutboxStatus)"
     )
@@ -210,13 +219,13 @@ class OutboxItem(Base):
         String(24), nullable=True, comment="the provider's last delivery report (DeliveryStatus), for sends"
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, comment=SETTLED_TO_THE_MINUTE)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     provider_ref: Mapped[str | None] = mapped_column(
         String(64), nullable=True, index=True, comment="keyed hash of the provider's message id"
     )
     last_error: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="error code only")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
 
 
 class ProcessedDelivery(Base):
@@ -225,7 +234,7 @@ class ProcessedDelivery(Base):
     __tablename__ = "processed_deliveries"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True, comment="keyed hash of channel + delivery id")
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
 
 
 class User(Base):
@@ -285,6 +294,20 @@ class ConsoleSession(Base):
     )
 
 
+class SignInAttempt(Base):
+    """A recent console sign-in attempt, one row per budget it counts against (a username's, a
+    client address's), so that every process sees the same counts. Kept for a minute or two."""
+
+    __tablename__ = "sign_in_attempts"
+    __table_args__ = (Index("ix_sign_in_attempts_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(
+        String(64), comment="keyed hash of a username or of a client address; never either in clear"
+    )
+    at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
 class AuditEntry(Base):
     """One event of the audit log. Entries are hash-chained under a secret key (see audit.py)."""
 
@@ -305,3 +328,28 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(
         String(64), comment="HMAC-SHA256 under the audit key over prev_hash and this entry"
     )
+
+
+class DataUpgrade(Base):
+    """A one-time data upgrade that `tipline init` has carried out (it never runs twice)."""
+
+    __tablename__ = "data_upgrades"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    done_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class ProcessBeat(Base):
+    """A running `tipline serve`, `dispatch` or `telegram poll` process, seen recently.
+
+    Lets a command refuse what would break running processes (a master key rotation they cannot
+    follow) and will tell /healthz whether a dispatcher is alive. Nothing here concerns tipsters.
+    """
+
+    __tablename__ = "process_beats"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, comment="random per process start")
+    kind: Mapped[str] = mapped_column(String(16), comment="serve, dispatch or poll")
+    follows_master_file: Mapped[bool] = mapped_column(Boolean, comment="re-reads master.key when it changes")
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)

@@ -10,13 +10,13 @@ import datetime as dt
 import secrets
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tipline.core import crypto
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import ErasedReason, KeyPurpose, TipStatus
-from tipline.storage.models import Contact, Message, Tip, to_minute
+from tipline.storage.models import Contact, Conversation, DataUpgrade, Message, OutboxItem, Tip, to_minute
 
 # Tip references: random, short, and free of look-alike characters (no 0/O, 1/I/L, U/V).
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
@@ -90,7 +90,7 @@ def message_row(
     """The column values of the next entry of a tip's thread (kinds: tipster, bot, agency, note)."""
     tip.message_count += 1
     seq = tip.message_count
-    body = MESSAGE_BODY.seal(dek, f"{tip.reference}#{seq}", text.encode())
+    body = MESSAGE_BODY.seal(dek, message_row_id(tip.reference, seq, kind, author_id), text.encode())
     return {
         "tip_id": tip.id,
         "seq": seq,
@@ -118,8 +118,61 @@ def append_message(
     return message
 
 
+def message_row_id(reference: str, seq: int, kind: str, author_id: int | None) -> str:
+    """What a thread entry's body is bound to: its place in the thread, who wrote it and which kind it is.
+
+    A tipster's message re-typed in the database as a detective's note (or given another author)
+    then fails to open instead of being shown as something it is not.
+    """
+    return f"{reference}#{seq}|{kind}|{author_id if author_id is not None else '-'}"
+
+
 def read_message(tip: Tip, dek: bytes, message: Message) -> str:
-    return MESSAGE_BODY.open(dek, f"{tip.reference}#{message.seq}", message.body_ct).decode()
+    """A thread entry's text. Raises crypto.IntegrityError if the row was altered."""
+    row = message_row_id(tip.reference, message.seq, message.kind, message.author_id)
+    return MESSAGE_BODY.open(dek, row, message.body_ct).decode()
+
+
+def reseal_message(tip: Tip, old_key: bytes, new_key: bytes, message: Message) -> None:
+    """Re-encrypt a thread entry under a tip's new data key (key rotation with --reencrypt)."""
+    body = read_message(tip, old_key, message)
+    row = message_row_id(tip.reference, message.seq, message.kind, message.author_id)
+    message.body_ct = MESSAGE_BODY.seal(new_key, row, body.encode())
+
+
+MESSAGE_BINDING_UPGRADE = "0.2-message-kind-and-author"
+
+
+def upgrade_message_seals(session: Session, keyring: Keyring, now: dt.datetime) -> tuple[int, int]:
+    """Bind thread entries sealed before kind and author were part of their associated data.
+
+    Until version 0.2 a body was bound to "<reference>#<seq>" only. The first `tipline init` of
+    0.2 re-seals such entries, and records that it did: it never runs again, so an old ciphertext
+    copied back into a row later (from a backup, say) is never accepted under the old binding.
+    Returns (re-sealed, unreadable): an entry that opens under neither binding was altered and is
+    left as it is (reading it fails closed).
+    """
+    if session.get(DataUpgrade, MESSAGE_BINDING_UPGRADE) is not None:
+        return 0, 0
+    upgraded = unreadable = 0
+    for tip in session.scalars(select(Tip)):
+        key = tip_dek(keyring, tip)
+        for message in session.scalars(select(Message).where(Message.tip_id == tip.id)):
+            try:
+                read_message(tip, key, message)
+                continue
+            except crypto.IntegrityError:
+                pass
+            try:
+                legacy = MESSAGE_BODY.open(key, f"{tip.reference}#{message.seq}", message.body_ct)
+            except crypto.IntegrityError:
+                unreadable += 1
+                continue
+            row = message_row_id(tip.reference, message.seq, message.kind, message.author_id)
+            message.body_ct = MESSAGE_BODY.seal(key, row, legacy)
+            upgraded += 1
+    session.add(DataUpgrade(name=MESSAGE_BINDING_UPGRADE, done_at=to_minute(now)))
+    return upgraded, unreadable
 
 
 def alias(tip: Tip) -> str:
@@ -182,6 +235,76 @@ def erase_address(contact: Contact, reason: ErasedReason) -> None:
     contact.erased_reason = reason
 
 
+# Erasure: crypto-shredding ------------------------------------------------------------------------
+# Clearing a column is not enough: the old ciphertext may survive in a WAL frame, a free page or a
+# backup, and the contact's data key, still in its row, would open it. So an erasure also replaces
+# the data key: what must survive is re-sealed under a fresh one and the old wrapped key is
+# overwritten, after which nothing the tip line keeps opens any copy of the old ciphertext.
+
+
+def _fresh_contact_key(keyring: Keyring, contact: Contact) -> bytes:
+    key = crypto.new_key()
+    contact.kek_version, contact.wrapped_dek = keyring.wrap_dek(KeyPurpose.CONTACTS, key, contact.id)
+    return key
+
+
+def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: bytes, owner: Contact) -> None:
+    """Re-seal the contact's outbox payloads under `new_key` and hand every row to `owner`.
+
+    Payloads still kept are those of rows yet to be performed (deletions of provider copies; sends
+    were cancelled by the erasure); settled rows' were cleared, and on FORGET those rows go.
+    """
+    for item in session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id)):
+        if not item.payload_ct:
+            if owner is not contact:
+                session.delete(item)  # settled: nothing of it needs to pass to the stand-in
+            continue
+        plain = OUTBOX_PAYLOAD.open(old_key, item.id, item.payload_ct)
+        item.payload_ct = OUTBOX_PAYLOAD.seal(new_key, item.id, plain)
+        if owner is not contact:
+            item.contact_id = owner.id
+            item.message_id = None  # no thread entry of any tip stays linked to the forgotten sender
+
+
+def shred_contact_key(session: Session, keyring: Keyring, contact: Contact, old_key: bytes) -> bytes:
+    """Give the contact a fresh data key, re-sealing what must survive; returns the new key.
+
+    Call after erasing the address (STOP, retention, a provider saying the address is gone).
+    """
+    new_key = _fresh_contact_key(keyring, contact)
+    _carry_over(session, contact, old_key, new_key, contact)
+    return new_key
+
+
+def forget_contact(session: Session, keyring: Keyring, contact: Contact, old_key: bytes) -> tuple[Contact, bytes]:
+    """FORGET: the contact row goes, and with it its id, data key and every link to tips.
+
+    Outbox rows still to be performed (deletions of provider copies) pass, re-sealed under a fresh
+    key, to a blank contact with a new id that knows nothing of the sender and refers to no tip
+    (maintenance removes it once its rows are gone). Returns that contact and its key. The caller
+    has erased the address and cleared the pseudonym already.
+    """
+    heir = Contact(
+        id=new_id(),
+        channel=contact.channel,
+        pseudonym=None,
+        pseudonym_version=contact.pseudonym_version,
+        opted_out=True,
+        erased_reason=ErasedReason.FORGET,
+        last_activity_at=to_minute(contact.last_activity_at),
+    )
+    new_key = _fresh_contact_key(keyring, heir)
+    session.add(heir)
+    session.flush()  # the rows handed over refer to it
+    _carry_over(session, contact, old_key, new_key, heir)
+    session.execute(update(Tip).where(Tip.contact_id == contact.id).values(contact_id=None))
+    session.execute(delete(Conversation).where(Conversation.contact_id == contact.id))
+    session.flush()
+    session.delete(contact)
+    session.flush()
+    return heir, new_key
+
+
 # Other sealed fields ------------------------------------------------------------------------------
 
 
@@ -203,7 +326,7 @@ class SealedField:
         return crypto.open_sealed(key, blob, self.aad(row))
 
 
-MESSAGE_BODY = SealedField("messages", "body")  # row: "<tip reference>#<seq>"
+MESSAGE_BODY = SealedField("messages", "body")  # row: message_row_id(), kind and author included
 OUTBOX_PAYLOAD = SealedField("outbox", "payload")  # under the contact's data key
 ATTACHMENT_SOURCE = SealedField("attachments", "source")  # the provider's reference, until fetched
 ATTACHMENT_DATA = SealedField("attachments", "data")  # the cleaned image, under the tip's data key

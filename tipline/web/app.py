@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import traceback
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from tipline.runtime import Runtime
 from tipline.storage.keystore import secret_key
-
-MAX_REQUEST_BYTES = 256 * 1024  # Twilio bodies are at most 1600 characters; nothing legitimate is bigger
+from tipline.web import limits
 
 
 def create_app(runtime: Runtime) -> Flask:
@@ -24,12 +23,19 @@ def create_app(runtime: Runtime) -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key(runtime.settings),
-        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        MAX_CONTENT_LENGTH=limits.DEFAULT_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=runtime.settings.public_url.startswith("https://"),
     )
     context.install(app, runtime)
+
+    @app.before_request
+    def body_limit() -> None:
+        # Before any blueprint's own checks (the webhooks' signatures read the body): a webhook
+        # takes only what its provider sends, and a larger body is answered 413 unread.
+        request.max_content_length = limits.body_limit(request.blueprint)
+
     app.register_blueprint(twilio.bp)
     app.register_blueprint(telegram.bp)
     app.register_blueprint(console.bp)

@@ -25,13 +25,14 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from adapters.sandbox import CHANNEL as SANDBOX_CHANNEL
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery, Role, TipStatus
 from tipline.services import accounts, audit, auth, review
 from tipline.services.auth import Stage
 from tipline.services.context import ServiceContext
 from tipline.storage.keystore import key_status
 from tipline.storage.models import utcnow
-from tipline.web.context import current_runtime, sign_in_budget
+from tipline.web.context import current_runtime
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 COOKIE = "tipline_console"
@@ -115,9 +116,7 @@ def page(role: Role | None = None, stage: Stage = Stage.FULL, touch: bool = True
             if visit is None or visit.stage != stage:
                 return _not_there_yet(token, visit)
             g.visit = visit
-            if request.method == "POST" and not secrets.compare_digest(
-                request.form.get("csrf_token", ""), visit.csrf_token
-            ):
+            if request.method == "POST" and not auth.same_token(request.form.get("csrf_token", ""), visit.csrf_token):
                 abort(400, "The form expired or did not come from this console. Go back, reload and try again.")
             if role is not None and role not in visit.roles:
                 abort(403)
@@ -167,6 +166,7 @@ def _context() -> dict[str, Any]:
         "MessageKind": MessageKind,
         "ReplyDelivery": ReplyDelivery,
         "AttachmentStatus": AttachmentStatus,
+        "SANDBOX_CHANNEL": SANDBOX_CHANNEL,  # its tips are labelled: anyone who reached the page sent them
     }
 
 
@@ -192,20 +192,20 @@ def login() -> ResponseReturnValue:
 def login_submit() -> ResponseReturnValue:
     sent = request.form.get("csrf_token", "")
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not expected or not secrets.compare_digest(sent, expected):
+    if not expected or not auth.same_token(sent, expected):
         abort(400, "The sign-in form expired. Reload the page and try again.")
     if request.form.get("ack") != "1":
         return _login_failed("Please confirm the notice about authorised use.", 400)
-    if not sign_in_budget().allow(request.remote_addr or "?"):
-        audit.log_event(_ctx(), "auth.sign_in", outcome="refused", detail={"reason": "too many attempts"})
-        return _login_failed("Too many attempts. Wait a minute and try again.", 429)
     try:
         signed_in = auth.sign_in(
             _ctx(),
             request.form.get("username", "")[:64],
             request.form.get("password", "")[:1024],
-            request.form.get("code", ""),
+            request.form.get("code", "")[:64],
+            client=request.remote_addr or "?",
         )
+    except auth.TooManyAttempts:
+        return _login_failed("Too many attempts. Wait a minute and try again.", 429)
     except auth.SignInFailed:
         return _login_failed(auth.SIGN_IN_FAILED, 401)
     response = redirect(_next_page(signed_in.visit.stage, signed_in.visit.roles))
@@ -279,6 +279,12 @@ def logout() -> ResponseReturnValue:
 # Tips --------------------------------------------------------------------------------------------------
 
 
+def _number(value: str) -> int | None:
+    """A small non-negative number from a form or query, or None: ASCII digits only ("²".isdigit()
+    is true), and few enough that no database column overflows."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
+
+
 def _filter_from_args() -> review.TipFilter:
     args = request.args
     status = args.get("status", "")
@@ -288,7 +294,7 @@ def _filter_from_args() -> review.TipFilter:
         urgent={"yes": True, "no": False}.get(args.get("urgent", "")),
         channel=args.get("channel") or None,
         category=args.get("category") if args.get("category") in review.CATEGORIES else None,
-        assignee_id=0 if assignee == "none" else (int(assignee) if assignee.isdigit() else None),
+        assignee_id=0 if assignee == "none" else _number(assignee),
         reference=args.get("q", "").strip()[:12] or None,
     )
 
@@ -298,10 +304,7 @@ def _filter_from_args() -> review.TipFilter:
 def tips() -> ResponseReturnValue:
     runtime = current_runtime()
     flt = _filter_from_args()
-    try:
-        page_number = max(int(request.args.get("page", "1")), 1)
-    except ValueError:
-        page_number = 1
+    page_number = max(_number(request.args.get("page", "1")) or 1, 1)
     summaries, total = review.list_tips(runtime.ctx, page_number, PER_PAGE, flt)
     if flt.reference and total == 1 and page_number == 1:
         return redirect(url_for("console.tip", reference=summaries[0].reference))
@@ -414,7 +417,7 @@ def tip_triage(reference: str) -> ResponseReturnValue:
             reference,
             status=form.get("status") or None,
             category=form.get("category"),
-            assignee_id=int(assignee) if assignee.isdigit() else None,
+            assignee_id=_number(assignee),
             clear_assignee=assignee == "none",
             actor=_visit().username,
         )
@@ -438,8 +441,11 @@ def api_changes() -> ResponseReturnValue:
 @page(role=Role.DETECTIVE, touch=False)
 def api_thread(reference: str) -> ResponseReturnValue:
     try:
-        after = int(request.args.get("after", "0"))
-        entries, deliveries, photos = review.thread_since(_ctx(), reference, after)
+        after = _number(request.args.get("after", "0"))
+        if after is None:
+            raise ValueError("after")
+        # Audited (before anything is sent) whenever the answer carries thread entries.
+        entries, deliveries, photos = review.thread_since(_ctx(), reference, after, actor=_visit().username)
     except review.TipNotFound:
         abort(404)
     except ValueError:
@@ -457,13 +463,17 @@ def api_thread(reference: str) -> ResponseReturnValue:
 @bp.get("/admin/users")
 @page(role=Role.ADMIN)
 def admin_users() -> ResponseReturnValue:
+    return _accounts_page(error=request.args.get("error"))
+
+
+def _accounts_page(*, created: str | None = None, password: str | None = None, error: str | None = None) -> str:
     return render_template(
         "console/admin_users.html",
         users=accounts.list_users(_ctx()),
         now=utcnow(),
-        created=request.args.get("created"),
-        password=None,
-        error=request.args.get("error"),
+        created=created,
+        password=password,
+        error=error,
     )
 
 
@@ -474,25 +484,20 @@ def admin_users_create() -> ResponseReturnValue:
     username = accounts.normalise_username(request.form.get("username", ""))
     password = accounts.generate_password()
     try:
-        accounts.add_user(ctx, username, request.form.getlist("roles"), password, must_change=True, actor=actor)
+        accounts.add_user_from_console(ctx, username, request.form.getlist("roles"), password, actor=actor)
+    except accounts.ShellOnly as refused:  # audited by the service
+        return _accounts_page(error=str(refused)), 403
     except accounts.UserError as error:
         audit.log_event(ctx, "user.create", actor=actor, outcome="failed", detail={"reason": str(error)})
         return redirect(url_for("console.admin_users", error=str(error)))
     # The one-time password is shown once, on this response only (never in a URL or the log).
-    return render_template(
-        "console/admin_users.html",
-        users=accounts.list_users(ctx),
-        now=utcnow(),
-        created=username,
-        password=password,
-        error=None,
-    )
+    return _accounts_page(created=username, password=password)
 
 
 USER_ACTIONS: dict[str, Callable[[ServiceContext, str, str], None]] = {
     "disable": lambda ctx, username, actor: accounts.set_disabled(ctx, username, True, actor=actor),
     "enable": lambda ctx, username, actor: accounts.set_disabled(ctx, username, False, actor=actor),
-    "reset-2fa": lambda ctx, username, actor: accounts.reset_2fa(ctx, username, actor=actor),
+    "reset-2fa": lambda ctx, username, actor: accounts.reset_2fa_from_console(ctx, username, actor=actor),
     "unlock": lambda ctx, username, actor: accounts.unlock(ctx, username, actor=actor),
 }
 
@@ -507,6 +512,8 @@ def admin_user_action(username: str, action: str) -> ResponseReturnValue:
         return redirect(url_for("console.admin_users", error="You cannot disable your own account."))
     try:
         USER_ACTIONS[action](_ctx(), username, actor)
+    except accounts.ShellOnly as refused:  # audited by the service
+        return _accounts_page(error=str(refused)), 403
     except accounts.UserError as error:
         return redirect(url_for("console.admin_users", error=str(error)))
     return redirect(url_for("console.admin_users"))

@@ -1,24 +1,28 @@
 """The sandbox: play tipster in a browser, through the same state machine as SMS.
 
 On only with TIPLINE_SANDBOX=1 (`make run` sets it). The browser's random token is the return
-address; agency replies are read back from the outbox once the dispatcher has "sent" them.
+address; what the dispatcher delivers to it (agency replies) waits in the sandbox channel's
+memory until the page asks for it, as at a provider.
+
+Anyone who reaches the page can post tips, urgent ones included, into the detectives' queue, so
+`tipline serve` serves it on loopback addresses only (`exposure`), unless the operator spells out
+TIPLINE_SANDBOX_PUBLIC=i-understand; the console labels its tips "Sandbox".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, make_response, render_template, request
-from sqlalchemy import select
 
 from adapters import sandbox as channel
 from adapters.sms import clean_text
+from tipline.config import Settings
 from tipline.core.channels import InboundMessage, MediaRef
-from tipline.core.vocabulary import OutboxKind, OutboxStatus
-from tipline.services import outbox
 from tipline.storage import records
-from tipline.storage.db import read_only
-from tipline.storage.models import Contact, OutboxItem
+from tipline.web import limits
 from tipline.web.context import current_runtime
 
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")
@@ -26,6 +30,36 @@ COOKIE = "tipline_sandbox"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{32}$")
 DELIVERY = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 MAX_TEXT = 1600
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(settings: Settings, listen_host: str) -> str | None:
+    """Why serving these settings on `listen_host` would put the sandbox where others can post tips,
+    or None when it is off, kept to loopback addresses, or deliberately exposed (TIPLINE_SANDBOX_PUBLIC)."""
+    if not settings.sandbox or settings.sandbox_public:
+        return None
+    public_host = urlsplit(settings.public_url).hostname or ""
+    if not is_loopback(public_host):
+        where = f"TIPLINE_PUBLIC_URL={settings.public_url} is not a loopback address"
+    elif not is_loopback(listen_host):
+        where = f"--host {listen_host} is not a loopback address"
+    else:
+        return None
+    return (
+        f"TIPLINE_SANDBOX=1 but {where}: anyone reaching it could post tips into the detectives' queue. "
+        "Turn the sandbox off, serve it on 127.0.0.1, ::1 or localhost, or set "
+        "TIPLINE_SANDBOX_PUBLIC=i-understand to expose it anyway"
+    )
 
 
 def _token() -> str | None:
@@ -38,7 +72,14 @@ def page() -> Response:
     runtime = current_runtime()
     response = make_response(render_template("sandbox.html", agency=runtime.settings.agency_name))
     if _token() is None:
-        response.set_cookie(COOKIE, channel.new_address(), httponly=True, samesite="Strict", path="/sandbox")
+        response.set_cookie(
+            COOKIE,
+            channel.new_address(),
+            httponly=True,
+            samesite="Strict",
+            path="/sandbox",
+            secure=runtime.settings.public_url.startswith("https://"),
+        )
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; "
         "frame-ancestors 'none'"
@@ -76,8 +117,9 @@ def send_photo() -> Response:
     sandbox = runtime.channels.get(channel.CHANNEL)
     if not isinstance(sandbox, channel.SandboxChannel):
         abort(404)
-    # Twice the limit is read, so that a file just over it is refused kindly by the tip line itself.
-    request.max_content_length = 2 * runtime.settings.media_max_bytes
+    # A little over the limit is read, so that a file just over it is refused kindly by the tip
+    # line itself; `tipline serve` keeps a body this large in memory (web/limits.py).
+    request.max_content_length = limits.photo_body(runtime.settings)
     data = request.get_data(cache=False)
     if not data:
         abort(400, "send the photo's bytes as the request body")
@@ -101,28 +143,9 @@ def send_photo() -> Response:
 
 @bp.get("/inbox")
 def inbox() -> Response:
-    """Agency replies delivered to this browser, oldest first."""
-    runtime = current_runtime()
+    """Agency replies (and the bot's later messages) delivered to this browser, oldest first."""
     token = _token()
-    if token is None:
+    sandbox = current_runtime().channels.get(channel.CHANNEL)
+    if token is None or not isinstance(sandbox, channel.SandboxChannel):
         return jsonify(messages=[])
-    keyring = runtime.keys.keyring
-    pseudonyms = [keyring.pseudonym(channel.CHANNEL, token, v)[1] for v in keyring.pseudonym_versions()]
-    messages = []
-    with read_only(runtime.factory) as session:
-        contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
-        if contact is not None:
-            key = records.contact_dek(keyring, contact)
-            rows = session.scalars(
-                select(OutboxItem)
-                .where(
-                    OutboxItem.contact_id == contact.id,
-                    OutboxItem.kind == OutboxKind.SEND,
-                    OutboxItem.status == OutboxStatus.SENT,
-                )
-                .order_by(OutboxItem.created_at)
-            ).all()
-            for row in rows[-50:]:
-                payload = records.OUTBOX_PAYLOAD.open(key, row.id, row.payload_ct).decode()
-                messages.append({"id": row.id, "text": outbox.send_payload(payload)[0]})
-    return jsonify(messages=messages)
+    return jsonify(messages=[{"id": id_, "text": text} for id_, text in sandbox.delivered(token)])
