@@ -11,7 +11,7 @@ import datetime as dt
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +27,7 @@ from tipline.services.maintenance import PurgeReport, purge
 from tipline.services.outbox import Dispatcher
 from tipline.services.processes import Heartbeat
 from tipline.storage import db
-from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key
+from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key, secret_key
 
 
 class NotInitialised(Exception):
@@ -93,6 +93,19 @@ class Runtime:
             session_idle=dt.timedelta(minutes=self.settings.console_idle_minutes),
             session_lifetime=dt.timedelta(hours=self.settings.console_session_hours),
         )
+
+    def database_answers(self) -> bool:
+        """Whether the database answers a query now (for /healthz)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return False
+        return True
+
+    def cookie_secret(self) -> str:
+        """The key that signs console and sandbox cookies (TIPLINE_SECRET_KEY or the data directory's file)."""
+        return secret_key(self.settings)
 
     def announce(self, kind: str) -> Heartbeat:
         """Record this long-running process (serve, dispatch, poll) until `close()`."""

@@ -36,7 +36,14 @@ from tipline.services import attachments, audit, processes
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import checkpoint, read_only
-from tipline.storage.keystore import KeyStoreError, master_key_path, row_counts, write_secret_file
+from tipline.storage.keystore import (
+    KeyStoreError,
+    key_status,
+    load_master_key,
+    master_key_path,
+    row_counts,
+    write_secret_file,
+)
 from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
 BATCH = 2000
@@ -450,10 +457,18 @@ def recover_master(settings: Settings, factory: sessionmaker[Session]) -> str | 
     raise KeyStoreError("neither master.key nor master.key.next opens the keys in the database")
 
 
+def key_versions(ctx: ServiceContext) -> list[dict[str, object]]:
+    """Every key version with its state and how many rows it protects (the console's Keys page)."""
+    return key_status(ctx.factory)
+
+
+def master_key(ctx: ServiceContext) -> bytes:
+    """The master key, from TIPLINE_MASTER_KEY or the key file (to start a rotation)."""
+    return load_master_key(ctx.settings)
+
+
 def status_rows(ctx: ServiceContext) -> list[dict[str, object]]:
     """`tipline keys status --json`: every version with its rows."""
-    from tipline.storage.keystore import key_status
-
     out = []
     for row in key_status(ctx.factory):
         created = row["created_at"]

@@ -8,11 +8,9 @@ from __future__ import annotations
 import traceback
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from tipline.runtime import Runtime
-from tipline.storage.keystore import secret_key
 from tipline.web import limits
 
 
@@ -22,7 +20,7 @@ def create_app(runtime: Runtime) -> Flask:
 
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=secret_key(runtime.settings),
+        SECRET_KEY=runtime.cookie_secret(),
         MAX_CONTENT_LENGTH=limits.DEFAULT_BODY,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
@@ -44,10 +42,7 @@ def create_app(runtime: Runtime) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        try:
-            with runtime.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+        if not runtime.database_answers():
             return jsonify(status="unavailable", database="down"), 503
         return jsonify(status="ok", database="ok", channels=sorted(runtime.channels)), 200
 

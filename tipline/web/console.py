@@ -30,8 +30,6 @@ from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery
 from tipline.services import accounts, audit, auth, review
 from tipline.services.auth import Stage
 from tipline.services.context import ServiceContext
-from tipline.storage.keystore import key_status
-from tipline.storage.models import utcnow
 from tipline.web.context import current_runtime
 
 bp = Blueprint("console", __name__, url_prefix="/console")
@@ -142,7 +140,7 @@ def _headers(response: Response) -> Response:
 def _age(moment: dt.datetime | None) -> str:
     if moment is None:
         return "—"
-    minutes = int((utcnow() - moment).total_seconds() // 60)
+    minutes = int((_ctx().now() - moment).total_seconds() // 60)
     if minutes < 1:
         return "just now"
     if minutes < 60:
@@ -470,7 +468,7 @@ def _accounts_page(*, created: str | None = None, password: str | None = None, e
     return render_template(
         "console/admin_users.html",
         users=accounts.list_users(_ctx()),
-        now=utcnow(),
+        now=_ctx().now(),
         created=created,
         password=password,
         error=error,
@@ -528,7 +526,7 @@ def admin_keys() -> ResponseReturnValue:
     audit.log_event(runtime.ctx, "keys.status", actor=_visit().username)
     return render_template(
         "console/admin_keys.html",
-        keys=key_status(runtime.factory),
+        keys=rotation.key_versions(runtime.ctx),
         rotations=rotation.recent(runtime.ctx),
         purposes=rotation.ROTATABLE,
         notice=request.args.get("notice"),
@@ -540,7 +538,6 @@ def admin_keys() -> ResponseReturnValue:
 @page(role=Role.ADMIN)
 def admin_keys_rotate() -> ResponseReturnValue:
     from tipline.services import rotation
-    from tipline.storage.keystore import load_master_key
 
     runtime = current_runtime()
     purpose = request.form.get("purpose", "")
@@ -548,7 +545,7 @@ def admin_keys_rotate() -> ResponseReturnValue:
     try:
         rotation.start(
             runtime.ctx,
-            load_master_key(runtime.settings),
+            rotation.master_key(runtime.ctx),
             purpose,
             reencrypt=reencrypt,
             actor=_visit().username,

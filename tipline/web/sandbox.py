@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, make_response, render_template, request
@@ -21,7 +22,6 @@ from adapters import sandbox as channel
 from adapters.sms import clean_text
 from tipline.config import Settings
 from tipline.core.channels import InboundMessage, MediaRef
-from tipline.storage import records
 from tipline.web import limits
 from tipline.web.context import current_runtime
 
@@ -101,7 +101,7 @@ def send() -> Response:
         abort(400, f"messages are at most {MAX_TEXT} characters, as on SMS")
     delivery = payload.get("id")
     if not isinstance(delivery, str) or not DELIVERY.match(delivery):
-        delivery = records.new_id()
+        delivery = secrets.token_hex(16)
     result = runtime.intake.receive(channel.inbound(token, text, delivery))
     return jsonify(replies=list(result.replies), duplicate=result.duplicate)
 
@@ -125,7 +125,7 @@ def send_photo() -> Response:
         abort(400, "send the photo's bytes as the request body")
     delivery = request.headers.get("X-Sandbox-Id", "")
     if not DELIVERY.match(delivery):
-        delivery = records.new_id()
+        delivery = secrets.token_hex(16)
     # A file over the limit is refused by the tip line from its size, as a provider would declare it.
     too_large = len(data) > runtime.settings.media_max_bytes
     ref = MediaRef("" if too_large else sandbox.hold(data), request.mimetype or "", len(data))
