@@ -98,7 +98,8 @@ def test_a_detective_works_a_tip_in_the_browser(live: tuple[Harness, str], brows
 
     sign_in_first_time(page, base, "dana")
     row = page.locator(f"tr[data-reference='{reference}']")
-    assert row.count() == 1 and "Tipster " in row.inner_text()
+    assert row.count() == 1
+    assert "Tipster " in row.inner_text()
     row.locator("a").click()
     page.wait_for_url(f"{base}/console/tips/{reference}")
     assert "grey van behind the pharmacy" in page.locator("dl.fields").inner_text()

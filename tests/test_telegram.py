@@ -52,11 +52,15 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(
 ) -> None:
     harness, fake = tg
     greeting = say(harness, fake, message_update("/start"))
-    assert len(greeting) == 1 and "anonymous" in greeting[0]["text"] and greeting[0]["chat_id"] == USER_ID
-    assert buttons(greeting[0]) == ["en", "es"] and greeting[0]["protect_content"] is True
+    assert len(greeting) == 1
+    assert "anonymous" in greeting[0]["text"]
+    assert greeting[0]["chat_id"] == USER_ID
+    assert buttons(greeting[0]) == ["en", "es"]
+    assert greeting[0]["protect_content"] is True
 
     where = say(harness, fake, message_update("CANARY-TG a man sells stolen phones from a van at the market"))
-    assert "Where did it happen?" in where[-1]["text"] and buttons(where[-1]) == ["skip", "done"]
+    assert "Where did it happen?" in where[-1]["text"]
+    assert buttons(where[-1]) == ["skip", "done"]
 
     # A location shared on purpose becomes the tip's "where"
     when = say(harness, fake, message_update(location={"latitude": 40.446944, "longitude": -79.982222}))
@@ -75,10 +79,12 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(
     say(harness, fake, edited_update("the van is grey"))
     video = {"file_id": "BAAD", "file_unique_id": "AQAV", "width": 90, "height": 90, "duration": 3}
     refused = say(harness, fake, message_update(video=video))
-    assert "only accept photos" in refused[0]["text"] and fake.called("getFile") == []
+    assert "only accept photos" in refused[0]["text"]
+    assert fake.called("getFile") == []
 
     detail = review.read_tip(harness.runtime.ctx, reference)
-    assert detail.where == "Shared location: 40.44694, -79.98222" and detail.summary.channel == "telegram"
+    assert detail.where == "Shared location: 40.44694, -79.98222"
+    assert detail.summary.channel == "telegram"
     assert [e.text for e in detail.thread if e.kind == "tipster"][-2:] == [
         "the van is white",
         "(edited) the van is grey",
@@ -94,9 +100,11 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(
     erase = message_update("/erase")
     told = say(harness, fake, erase)
     deletions = fake.called("deleteMessages")
-    assert deletions and all(d["chat_id"] == USER_ID for d in deletions)
+    assert deletions
+    assert all(d["chat_id"] == USER_ID for d in deletions)
     assert max(max(d["message_ids"]) for d in deletions) == erase["message"]["message_id"]
-    assert "48 hours" in told[0]["text"] and "Delete chat" in told[0]["text"]
+    assert "48 hours" in told[0]["text"]
+    assert "Delete chat" in told[0]["text"]
 
     # Nothing identifying anywhere we wrote
     needles = [str(USER_ID), USERNAME, FIRST, LAST, "CANARY-TG"]
@@ -140,7 +148,8 @@ def test_a_redelivered_update_is_processed_once(tg: tuple[Harness, fake_telegram
     update = message_update("Someone is breaking into cars on Elm St")
     first = say(harness, fake, update)
     again = say(harness, fake, update)
-    assert len(first) == 1 and again == []
+    assert len(first) == 1
+    assert again == []
 
 
 def test_429_is_retried_after_the_time_telegram_asks(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
@@ -151,13 +160,15 @@ def test_429_is_retried_after_the_time_telegram_asks(tg: tuple[Harness, fake_tel
     harness.dispatch()
     with harness.runtime.factory() as session:
         [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "send")).all()
-        assert item.status == "pending" and item.last_error == "429"
+        assert item.status == "pending"
+        assert item.last_error == "429"
         wait = (item.next_attempt_at - tried).total_seconds()  # created_at is to the minute only
     assert 6 <= wait <= 9
     base = harness.runtime.dispatcher.clock
     harness.runtime.dispatcher.clock = lambda: base() + dt.timedelta(seconds=8)
     harness.dispatch()
-    assert len(fake.called("sendMessage")) == 2 and "anonymous" in fake.called("sendMessage")[-1]["text"]
+    assert len(fake.called("sendMessage")) == 2
+    assert "anonymous" in fake.called("sendMessage")[-1]["text"]
 
 
 def test_a_blocked_bot_makes_replies_impossible(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:
@@ -180,7 +191,8 @@ def test_a_403_from_telegram_marks_the_tipster_unreachable(tg: tuple[Harness, fa
     review.reply(harness.runtime.ctx, reference, "Which yard?")
     harness.dispatch()
     detail = review.read_tip(harness.runtime.ctx, reference)
-    assert detail.replies_blocked and "blocked" in detail.replies_blocked
+    assert detail.replies_blocked
+    assert "blocked" in detail.replies_blocked
 
 
 def test_polling_and_set_webhook(env: dict[str, str], log_file: Path) -> None:
@@ -194,18 +206,22 @@ def test_polling_and_set_webhook(env: dict[str, str], log_file: Path) -> None:
         webhook = run(cli_env, "telegram", "set-webhook", "--drop-pending-updates")
         assert webhook.returncode == 0, webhook.stderr
         [call] = fake.called("setWebhook")
-        assert call["url"] == "https://tips.example.org/webhooks/telegram" and call["secret_token"] == SECRET
+        assert call["url"] == "https://tips.example.org/webhooks/telegram"
+        assert call["secret_token"] == SECRET
         assert call["allowed_updates"] == ["message", "edited_message", "callback_query", "my_chat_member"]
         assert call["drop_pending_updates"] is True
 
         fake.updates.extend([message_update("CANARY-POLL stolen bikes in the garage"), callback_update("done")])
         polled = run(cli_env, "telegram", "poll", "--once")
         assert polled.returncode == 0, polled.stderr
-        assert fake.called("deleteWebhook") and fake.called("answerCallbackQuery")
+        assert fake.called("deleteWebhook")
+        assert fake.called("answerCallbackQuery")
         texts = [m["text"] for m in fake.called("sendMessage")]
-        assert any("Where did it happen?" in t for t in texts) and any(REFERENCE.search(t) for t in texts)
+        assert any("Where did it happen?" in t for t in texts)
+        assert any(REFERENCE.search(t) for t in texts)
         again = run(cli_env, "telegram", "poll", "--once")  # the same updates are not handled twice
-        assert again.returncode == 0 and len(fake.called("sendMessage")) == len(texts)
+        assert again.returncode == 0
+        assert len(fake.called("sendMessage")) == len(texts)
         data_dir = Path(cli_env["TIPLINE_DATA_DIR"])
         assert scan_files(data_dir, [str(USER_ID), USERNAME, FIRST, LAST, "CANARY-POLL"]) == []
     finally:

@@ -54,7 +54,8 @@ def the_contact(tipline: Harness) -> Contact:
 
 def former_record(tipline: Harness) -> Former:
     contact = the_contact(tipline)
-    assert contact.address_ct is not None and contact.pseudonym is not None
+    assert contact.address_ct is not None
+    assert contact.pseudonym is not None
     return Former(contact.id, bytes(contact.address_ct), bytes(contact.wrapped_dek), contact.pseudonym)
 
 

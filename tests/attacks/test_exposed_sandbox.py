@@ -134,7 +134,8 @@ def test_the_sandbox_cookie_is_secure_under_https(tipline: Harness) -> None:
     cookie = tipline.app.test_client().get("/sandbox").headers["Set-Cookie"]
     assert cookie.startswith("tipline_sandbox=")
     assert "; Secure" in cookie
-    assert "; HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "; HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
 
 
 def test_the_sandbox_cookie_is_not_secure_on_plain_http_loopback(

@@ -105,7 +105,8 @@ def test_an_odd_media_url_is_refused_and_the_rest_is_kept(tipline: Harness, oddi
         (AttachmentStatus.STORED, None),
         (AttachmentStatus.REFUSED, "unreadable"),
     ]
-    assert tipline.twilio.cdn_requests and all("Authorization" not in h for h in tipline.twilio.cdn_requests)
+    assert tipline.twilio.cdn_requests
+    assert all("Authorization" not in h for h in tipline.twilio.cdn_requests)
     assert len(tipline.twilio.media_fetches) == 1  # only the real photo was asked of Twilio
 
 

@@ -106,7 +106,8 @@ def test_no_other_console_route_hands_over_an_account(tipline: Harness, alex: Pe
         assert alex.post(f"/console/admin/users/dana/{action}").status_code == 302
     with tipline.runtime.factory() as session:
         user = session.scalars(select(User).where(User.username == "dana")).one()
-        assert user.totp_secret_ct is not None and user.roles == "detective"
+        assert user.totp_secret_ct is not None
+        assert user.roles == "detective"
 
 
 def test_admins_still_create_admins_in_the_console(tipline: Harness, alex: Person) -> None:

@@ -55,7 +55,8 @@ def test_the_thread_api_is_audited_before_it_answers(tipline: Harness, dana: Per
     # A poll that brings nothing new carries no content and writes nothing
     last = entries[-1]["seq"]
     quiet = dana.get(f"/console/api/tips/{reference}/thread?after={last}")
-    assert quiet.status_code == 200 and quiet.get_json()["entries"] == []
+    assert quiet.status_code == 200
+    assert quiet.get_json()["entries"] == []
     assert len(reads_of(tipline, reference)) == 1
 
     # A later poll that carries the tipster's follow-up is audited too
