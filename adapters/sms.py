@@ -20,20 +20,31 @@ message) becomes a refusal the detective sees, never an error that loses the mes
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+from twilio.rest.api.v2010.account.message import MessageInstance
 
 from tipline.config import TwilioSettings
 from tipline.core import images as media_mod
-from tipline.core.channels import ChannelError, InboundMessage, MalformedWebhook, MediaRef, Sent, StatusReport
+from tipline.core.channels import (
+    ChannelError,
+    InboundMessage,
+    LoggedInbound,
+    MalformedWebhook,
+    MediaRef,
+    Sent,
+    StatusReport,
+)
 from tipline.core.conversation import Intent
 from tipline.core.vocabulary import DeliveryStatus, ErasedReason
 
@@ -148,9 +159,31 @@ def parse_status(form: Mapping[str, str]) -> StatusReport:
     return StatusReport(sid, status, error_code, recipient_gone=gone)
 
 
-def twiml(replies: Iterable[str]) -> str:
-    """The TwiML answer: one <Message> per reply, or an empty <Response/>."""
-    body = "".join(f"<Message>{escape(r)}</Message>" for r in replies)
+def parse_reply_status(form: Mapping[str, str]) -> tuple[StatusReport, str]:
+    """A status callback for one of the bot's TwiML replies (its `<Message action>`), and its recipient.
+
+    Twilio posts the same fields as to a REST message's status callback: the reply's own
+    `MessageSid` (which we never saw before: Twilio made the message from our TwiML),
+    `MessageStatus`, `ErrorCode`, and `To`, the tipster's number, which only intake may see (it
+    finds the sender by keyed pseudonym, as for an inbound message). Older callbacks name the first
+    two `SmsSid` and `SmsStatus`."""
+    fields = dict(form)
+    fields.setdefault("MessageSid", form.get("SmsSid", ""))
+    fields.setdefault("MessageStatus", form.get("SmsStatus", ""))
+    report = parse_status(fields)
+    recipient = form.get("To", "")
+    if not PHONE.fullmatch(recipient):
+        raise MalformedWebhook("To is missing or not a phone number")
+    return report, recipient
+
+
+def twiml(replies: Iterable[str], action: str | None = None) -> str:
+    """The TwiML answer: one <Message> per reply, or an empty <Response/>.
+
+    With `action`, each <Message> asks Twilio to post that reply's delivery status there (the
+    reply's MessageSid, MessageStatus...), so that its copy at Twilio can be deleted like any other."""
+    attributes = f' action={quoteattr(action)} method="POST"' if action else ""
+    body = "".join(f"<Message{attributes}>{escape(r)}</Message>" for r in replies)
     return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
 
 
@@ -162,14 +195,19 @@ class TwilioSms:
     replies_inline = True  # TwiML in the webhook response
     answer_type = "text/xml; charset=utf-8"  # the content type of `answer`
 
-    def __init__(self, settings: TwilioSettings, status_callback: str | None = None):
+    def __init__(self, settings: TwilioSettings, status_callback: str | None = None, reply_callback: str | None = None):
         self.settings = settings
-        self.status_callback = status_callback
+        self.status_callback = status_callback  # where REST sends report their status
+        self.reply_callback = reply_callback  # where the webhook's TwiML replies report theirs (`action`)
         # environment= non-empty so TWILIO_REGION/TWILIO_EDGE in the process environment cannot
         # silently rewrite the host (the client reads os.environ when given a falsy mapping).
+        # REST calls authenticate with the API key when one is set (settings.rest_auth), always
+        # on behalf of our account; the auth token still verifies webhook signatures.
+        username, password = settings.rest_auth
         self.client = Client(
-            settings.account_sid,
-            settings.auth_token,
+            username,
+            password,
+            account_sid=settings.account_sid,
             http_client=TwilioHttpClient(timeout=15),
             environment={"TIPLINE": "1"},
         )
@@ -191,8 +229,12 @@ class TwilioSms:
         return parse_status(form)
 
     def answer(self, replies: Iterable[str]) -> str:
-        """The webhook's answer carrying the bot's replies (TwiML)."""
-        return twiml(replies)
+        """The webhook's answer carrying the bot's replies (TwiML), each reporting its status to
+        `reply_callback` so that Twilio's copy of it is deleted too."""
+        return twiml(replies, self.reply_callback)
+
+    def parse_reply_status(self, form: Mapping[str, str]) -> tuple[StatusReport, str]:
+        return parse_reply_status(form)
 
     def send(self, address: str, text: str, keyboard: str | None = None) -> Sent:
         kwargs: dict[str, str] = {"to": address, "body": text}
@@ -207,8 +249,8 @@ class TwilioSms:
             message = self.client.messages.create(**kwargs)
         except TwilioRestException as error:
             raise _channel_error(error) from None
-        except requests.RequestException as error:
-            raise ChannelError(type(error).__name__, permanent=False) from None
+        except requests.RequestException as error:  # no answer: Twilio may have taken it
+            raise ChannelError(type(error).__name__, permanent=False, uncertain=True) from None
         return Sent(message.sid)
 
     def delete(self, provider_message_id: str) -> None:
@@ -224,12 +266,94 @@ class TwilioSms:
         except requests.RequestException as error:
             raise ChannelError(type(error).__name__, permanent=False) from None
 
+    # Sent exactly once: was this message already sent? (outbox.Dispatcher, channels.SentLog) ------
+
+    def find_sent(self, address: str, text: str, since: dt.datetime) -> list[Sent]:
+        """The messages we sent by REST to `address` whose body is exactly `text`, created since
+        `since` (naive UTC, inclusive), oldest first: for a send whose previous attempt began but
+        recorded no result, so that a message Twilio already took is adopted, not sent twice.
+
+        Listed with the real client's `messages.stream(to=..., from_=...)`, newest first, read
+        until the first one created before `since`. Not filtered by `date_sent_after`: Twilio sets
+        DateSent only once a message left its queue, so a message still queued (a Messaging
+        Service throttles) would be missed and sent again. With a Messaging Service the sender is
+        one of its numbers, so the service's sid is matched instead of `From`. A body Twilio
+        rewrote (Smart Encoding, an appended opt-out notice) does not match: the message is then
+        sent again (at least once rather than lost). Nothing here logs the number or the text."""
+        since = since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since.astimezone(dt.UTC)
+        query: dict[str, object] = {"to": address, "page_size": 50, "limit": 1000}
+        service = self.settings.messaging_service_sid
+        if not service and self.settings.from_number:
+            query["from_"] = self.settings.from_number
+        found: list[Sent] = []
+        try:
+            for message in self.client.messages.stream(**query):
+                created = message.date_created or message.date_sent
+                if created is not None and created < since:
+                    break  # newest first: everything after this is older still
+                if (
+                    (message.direction or "") == "outbound-api"
+                    and message.body == text
+                    and (not service or message.messaging_service_sid == service)
+                ):
+                    found.append(Sent(message.sid))
+        except (TwilioException, requests.RequestException) as error:
+            raise _listing_error(error) from None
+        found.reverse()
+        return found
+
+    # Reconciliation: Twilio's Messages log -------------------------------------------------------
+
+    def inbound_since(self, since: dt.datetime, until: dt.datetime | None = None) -> list[LoggedInbound]:
+        """The inbound messages to our line in Twilio's Messages log, sent from `since` to `until`
+        (both inclusive, to the second, UTC), oldest first (in Twilio's order within one second).
+
+        Each is shaped by `parse_inbound` exactly as if Twilio had posted it to the webhook (its
+        media listed from the log), and marked `answer_inline=False`: nobody waits for a TwiML
+        answer. The listing uses the `twilio` client's own paging (`messages.stream`), filtered by
+        `To` (our number; with a Messaging Service alone, every inbound message of the account).
+        Raises ChannelError when Twilio fails; nothing here logs a number, a body or an id."""
+        query: dict[str, object] = {"date_sent_after": since.astimezone(dt.UTC), "page_size": 1000}
+        if until is not None:
+            query["date_sent_before"] = until.astimezone(dt.UTC)
+        if self.settings.from_number:
+            query["to"] = self.settings.from_number
+        try:
+            listed = [m for m in self.client.messages.stream(**query) if m.direction == "inbound"]
+            listed.reverse()  # Twilio lists newest first
+            listed.sort(key=lambda m: m.date_sent or m.date_created or since)  # stable: keeps Twilio's order
+            return [self._logged(m) for m in listed]
+        except (TwilioException, requests.RequestException) as error:
+            raise _listing_error(error) from None
+
+    def _logged(self, message: MessageInstance) -> LoggedInbound:
+        """One listed inbound message as the webhook form Twilio would have posted, parsed."""
+        sent_at = message.date_sent or message.date_created or dt.datetime.now(dt.UTC)
+        form = {
+            "MessageSid": message.sid or "",
+            "From": message.from_ or "",
+            "To": message.to or "",
+            "Body": message.body or "",
+            "NumMedia": "0",
+        }
+        if message.sid and (message.num_media or "0") != "0":
+            files = self.client.messages(message.sid).media.list()
+            form["NumMedia"] = str(len(files))
+            for n, media in enumerate(files):
+                form[f"MediaUrl{n}"] = self.settings.api_base_url + (media.uri or "").removesuffix(".json")
+                form[f"MediaContentType{n}"] = media.content_type or ""
+        try:
+            parsed = dataclasses.replace(parse_inbound(form, self.media_prefix), answer_inline=False)
+        except MalformedWebhook:
+            return LoggedInbound(sent_at, None)  # e.g. an alphanumeric sender: nobody to answer
+        return LoggedInbound(sent_at, parsed)
+
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
         """Download one MMS media file, streamed and capped at max_bytes (images.Refused past it)."""
         if not source.startswith(self.media_prefix) or not MEDIA_URL.fullmatch(source):
             # Never send our credentials anywhere else, whatever the webhook said.
             raise ChannelError("media_url", permanent=True)
-        auth = (self.settings.account_sid, self.settings.auth_token)
+        auth = self.settings.rest_auth
         try:
             with requests.get(source, auth=auth, timeout=(5, 30), stream=True, allow_redirects=True) as response:
                 if response.status_code != 200:
@@ -246,6 +370,16 @@ class TwilioSms:
                 return bytes(data)
         except requests.RequestException as error:
             raise ChannelError(type(error).__name__, permanent=False) from None
+
+
+def _listing_error(error: TwilioException | requests.RequestException) -> ChannelError:
+    """A failure while reading Twilio's Messages log, channel-neutral (nothing of the page is kept)."""
+    if isinstance(error, TwilioRestException):
+        return _channel_error(error)
+    if isinstance(error, TwilioException):  # a page that failed: the client keeps only the response
+        response = error.args[1] if len(error.args) > 1 else None
+        return ChannelError(str(getattr(response, "status_code", "list")), permanent=False)
+    return ChannelError(type(error).__name__, permanent=False)
 
 
 def _channel_error(error: TwilioRestException, deleting: bool = False) -> ChannelError:

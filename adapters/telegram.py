@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import os
 import re
 import threading
@@ -47,10 +48,12 @@ from typing import Any, TypeVar
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 import requests  # noqa: E402
-from telegram import Bot, Chat, ChatMember, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update  # noqa: E402
+from telegram import Bot, BotCommand, Chat, ChatMember, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update  # noqa: E402
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut  # noqa: E402
 
 from adapters.sms import clean_text  # noqa: E402
+from adapters.telegram_profile import LanguageProfile, WebhookStatus, profiles, updates_tuple  # noqa: E402
+from adapters.telegram_profile import to_minute as profile_minute  # noqa: E402
 from tipline.config import TelegramSettings  # noqa: E402
 from tipline.core import images  # noqa: E402
 from tipline.core.channels import (  # noqa: E402
@@ -66,12 +69,23 @@ from tipline.core.vocabulary import ErasedReason  # noqa: E402
 T = TypeVar("T")
 
 CHANNEL = "telegram"
+LANGUAGE_BUTTONS = [("en", "English"), ("es", "Español"), ("pt", "Português"), ("ht", "Kreyòl")]
 BUTTONS = {  # callback data -> label, per language; callback data is a keyword of the conversation
-    "draft": {"en": [("skip", "Skip"), ("done", "Done")], "es": [("skip", "Saltar"), ("done", "Listo")]},
-    "submitted": {"en": [("new", "New tip")], "es": [("new", "Nueva denuncia")]},
-    "start": {"en": [("en", "English"), ("es", "Español")], "es": [("en", "English"), ("es", "Español")]},
+    "draft": {
+        "en": [("skip", "Skip"), ("done", "Done")],
+        "es": [("skip", "Saltar"), ("done", "Listo")],
+        "pt": [("skip", "Pular"), ("done", "Pronto")],
+        "ht": [("skip", "Sote"), ("done", "Fini")],
+    },
+    "submitted": {
+        "en": [("new", "New tip")],
+        "es": [("new", "Nueva denuncia")],
+        "pt": [("new", "Nova denúncia")],
+        "ht": [("new", "Nouvo denonsyasyon")],
+    },
+    "start": dict.fromkeys(("en", "es", "pt", "ht"), LANGUAGE_BUTTONS),
 }
-CALLBACKS = {"skip", "done", "new", "en", "es"}
+CALLBACKS = {"skip", "done", "new", "en", "es", "pt", "ht"}
 ERASE_WINDOW = 500  # how many of the chat's latest message ids /erase asks Telegram to delete
 PER_CHAT_INTERVAL = 1.0  # Telegram: about one message per second per chat
 GLOBAL_PER_SECOND = 30  # and about thirty per second overall
@@ -192,6 +206,8 @@ def _message(update: Update, message: Message | None, *, edited: bool) -> ChatUp
                 erase_request=erase,
             )
         )
+    if command == START and edited:
+        return ChatUpdate()  # an edited "/start PAYLOAD" says nothing new, and its payload is nobody's words
     content = _content(message)
     if command == START:
         # A deep link (t.me/<bot>?start=PAYLOAD) arrives as "/start PAYLOAD": the tipster typed
@@ -303,26 +319,38 @@ def keyboard(name: str | None) -> InlineKeyboardMarkup | None:
 
 
 class _Limiter:
-    """At most one message per second per chat and thirty per second overall (the dispatcher is one thread)."""
+    """At most one message per `per_chat` seconds per chat and `per_second` per second overall.
 
-    def __init__(self) -> None:
+    It never sleeps: `reserve` either takes a slot for a message now (0.0), or says in how many
+    seconds this chat may receive again, and `send` turns that into a `paced` ChannelError. The
+    dispatcher then puts the row (and every later message to that chat, in order) back in the
+    queue for that time and goes on with other chats and channels, instead of holding its one
+    thread for one chat. Thread-safe (several dispatcher threads may share one channel).
+    """
+
+    def __init__(self, per_chat: float = PER_CHAT_INTERVAL, per_second: int = GLOBAL_PER_SECOND) -> None:
+        self.per_chat = per_chat
+        self.per_second = per_second
         self._last: dict[str, float] = {}
         self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
 
-    def wait(self, chat: str) -> None:
-        now = time.monotonic()
-        delay = max(0.0, self._last.get(chat, 0.0) + PER_CHAT_INTERVAL - now)
-        while self._recent and self._recent[0] < now - 1.0:
-            self._recent.popleft()
-        if len(self._recent) >= GLOBAL_PER_SECOND:
-            delay = max(delay, self._recent[0] + 1.0 - now)
-        if delay:
-            time.sleep(delay)
-        stamp = time.monotonic()
-        self._last[chat] = stamp
-        self._recent.append(stamp)
-        if len(self._last) > 10_000:
-            self._last = {k: v for k, v in self._last.items() if v > stamp - PER_CHAT_INTERVAL}
+    def reserve(self, chat: str) -> float:
+        """0.0 and the slot is taken; otherwise the seconds until `chat` may receive (nothing taken)."""
+        with self._lock:
+            now = time.monotonic()
+            delay = max(0.0, self._last.get(chat, -math.inf) + self.per_chat - now)
+            while self._recent and self._recent[0] <= now - 1.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.per_second:
+                delay = max(delay, self._recent[0] + 1.0 - now)
+            if delay > 0:
+                return delay
+            self._last[chat] = now
+            self._recent.append(now)
+            if len(self._last) > 10_000:
+                self._last = {k: v for k, v in self._last.items() if v > now - self.per_chat}
+            return 0.0
 
 
 class TelegramChannel:
@@ -393,6 +421,30 @@ class TelegramChannel:
         """Stop webhook delivery (polling and a webhook exclude each other); queued updates stay."""
         self._request(self.bot.delete_webhook(drop_pending_updates=False))
 
+    def set_profile(self, agency: str) -> tuple[LanguageProfile, ...]:
+        """Set the bot's command menu, description and short description, in English for everyone
+        and in each other language for people whose app uses it (telegram_profile.py)."""
+        found = profiles(agency)
+        for profile in found:
+            language = profile.language_code or None
+            commands = [BotCommand(name, explanation) for name, explanation in profile.commands]
+            self._request(self.bot.set_my_commands(commands, language_code=language))
+            self._request(self.bot.set_my_description(profile.description, language_code=language))
+            self._request(self.bot.set_my_short_description(profile.short_description, language_code=language))
+        return found
+
+    def webhook_status(self) -> WebhookStatus:
+        """How Telegram says the webhook stands (getWebhookInfo)."""
+        info = self._request(self.bot.get_webhook_info())
+        return WebhookStatus(
+            url=info.url or "",
+            pending_update_count=info.pending_update_count,
+            last_error_message=info.last_error_message,
+            last_error_date=profile_minute(info.last_error_date),
+            max_connections=info.max_connections,
+            allowed_updates=updates_tuple(info.allowed_updates),
+        )
+
     def poll_once(self, offset: int, timeout: int = 30) -> list[tuple[int, ChatUpdate]]:
         """(update_id, what it asks) of the updates from `offset` on, waiting up to `timeout` seconds for one."""
         updates = self._request(
@@ -413,7 +465,11 @@ class TelegramChannel:
     # The Channel contract (the outbox dispatcher and the media worker)
 
     def send(self, address: str, text: str, keyboard_name: str | None = None) -> Sent:
-        self._limiter.wait(address)
+        """Send a text, or raise a `paced` ChannelError (Telegram not called) when this chat, or
+        the bot as a whole, may not receive yet: the dispatcher retries it then, without waiting."""
+        wait = self._limiter.reserve(address)
+        if wait > 0:
+            raise ChannelError("paced", permanent=False, retry_after=wait, paced=True)
         message = self._request(
             self.bot.send_message(
                 chat_id=int(address),

@@ -104,6 +104,13 @@ def test_a_detective_works_a_tip_in_the_browser(live: tuple[Harness, str], brows
     page.wait_for_url(f"{base}/console/tips/{reference}")
     assert "grey van behind the pharmacy" in page.locator("dl.fields").inner_text()
 
+    # The reply box counts as the SMS will: one accented letter makes it UCS-2
+    counter = page.locator("#reply-counter")
+    page.fill("form[action$='/reply'] textarea", "Is the van there now?")
+    assert counter.inner_text() == "21 characters · 1 SMS segment · GSM-7"
+    page.fill("form[action$='/reply'] textarea", "¿Está la camioneta ahí ahora?")
+    assert "UCS-2" in counter.inner_text()
+
     # Reply: queued, then sent through the stand-in Twilio, then delivered
     page.fill("form[action$='/reply'] textarea", "Thank you. Is the van there now?")
     page.click("form[action$='/reply'] button")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -209,7 +210,8 @@ def test_forget_during_a_draft_submits_it_first() -> None:
 )
 def test_danger_words_flag_urgent_and_remind_911_first(text: str) -> None:
     outcome = run(State.NEW, text)
-    assert outcome.effects == (c.CreateDraft(NEXT, text), c.FlagUrgent(NEXT))
+    assert outcome.effects[:2] == (c.CreateDraft(NEXT, text), c.FlagUrgent(NEXT))
+    assert outcome.effects[2:] == ((c.NOW,) if "now" in text.lower() or "ahora" in text else ())
     assert keys(outcome)[0] == "urgent"
 
 
@@ -362,7 +364,9 @@ AT_WHEN = ConversationState(State.AWAIT_WHEN, "en", REF)
 SENT = ConversationState(State.SUBMITTED, "en", REF)
 IDLE = None
 
-TRANSITION_EXAMPLES: dict[c.Transition, list[tuple[ConversationState, Inbound | None]]] = {
+# An example may carry the facts the shell looked up (a Context); by default none.
+Example = tuple[ConversationState, Inbound | None] | tuple[ConversationState, Inbound, Context]
+TRANSITION_EXAMPLES: dict[c.Transition, list[Example]] = {
     (State.NEW, State.AWAIT_WHAT, "greeting"): [(FRESH, Inbound("hi")), (FRESH, Inbound("/start"))],
     (State.NEW, State.AWAIT_WHERE, "description"): [(FRESH, Inbound("A robbery at the store"))],
     (State.NEW, State.AWAIT_WHAT, "photo only (a draft with no description yet)"): [(FRESH, Inbound("", media=1))],
@@ -375,6 +379,10 @@ TRANSITION_EXAMPLES: dict[c.Transition, list[tuple[ConversationState, Inbound | 
         (AT_WHERE, Inbound("skip")),
     ],
     (State.AWAIT_WHEN, State.SUBMITTED, "time / SKIP"): [(AT_WHEN, Inbound("Last night")), (AT_WHEN, Inbound("skip"))],
+    (State.AWAIT_WHERE, State.SUBMITTED, "place / SKIP, the time already said (right now)"): [
+        (AT_WHERE, Inbound("Behind the school, right now")),
+        (AT_WHERE, Inbound("skip"), Context(when_known=True)),
+    ],
     (State.SUBMITTED, State.SUBMITTED, "follow-up"): [(SENT, Inbound("more details")), (SENT, Inbound("", media=2))],
     (State.SUBMITTED, State.AWAIT_WHAT, "NEW"): [(SENT, Inbound("NEW"))],
     (State.AWAIT_WHERE, State.NEW, "DISCARD"): [(AT_WHERE, Inbound("DISCARD"))],
@@ -396,21 +404,19 @@ def test_the_state_table_names_every_state() -> None:
 
 
 @pytest.mark.parametrize(
-    "transition,before,message",
+    "transition,example",
     [
-        pytest.param(transition, before, message, id=f"{transition[0]}->{transition[1]}: {transition[2]} #{n}")
+        pytest.param(transition, example, id=f"{transition[0]}->{transition[1]}: {transition[2]} #{n}")
         for transition, examples in TRANSITION_EXAMPLES.items()
-        for n, (before, message) in enumerate(examples)
+        for n, example in enumerate(examples)
     ],
 )
-def test_the_code_makes_each_transition_of_the_state_table(
-    transition: c.Transition,
-    before: ConversationState,
-    message: Inbound | None,
-) -> None:
+def test_the_code_makes_each_transition_of_the_state_table(transition: c.Transition, example: Example) -> None:
     source, target, _ = transition
+    before, message, *looked_up = example
     assert before.state is source
-    outcome = c.expire(before) if message is IDLE else c.step(before, message, Context(new_reference=NEXT))
+    context = looked_up[0] if looked_up else Context(new_reference=NEXT)
+    outcome = c.expire(before) if message is IDLE else c.step(before, message, context)
     assert outcome is not None, "expire left the conversation as it was"
     assert outcome.conversation.state is target
 
@@ -418,24 +424,193 @@ def test_the_code_makes_each_transition_of_the_state_table(
 # The catalog ------------------------------------------------------------------------------------
 
 
-def test_both_catalogs_have_the_same_texts_and_placeholders() -> None:
+def test_every_catalog_has_the_texts_and_placeholders_of_english() -> None:
+    # Their length in SMS segments: tests/test_segments.py; the .po files: tests/test_catalogs.py.
     def fields(template: str) -> set[str]:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
-    en, es = CATALOGS["en"], CATALOGS["es"]
-    assert en.keys() == es.keys()
-    for key in en:
-        assert fields(en[key]) == fields(es[key]), key
-
-
-@pytest.mark.parametrize("language", ["en", "es"])
-def test_every_text_fits_in_two_sms_segments_worth_of_characters(language: str) -> None:
-    params = {**SETTINGS, "ref": REF, "status": "under review", "text": "x", "count": "10"}
-    for key, template in CATALOGS[language].items():
-        assert len(template.format(**params)) <= 320, key
+    english = CATALOGS["en"]
+    for language, catalog in CATALOGS.items():
+        assert catalog.keys() == english.keys(), language
+        for key in english:
+            assert fields(catalog[key]) == fields(english[key]), (language, key)
 
 
 def test_the_greeting_says_anonymous_911_help_stop_and_spanish() -> None:
     greeting = render(Text.of("greeting"), "en", SETTINGS)
     for must in ("anonymous", "never see your number", "911", "HELP", "STOP", "ES para español"):
         assert must in greeting, must
+
+
+# Understanding people (issue 12, part 8): each case as a tipster wrote it -------------------------
+
+
+@pytest.mark.parametrize(
+    "text,language",
+    [
+        ("Hi, I want to report something", "en"),
+        ("Good evening", "en"),
+        ("hello? anyone there?", "en"),
+        ("Buenas tardes", "es"),
+        ("Hola, quiero denunciar algo", "es"),
+        ("Bom dia, quero fazer uma denúncia", "pt"),
+        ("Bonswa, mwen vle fè yon denonsyasyon", "ht"),
+    ],
+)
+def test_a_greeting_or_an_announcement_gets_the_welcome_and_is_no_description(text: str, language: str) -> None:
+    outcome = run(State.NEW, text)
+    assert keys(outcome) == ["greeting"]
+    assert outcome.effects == ()
+    assert outcome.conversation == ConversationState(State.AWAIT_WHAT, language, None)
+
+
+@pytest.mark.parametrize(
+    "text,language",
+    [
+        ("pistola ahora mismo", "es"),
+        ("Hay un hombre vendiendo drogas en la esquina", "es"),
+        ("Tem um homem vendendo drogas na esquina", "pt"),
+        ("Gen yon nonm k ap vann dwòg nan kwen an", "ht"),
+        ("A man sells drugs at the corner", "en"),
+        ("T-7K3Q9X 5th and Main", "en"),  # nothing to go on: the default
+    ],
+)
+def test_the_first_message_sets_the_language_of_the_conversation(text: str, language: str) -> None:
+    assert run(State.NEW, text).conversation.language == language
+
+
+def test_pistola_ahora_mismo_gets_the_911_line_in_spanish() -> None:
+    outcome = run(State.NEW, "pistola ahora mismo")
+    assert keys(outcome)[0] == "urgent"
+    assert render(outcome.replies[0], outcome.conversation.language, SETTINGS).startswith("Si alguien")
+
+
+def test_the_language_is_kept_after_the_first_message() -> None:
+    assert run(State.AWAIT_WHERE, "Behind the school", language="es").conversation.language == "es"
+    assert run(State.SUBMITTED, "hola", language="en").conversation.language == "en"
+    # a language chosen with ES is not undone by an English-looking greeting
+    chose = c.step(ConversationState(language="es"), Inbound("hi"), Context(new_reference=NEXT))
+    assert chose.conversation.language == "es"
+
+
+def test_after_forget_the_language_stays_and_a_new_sender_is_understood_again() -> None:
+    forgot = run(State.SUBMITTED, "OLVIDAR", language="es")
+    assert forgot.conversation == ConversationState(State.NEW, "es", None)
+    # The tip line keeps nothing that links the next message to this sender (FORGET erases the
+    # pseudonym), so the next message is a first message: its words set the language again.
+    again = c.step(ConversationState(), Inbound("Hola"), Context(new_reference=NEXT))
+    assert again.conversation.language == "es"
+
+
+@pytest.mark.parametrize("language", ["es", "pt", "ht"])
+def test_texts_do_not_say_the_police_department_in_another_language(language: str) -> None:
+    unnamed = {**SETTINGS, "agency": "the police department"}
+    for key in ("greeting", "help"):
+        assert "the police department" not in render(Text.of(key), language, unnamed)
+
+
+@pytest.mark.parametrize(
+    "text,language",
+    [
+        ("Someone is breaking into a car right now", "en"),
+        ("Están robando una casa ahora mismo", "es"),
+        ("Estão assaltando uma loja agora", "pt"),
+        ("Gen moun k ap kase yon machin kounye a", "ht"),
+    ],
+)
+def test_right_now_records_the_time_and_the_when_question_is_not_asked(text: str, language: str) -> None:
+    described = run(State.NEW, text)
+    assert described.conversation.language == language
+    assert described.effects == (c.CreateDraft(NEXT, text), c.FlagUrgent(NEXT), c.SetField("when", "now", said=False))
+    assert keys(described) == ["urgent", "ask_where"]
+    placed = c.step(
+        described.conversation, Inbound("Behind the school"), Context(new_reference="T-UNUSED", when_known=True)
+    )
+    assert placed.effects == (c.SetField("where", "Behind the school"), c.Submit(NEXT))
+    assert keys(placed) == ["submitted"]
+
+
+def test_a_place_said_with_right_now_submits_without_asking_when() -> None:
+    outcome = run(State.AWAIT_WHERE, "Behind the school, happening right now")
+    assert outcome.effects == (
+        c.SetField("where", "Behind the school, happening right now"),
+        c.FlagUrgent(REF),
+        c.SetField("when", "now", said=False),
+        c.Submit(REF),
+    )
+    assert keys(outcome) == ["urgent", "submitted"]
+
+
+@pytest.mark.parametrize("before", [State.AWAIT_WHAT, State.NEW])
+def test_status_after_new_or_discard_tells_of_the_last_submitted_tip(before: State) -> None:
+    outcome = c.step(ConversationState(before), Inbound("STATUS"), Context(last_tip=(REF, TipStatus.IN_REVIEW)))
+    assert render(outcome.replies[0], "en", SETTINGS) == f"Tip {REF}: under review."
+    assert keys(c.step(ConversationState(before), Inbound("STATUS"), Context())) == ["status_none"]
+
+
+@pytest.mark.parametrize("text", ["help me", "Please help!", "ayúdenme", "socorro", "me ajuda", "anmwe", "ede m"])
+def test_a_call_for_help_after_a_tip_gets_the_911_line(text: str) -> None:
+    outcome = run(State.SUBMITTED, text)
+    assert outcome.effects == (c.FollowUp(REF, text), c.FlagUrgent(REF))
+    assert keys(outcome) == ["urgent", "followup_added"]
+
+
+@pytest.mark.parametrize(
+    "text,intent",
+    [
+        ("AJUDA", Intent.HELP),
+        ("NOVO", Intent.NEW),
+        ("ESQUECER", Intent.FORGET),
+        ("PULAR", Intent.SKIP),
+        ("ÈD", Intent.HELP),
+        ("EDE", Intent.HELP),
+        ("NOUVO", Intent.NEW),
+        ("BLIYE", Intent.FORGET),
+        ("SOTE", Intent.SKIP),
+        ("JETE", Intent.DISCARD),
+        ("PT", Intent.PORTUGUESE),
+        ("HT", Intent.HAITIAN_CREOLE),
+        ("kreyòl", Intent.HAITIAN_CREOLE),
+    ],
+)
+def test_keywords_in_portuguese_and_haitian_creole(text: str, intent: Intent) -> None:
+    assert c.classify(text) is intent
+
+
+def test_every_keyword_a_text_names_is_a_keyword() -> None:
+    # "Text NEW, STATUS, DISCARD ...": every upper-case word a text offers works as a keyword.
+    offered = {
+        word
+        for language in CATALOGS
+        for key in ("greeting", "help", "submitted", "ask_where", "ask_when", "what_required", "opted_in")
+        for word in re.findall(r"\b[A-ZÈ]{2,}\b", CATALOGS[language][key])
+    }
+    assert offered - {"SMS", "JPEG", "PNG", "HEIC", "GIF"}
+    for word in offered - {"SMS", "JPEG", "PNG", "HEIC", "GIF"}:
+        assert c.classify(word) is not Intent.TEXT, word
+
+
+def test_a_second_greeting_asks_for_the_tip_without_the_whole_welcome_again() -> None:
+    outcome = run(State.AWAIT_WHAT, "Hello, I want to report something")
+    assert keys(outcome) == ["ask_what"]
+    assert outcome.effects == ()
+    assert outcome.conversation.state is State.AWAIT_WHAT
+
+
+@pytest.mark.parametrize(
+    "text,hint,language",
+    [
+        ("hi", "es", "es"),  # a word shared by many: the app's language
+        ("Hola", "en", "en"),
+        ("Hola, quiero denunciar algo", "en", "es"),  # the words clearly say another language
+        ("pistola ahora mismo", "en", "es"),
+        ("Bonswa, mwen vle fè yon denonsyasyon", "fr", "ht"),  # no catalog for the app's language
+    ],
+)
+def test_the_words_win_over_the_apps_language_only_when_they_are_clear(text: str, hint: str, language: str) -> None:
+    assert run(State.NEW, text, language_hint=hint).conversation.language == language
+
+
+def test_a_language_chosen_with_a_keyword_is_not_undone_by_the_apps_language() -> None:
+    chose = c.step(ConversationState(language="pt"), Inbound("hi", language_hint="en"), Context(new_reference=NEXT))
+    assert chose.conversation.language == "pt"

@@ -42,7 +42,7 @@ def test_stop_erases_the_address_sends_nothing_and_blocks_replies(tipline: Harne
 def test_twilio_opt_out_type_is_honoured(tipline: Harness) -> None:
     tipline.submit_tip()
     response = tipline.sms("ARRET", OptOutType="STOP")
-    assert "<Message>" not in response.get_data(as_text=True)
+    assert "<Message" not in response.get_data(as_text=True)
     assert contact(tipline).opted_out
 
 

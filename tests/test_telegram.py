@@ -55,7 +55,7 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(
     assert len(greeting) == 1
     assert "anonymous" in greeting[0]["text"]
     assert greeting[0]["chat_id"] == USER_ID
-    assert buttons(greeting[0]) == ["en", "es"]
+    assert buttons(greeting[0]) == ["en", "es", "pt", "ht"]
     assert greeting[0]["protect_content"] is True
 
     where = say(harness, fake, message_update("CANARY-TG a man sells stolen phones from a van at the market"))
@@ -110,6 +110,28 @@ def test_a_tip_by_telegram_from_start_to_detective_reply_and_erase(
     needles = [str(USER_ID), USERNAME, FIRST, LAST, "CANARY-TG"]
     assert scan_files(harness.data_dir, needles, [harness.log_file]) == []
     assert scan_database(harness.runtime.engine, needles) == []
+
+
+def labels(sent: dict[str, Any]) -> list[str]:
+    markup = sent.get("reply_markup") or {}
+    return [b["text"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def test_a_language_button_switches_the_texts_and_the_buttons_to_portuguese(
+    tg: tuple[Harness, fake_telegram.FakeTelegram],
+) -> None:
+    harness, fake = tg
+    say(harness, fake, message_update("/start"))
+    before = len(fake.called("sendMessage"))
+    harness.post_update(callback_update("pt"))
+    harness.dispatch()
+    told = [m["text"] for m in fake.called("sendMessage")[before:]]
+    assert told[0] == "Certo, vamos escrever em português."
+    where = say(harness, fake, message_update("CANARY-TG um homem vende telefones roubados na feira"))
+    assert labels(where[-1]) == ["Pular", "Pronto"]
+    harness.post_update(callback_update("done"))
+    harness.dispatch()
+    assert labels(fake.called("sendMessage")[-1]) == ["Nova denúncia"]
 
 
 def test_the_secret_token_is_required(tg: tuple[Harness, fake_telegram.FakeTelegram]) -> None:

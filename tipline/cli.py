@@ -21,7 +21,10 @@ from tipline.config import ConfigError, Settings, environment, load_settings
 from tipline.core.vocabulary import Role
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from adapters.telegram import TelegramChannel
+    from adapters.telegram_profile import WebhookStatus
     from tipline.runtime import Runtime
 
 
@@ -146,7 +149,7 @@ def dispatch(settings: Settings, once: bool) -> None:
     try:
         if once:
             runtime.maintain()
-            count = runtime.dispatcher.run_once()
+            count = runtime.dispatcher.run_until_idle()  # what is due, waiting out per-chat pacing
             click.echo(f"outbox rows attempted: {count}")
             return
         stop = threading.Event()
@@ -453,12 +456,67 @@ def telegram_set_webhook(settings: Settings, drop_pending_updates: bool) -> None
     url = settings.public_url + "/webhooks/telegram"
     runtime = _runtime(settings)
     try:
-        _telegram_channel(runtime).set_webhook(url, drop_pending=drop_pending_updates)
+        channel = _telegram_channel(runtime)
+        channel.set_webhook(url, drop_pending=drop_pending_updates)
+        click.echo(f"webhook set: {url} (updates: {', '.join(ALLOWED_UPDATES)})")
+        profiles = channel.set_profile(settings.agency_name)
     except ChannelError as error:
-        _fail(f"Telegram refused the webhook (error {error.code})")
+        _fail(f"Telegram refused the webhook or the bot's profile (error {error.code})")
     finally:
         runtime.close()
-    click.echo(f"webhook set: {url} (updates: {', '.join(ALLOWED_UPDATES)})")
+    languages = ", ".join(p.language_code or "default (en)" for p in profiles)
+    commands = " ".join(f"/{name}" for name, _ in profiles[0].commands)
+    click.echo(f"commands, description and short description set for: {languages}")
+    click.echo(f"commands: {commands}")
+
+
+@telegram.command("status")
+@with_settings
+def telegram_status(settings: Settings) -> None:
+    """Show how Telegram says the webhook stands; exit 1 if it is missing or points elsewhere.
+
+    For monitoring: the exit code is 0 only when Telegram delivers to
+    TIPLINE_PUBLIC_URL/webhooks/telegram. A secret in the URL is never printed."""
+    from tipline.core.channels import ChannelError
+
+    expected = settings.public_url + "/webhooks/telegram"
+    runtime = _runtime(settings)
+    try:
+        status = _telegram_channel(runtime).webhook_status()
+    except ChannelError as error:
+        _fail(f"Telegram refused getWebhookInfo (error {error.code})")
+    finally:
+        runtime.close()
+    for line in _webhook_lines(status, runtime.ctx.now()):
+        click.echo(line)
+    if not status.url:
+        click.echo(f"PROBLEM: no webhook is set; run `tipline telegram set-webhook` (expected {expected})")
+        sys.exit(1)
+    if status.url != expected:
+        click.echo(f"PROBLEM: the webhook points elsewhere than {expected}")
+        sys.exit(1)
+    click.echo("ok: Telegram delivers to this tip line")
+
+
+def _webhook_lines(status: WebhookStatus, now: dt.datetime) -> list[str]:
+    """getWebhookInfo in plain words (the URL redacted, the last error's time to the minute)."""
+    lines = [
+        f"webhook: {status.shown_url or '(none)'}",
+        f"pending updates: {status.pending_update_count}",
+        f"max connections: {status.max_connections if status.max_connections is not None else '-'}",
+        f"allowed updates: {', '.join(status.allowed_updates) if status.allowed_updates else 'Telegram default'}",
+    ]
+    if status.last_error_date is None and not status.last_error_message:
+        lines.append("last delivery error: none")
+        return lines
+    when = "at an unknown time"
+    if status.last_error_date is not None:
+        minutes = max(0, int((now - status.last_error_date).total_seconds() // 60))
+        ago = f"{minutes} minutes ago" if minutes < 120 else f"{minutes // 60} hours ago"
+        when = f"{status.last_error_date:%Y-%m-%d %H:%M} UTC, about {ago}"
+    message = (status.last_error_message or "(no message)")[:200]
+    lines.append(f"last delivery error: {message} ({when})")
+    return lines
 
 
 @telegram.command("poll")
@@ -489,8 +547,7 @@ def telegram_poll(settings: Settings, once: bool) -> None:
             if once:
                 if polled:
                     channel.confirm(offset)
-                while runtime.dispatcher.run_once():
-                    pass
+                runtime.dispatcher.run_until_idle()  # waits out per-chat pacing
                 click.echo(f"updates handled: {len(polled)}")
                 break
     except ChannelError as error:
@@ -500,6 +557,65 @@ def telegram_poll(settings: Settings, once: bool) -> None:
     finally:
         stop.set()
         runtime.close()
+
+
+@cli.group()
+def twilio() -> None:
+    """Twilio (SMS): take in what the webhook missed.
+
+    Twilio does not retry a webhook that failed or timed out (the tip line down, restarting, its
+    database unreachable); the message stays in the account's Messages log. `reconcile` reads it.
+    """
+
+
+@twilio.command("reconcile")
+@click.option(
+    "--send/--no-send",
+    default=None,
+    help="Send the replies now, or only queue them. Default: send unless a `tipline serve` or `tipline dispatch` "
+    "is running, whose dispatcher then sends them (one dispatcher keeps each tipster's replies in order).",
+)
+@with_settings
+def twilio_reconcile(settings: Settings, send: bool | None) -> None:
+    """Take in every inbound SMS in Twilio's Messages log that the tip line has not processed.
+
+    Reads the log from the last reconciled point (with an overlap; at most a few days back, within
+    the deduplication memory, so that nothing is ever taken in twice), oldest first, through the
+    same intake as the webhook: a message already processed changes nothing, so running it again
+    is harmless. Replies go out by Twilio's REST API, then photos are fetched and Twilio's copies
+    deleted as for any message. `tipline serve` and `tipline dispatch` also run this every
+    TIPLINE_TWILIO_RECONCILE_SECONDS. Prints counts only.
+    """
+    from tipline.core.channels import ChannelError
+    from tipline.services import processes, reconcile
+
+    runtime = _runtime(settings)
+    try:
+        if runtime.sms is None:
+            _fail("the SMS channel is off: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        try:
+            report = reconcile.reconcile(runtime.ctx, runtime.sms, runtime.intake)
+        except ChannelError as error:
+            _fail(f"Twilio refused to list messages (error {error.code})")
+        except reconcile.DATABASE_DOWN as error:
+            _fail(f"the database is unavailable ({type(error).__name__}); run this again once it is back")
+        if send is None:
+            send = not any(p.kind in ("serve", "dispatch", "poll") for p in processes.running(runtime.ctx))
+        sent = 0
+        if send:
+            while count := runtime.dispatcher.run_once():
+                sent += count
+    finally:
+        runtime.close()
+    click.echo(
+        f"listed {report.listed}, taken in {report.taken_in}, already processed {report.already}, "
+        f"unusable {report.unusable}, failed {report.failed}"
+    )
+    click.echo(f"outbox rows attempted: {sent}" if send else "replies queued for the running dispatcher")
+    if report.stale_mark:
+        click.echo("note: the last reconciliation is older than the deduplication memory; older messages were not read")
+    if report.failed:
+        sys.exit(1)
 
 
 @cli.group("audit")

@@ -12,9 +12,11 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tipline.core.catalog import UNNAMED_AGENCY, load_overrides
 
 
 class ConfigError(Exception):
@@ -28,6 +30,17 @@ class TwilioSettings:
     from_number: str | None
     messaging_service_sid: str | None
     api_base_url: str
+    # An API key (SK…) and its secret: REST calls and media downloads use them instead of the auth
+    # token, which then only verifies webhook signatures (Twilio signs with the auth token).
+    api_key: str | None = None
+    api_secret: str | None = None
+
+    @property
+    def rest_auth(self) -> tuple[str, str]:
+        """The credentials REST calls and media downloads authenticate with (HTTP Basic)."""
+        if self.api_key and self.api_secret:
+            return self.api_key, self.api_secret
+        return self.account_sid, self.auth_token
 
 
 @dataclass(frozen=True)
@@ -73,14 +86,31 @@ class Settings:
     # Serve the sandbox on a public address anyway (TIPLINE_SANDBOX_PUBLIC=i-understand): anyone who
     # reaches it can post tips into the detectives' queue, so `serve` refuses without this.
     sandbox_public: bool = False
+    # Abuse control (services/intake.py): the first this-many messages of a sender in a window are
+    # answered and bump the tip's unread count; after them one "slow down" notice, then silence until
+    # the window passes. Every message is stored all the same. 20 leaves room for a real tipster who
+    # sends a story in 15 short texts.
+    sender_reply_limit: int = 20
+    sender_window_minutes: int = 10
+    # Administrators see a warning when more senders than this write for the first time in one hour.
+    new_sender_alert_per_hour: int = 30
+
+    # Twilio does not retry a webhook that failed: the dispatcher reads Twilio's Messages log this
+    # often and takes in what it missed (services/reconcile.py); 0 turns that off.
+    twilio_reconcile_seconds: int = 300
+
+    # The agency's own texts (TIPLINE_TEXTS_FILE), checked at load: ("<language>.<key>", text) pairs.
+    texts: tuple[tuple[str, str], ...] = ()
 
     @property
     def catalog_defaults(self) -> dict[str, str]:
-        """The agency's own words every bot text may use ({agency}, {non_emergency}, {victim_services})."""
+        """The agency's own words every bot text may use ({agency}, {non_emergency}, {victim_services}),
+        and its own texts in place of the catalog's (see catalog.render)."""
         return {
             "agency": self.agency_name,
             "non_emergency": self.non_emergency_number,
             "victim_services": self.victim_services,
+            **dict(self.texts),
         }
 
     @property
@@ -94,6 +124,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _TWILIO_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _MESSAGING_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+_API_KEY_SID = re.compile(r"^SK[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _TELEGRAM_TOKEN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]{20,}$")
 _TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -177,7 +208,21 @@ def _twilio(env: Mapping[str, str]) -> TwilioSettings | None:
         from_number=from_number,
         messaging_service_sid=service,
         api_base_url=_url(env, "TWILIO_API_BASE_URL", "https://api.twilio.com"),
+        **_twilio_api_key(env),
     )
+
+
+def _twilio_api_key(env: Mapping[str, str]) -> dict[str, str]:
+    """TWILIO_API_KEY and TWILIO_API_SECRET, both or neither."""
+    key = env.get("TWILIO_API_KEY", "").strip()
+    secret = env.get("TWILIO_API_SECRET", "").strip()
+    if not key and not secret:
+        return {}
+    if not _API_KEY_SID.match(key):
+        raise ConfigError("TWILIO_API_KEY must look like SK followed by 32 hex digits")
+    if not secret:
+        raise ConfigError("TWILIO_API_SECRET is required when TWILIO_API_KEY is set")
+    return {"api_key": key, "api_secret": secret}
 
 
 def _telegram(env: Mapping[str, str]) -> TelegramSettings | None:
@@ -213,13 +258,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     secret_key = env.get("TIPLINE_SECRET_KEY", "").strip() or None
     if secret_key is not None and len(secret_key) < 32:
         raise ConfigError("TIPLINE_SECRET_KEY must be at least 32 characters")
-    return Settings(
+    settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
         master_key=_master_key(env),
         secret_key=secret_key,
         public_url=_url(env, "TIPLINE_PUBLIC_URL", "http://127.0.0.1:8000"),
-        agency_name=env.get("TIPLINE_AGENCY_NAME", "").strip() or "the police department",
+        agency_name=env.get("TIPLINE_AGENCY_NAME", "").strip() or UNNAMED_AGENCY,
         non_emergency_number=env.get("TIPLINE_NON_EMERGENCY_NUMBER", "").strip() or "311",
         victim_services=env.get("TIPLINE_VICTIM_SERVICES", "").strip()
         or "the National Center for Victims of Crime, 1-855-484-2846",
@@ -235,9 +280,26 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         console_idle_minutes=_int(env, "TIPLINE_CONSOLE_IDLE_MINUTES", 15, 1),
         console_session_hours=_int(env, "TIPLINE_CONSOLE_SESSION_HOURS", 12, 1),
         console_lock_minutes=_int(env, "TIPLINE_CONSOLE_LOCK_MINUTES", 30, 1),
+        twilio_reconcile_seconds=_int(env, "TIPLINE_TWILIO_RECONCILE_SECONDS", 300, 0),
         media_max_bytes=_int(env, "TIPLINE_MEDIA_MAX_BYTES", 10_000_000, 10_000),
         media_max_pixels=_int(env, "TIPLINE_MEDIA_MAX_PIXELS", 40_000_000, 10_000),
+        sender_reply_limit=_int(env, "TIPLINE_SENDER_REPLY_LIMIT", 20, 1),
+        sender_window_minutes=_int(env, "TIPLINE_SENDER_WINDOW_MINUTES", 10, 1),
+        new_sender_alert_per_hour=_int(env, "TIPLINE_NEW_SENDER_ALERT_PER_HOUR", 30, 1),
     )
+    return replace(settings, texts=_texts(env, settings))
+
+
+def _texts(env: Mapping[str, str], settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The agency's texts file, checked against the catalog and these settings (catalog.load_overrides)."""
+    path = env.get("TIPLINE_TEXTS_FILE", "").strip()
+    if not path:
+        return ()
+    try:
+        texts = load_overrides(Path(path).expanduser(), settings.catalog_defaults)
+    except ValueError as error:
+        raise ConfigError(f"TIPLINE_TEXTS_FILE: {error}") from None
+    return tuple(sorted(texts.items()))
 
 
 def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, inspect, text
@@ -58,11 +59,12 @@ class Runtime:
             self.ctx,
             self.channels,
             maintenance=self.maintain,
-            background=self.rotate_some,
+            background=self.background_work,
             media=self.media.run_once,
         )
         self._rotation_cursors: dict[int, object] = {}
         self._heartbeat: Heartbeat | None = None
+        self._next_reconcile = 0.0  # monotonic: the first dispatcher pass catches up after a restart
 
     @property
     def sms(self) -> TwilioSms | None:
@@ -85,6 +87,23 @@ class Runtime:
             self._rotation_cursors[record.id] = result.cursor
             busy += 1 if result.moved else 0  # waiting out the propagation window lets the dispatcher rest
         return busy
+
+    def background_work(self) -> int:
+        """The dispatcher's background work: key rotations, and reconciliation of Twilio's log."""
+        return self.rotate_some() + self.reconcile_due()
+
+    def reconcile_due(self) -> int:
+        """Every TIPLINE_TWILIO_RECONCILE_SECONDS, take in what the SMS webhook missed (services/reconcile.py).
+
+        Returns 0: what it takes in wakes the dispatcher through intake; it never keeps it busy."""
+        seconds = self.settings.twilio_reconcile_seconds
+        if not seconds or self.sms is None or time.monotonic() < self._next_reconcile:
+            return 0
+        self._next_reconcile = time.monotonic() + seconds
+        from tipline.services import reconcile
+
+        reconcile.periodic(self.ctx, self.sms, self.intake)
+        return 0
 
     def maintain(self) -> PurgeReport:
         return purge(
@@ -131,7 +150,11 @@ class Runtime:
 def build_channels(settings: Settings) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     if settings.twilio is not None:
-        channels["sms"] = TwilioSms(settings.twilio, status_callback=settings.public_url + "/webhooks/twilio/status")
+        channels["sms"] = TwilioSms(
+            settings.twilio,
+            status_callback=settings.public_url + "/webhooks/twilio/status",
+            reply_callback=settings.public_url + "/webhooks/twilio/reply-status",  # TwiML <Message action>
+        )
     if settings.telegram is not None:
         from adapters.telegram import TelegramChannel
 

@@ -14,7 +14,7 @@ import pytest
 from tests.support import fake_telegram
 from tests.support.anonymity import scan_database
 from tests.support.harness import Harness, reference_of
-from tests.support.telegram_updates import message_update
+from tests.support.telegram_updates import edited_update, message_update
 from tipline.services import review
 
 WORDS = "CANARY-DEEPLINK a man sells fake tickets outside the stadium"
@@ -40,3 +40,23 @@ def test_a_deep_link_start_is_a_greeting_and_its_payload_is_kept_nowhere(
     assert review.read_tip(harness.runtime.ctx, reference).what == WORDS
     payload = text.split(maxsplit=1)[1]
     assert scan_database(harness.runtime.engine, [payload, "/start"]) == []
+
+
+def test_an_edited_deep_link_start_is_ignored_and_its_payload_kept_nowhere(
+    tg: tuple[Harness, fake_telegram.FakeTelegram],
+) -> None:
+    harness, fake = tg
+    assert harness.post_update(message_update("/start CANARYDEEPLINK_first")).status_code == 200
+    # The tipster (or a client) edits the /start message: still no words of theirs
+    assert harness.post_update(edited_update("/start CANARYDEEPLINK_edited")).status_code == 200
+    harness.dispatch()
+    [greeting] = fake.called("sendMessage")
+    assert "anonymous" in greeting["text"]
+    for typed in (WORDS, "skip", "skip"):
+        assert harness.post_update(message_update(typed)).status_code == 200
+    harness.dispatch()
+    reference = reference_of(fake.called("sendMessage")[-1]["text"])
+    detail = review.read_tip(harness.runtime.ctx, reference)
+    assert detail.what == WORDS
+    assert not any("start" in entry.text for entry in detail.thread if entry.kind == "tipster")
+    assert scan_database(harness.runtime.engine, ["CANARYDEEPLINK", "/start"]) == []

@@ -2,11 +2,18 @@
 
 The real python-telegram-bot client talks to it. It records every call, hands out updates to
 getUpdates, and can be told to answer the next calls with a 429 (retry_after) or a 403 (blocked).
+It keeps the webhook (setWebhook, deleteWebhook, getWebhookInfo, with a delivery error the test
+can plant) and the bot's profile (setMyCommands, setMyDescription, setMyShortDescription and their
+get* twins, per language_code), and refuses what the Bot API refuses: a command name outside
+`[a-z0-9_]{1,32}`, a command description outside 1-256 characters, more than 100 commands, a
+description over 512 or a short description over 120 characters, a language code that is not two
+lowercase letters.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +38,12 @@ class FakeTelegram:
     # file_id -> the file_path getFile answers (default "documents/<file_id>.bin"): a hostile Bot API's
     file_paths: dict[str, str] = field(default_factory=dict)
     url: str = ""
+    webhook: dict[str, Any] = field(default_factory=dict)  # what setWebhook set ({} when none)
+    webhook_error: tuple[int, str] | None = None  # (unix time, message) getWebhookInfo reports
+    pending_updates: int = 0  # what getWebhookInfo reports as waiting
+    # (kind, language_code) -> what was set: kind "commands" (a list of {command, description}),
+    # "description" or "short_description"; language_code "" for the default
+    profile: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def called(self, method: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -101,6 +114,10 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                     body["parameters"] = parameters
                 self._reply(status, body)
                 return
+            refusal = _refusal(method, params)
+            if refusal is not None:
+                self._reply(400, {"ok": False, "error_code": 400, "description": f"Bad Request: {refusal}"})
+                return
             self._reply(200, {"ok": True, "result": self._result(method, params)})
 
         def _result(self, method: str, params: dict[str, Any]) -> Any:
@@ -142,11 +159,92 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                     "file_size": len(fake.files.get(path, b"")),
                     "file_path": path,
                 }
-            if method == "getWebhookInfo":
-                return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+            if method in PROFILE_METHODS or method in WEBHOOK_METHODS:
+                return _keep(fake, method, params)
             return True  # setWebhook, deleteWebhook, answerCallbackQuery, deleteMessages, deleteMessage
 
     return Handler
+
+
+COMMAND = re.compile(r"[a-z0-9_]{1,32}")
+LANGUAGE = re.compile(r"(?:[a-z]{2})?")
+# method -> (kind kept, parameter, longest value Telegram accepts)
+PROFILE_SETTERS = {
+    "setMyDescription": ("description", "description", 512),
+    "setMyShortDescription": ("short_description", "short_description", 120),
+}
+PROFILE_METHODS = {
+    "setMyCommands",
+    "getMyCommands",
+    "deleteMyCommands",
+    *PROFILE_SETTERS,
+    "getMyDescription",
+    "getMyShortDescription",
+}
+WEBHOOK_METHODS = {"setWebhook", "deleteWebhook", "getWebhookInfo"}
+
+
+def _refusal(method: str, params: dict[str, Any]) -> str | None:
+    """What the Bot API would say to a request it refuses, or None."""
+    if method in PROFILE_METHODS and not LANGUAGE.fullmatch(str(params.get("language_code") or "")):
+        return "LANG_CODE_INVALID"
+    if method == "setMyCommands":
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            return "commands must be a list of at most 100"
+        for command in commands:
+            if not COMMAND.fullmatch(str(command.get("command", ""))):
+                return "BOT_COMMAND_INVALID"
+            if not 1 <= len(str(command.get("description", ""))) <= 256:
+                return "BOT_COMMAND_DESCRIPTION_INVALID"
+    if method in PROFILE_SETTERS:
+        _, name, longest = PROFILE_SETTERS[method]
+        if len(str(params.get(name) or "")) > longest:
+            return f"{name} is too long"
+    if method == "setWebhook" and not str(params.get("url", "")).startswith("https://"):
+        return "bad webhook: An HTTPS URL must be provided for webhook"
+    return None
+
+
+def _keep(fake: FakeTelegram, method: str, params: dict[str, Any]) -> Any:
+    """The profile and webhook methods: remember what is set, answer what is asked."""
+    language = str(params.get("language_code") or "")
+    with fake.lock:
+        if method == "setMyCommands":
+            fake.profile[("commands", language)] = params["commands"]
+        elif method == "deleteMyCommands":
+            fake.profile.pop(("commands", language), None)
+        elif method in PROFILE_SETTERS:
+            kind, name, _ = PROFILE_SETTERS[method]
+            fake.profile[(kind, language)] = params.get(name) or ""
+        elif method == "getMyCommands":
+            return fake.profile.get(("commands", language), [])
+        elif method == "getMyDescription":
+            return {"description": fake.profile.get(("description", language), "")}
+        elif method == "getMyShortDescription":
+            return {"short_description": fake.profile.get(("short_description", language), "")}
+        elif method == "setWebhook":
+            fake.webhook = dict(params)
+        elif method == "deleteWebhook":
+            fake.webhook = {}
+        else:
+            return _webhook_info(fake)
+    return True
+
+
+def _webhook_info(fake: FakeTelegram) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "url": fake.webhook.get("url", ""),
+        "has_custom_certificate": False,
+        "pending_update_count": fake.pending_updates,
+    }
+    if fake.webhook:
+        info["max_connections"] = fake.webhook.get("max_connections", 40)
+        if fake.webhook.get("allowed_updates") is not None:
+            info["allowed_updates"] = fake.webhook["allowed_updates"]
+    if fake.webhook_error is not None:
+        info["last_error_date"], info["last_error_message"] = fake.webhook_error
+    return info
 
 
 def start(token: str) -> tuple[FakeTelegram, ThreadingHTTPServer]:

@@ -1,167 +1,69 @@
-"""Every text the bot says, per language.
+"""Every text the bot says, per language: gettext catalogs read with Babel.
+
+The texts live in `tipline/locale/<language>/LC_MESSAGES/tipline.po`, one entry per text: `msgctxt` is
+the text's key (what the code names), `msgid` the English text and `msgstr` the language's text. A
+translator thus works from the English sentence in any PO editor (Poedit, Weblate), two texts that
+read the same in English stay distinct by their key, and a changed English text shows up as such.
+The files are read at start-up with `babel.messages.pofile.read_po` (no compiled .mo files, so
+nothing to build at install time). A language must have every key with the same placeholders as
+English (tests/test_catalogs.py checks it).
 
 Texts are written for a scared person on a cheap phone: short, plain, and each fits in two SMS
-segments (320 GSM-7 characters) once the settings are filled in (a test checks it). They never ask
-who the tipster is. Placeholders: {agency}, {non_emergency}, {victim_services}, {ref}, {status},
-{text}, {count}.
+segments once the settings are filled in (tests/test_segments.py checks every text in every
+language, counted by the GSM-7/UCS-2 rules of core/segments.py). They never ask who the tipster is.
+Placeholders: {agency}, {non_emergency}, {victim_services}, {ref}, {status}, {text}, {count}.
+
+An agency may replace texts with its own (`TIPLINE_TEXTS_FILE`, see `load_overrides`): they are
+checked at start-up and travel to `render` inside the agency's settings (`defaults`).
 """
 
 from __future__ import annotations
 
+import string
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
-ENGLISH, SPANISH = "en", "es"  # stored in each conversation; ISO 639-1 codes
-LANGUAGES = (ENGLISH, SPANISH)
+from babel.messages.pofile import read_po
+
+from tipline.core import segments
+
+ENGLISH, SPANISH, PORTUGUESE, HAITIAN_CREOLE = "en", "es", "pt", "ht"  # stored per conversation; ISO 639-1
+LANGUAGES = (ENGLISH, SPANISH, PORTUGUESE, HAITIAN_CREOLE)
 DEFAULT_LANGUAGE = ENGLISH
+# The agency name when none is configured. Each language has its own words for it ("agency_default"),
+# so that a Spanish text never says "de the police department".
+UNNAMED_AGENCY = "the police department"
+MAX_SEGMENTS = 2  # every text the bot sends fits in this many SMS segments
+DOMAIN = "tipline"
+# Worst-case values for the placeholders the conversation fills in (a reference is always 8 characters;
+# a count of photos is at most 10, Twilio's limit per message).
+SAMPLE_PARAMS = {"ref": "T-7K3Q9X", "count": "10", "text": ""}
 
-EN: dict[str, str] = {
-    "greeting": (
-        "Anonymous tip line of {agency}. You are anonymous: we never see your number. "
-        "If anyone is in danger now, call 911. Tell us what you saw. "
-        "HELP for help, STOP to opt out, ES para español."
-    ),
-    "ask_what": "Tell us what you saw or know. Please do not include your name.",
-    "ask_where": "Thank you. Where did it happen? An address, place or landmark helps. Reply SKIP if you don't know.",
-    "ask_when": "When did it happen? Reply SKIP if you don't know.",
-    "what_required": "Please describe what you saw in words; that part is needed. Text DISCARD to drop this tip.",
-    "submitted": (
-        "Your tip {ref} has been received. Keep texting here to add details; a detective may reply here. "
-        "Text NEW for another tip."
-    ),
-    "submitted_as_is": "Your unfinished tip {ref} was submitted as it stood.",
-    "followup_added": "Added to tip {ref}. Thank you.",
-    "urgent": "If anyone is in danger right now, call 911. Your tip is marked urgent.",
-    "help": (
-        "Anonymous tip line of {agency}: we never see your number or name. Emergency: call 911. "
-        "Non-emergency: {non_emergency}. Victim help: {victim_services}. "
-        "Text NEW, STATUS, DISCARD, FORGET or STOP."
-    ),
-    "opted_in": "You will get messages from this tip line again. Text HELP for help.",
-    "language_set": "OK, we will write in English.",
-    "status": "Tip {ref}: {status}.",
-    "status_none": "You have no tip with us yet. Tell us what you saw.",
-    "status_draft": "not sent yet, we are waiting for your answer",
-    "status_received": "received",
-    "status_review": "under review",
-    "status_closed": "closed",
-    "new_tip": "OK, a new tip. Tell us what you saw or know.",
-    "discarded": "Your unfinished tip was dropped. Nothing was sent. Text us again any time.",
-    "nothing_to_discard": "There is no unfinished tip to drop. Tips already sent stay with detectives.",
-    "forgotten": (
-        "Done: your number is erased. Your tip {ref} stays with detectives, but they can no longer reply, "
-        "and new messages start a new tip."
-    ),
-    "forgotten_no_tip": "Done: your number is erased. New messages start a new tip.",
-    "nothing_to_skip": "There is nothing to skip right now.",
-    "media_received_one": (
-        "Thank you, we got your photo. We remove its location and camera details before anyone sees it."
-    ),
-    "media_received_many": (
-        "Thank you, we got your {count} photos. We remove their location and camera details before anyone sees them."
-    ),
-    "ask_what_photo": "What does it show, and what happened? Please do not include your name.",
-    "media_refused_type": (
-        "We can only accept photos (JPEG, PNG, HEIC, WebP or GIF), not videos, audio or documents. "
-        "Nothing of that file was kept. You can send a photo or screenshot, or describe it in words."
-    ),
-    "media_refused_size": (
-        "That file is too large for us, so nothing of it was kept. Please send a smaller photo or a "
-        "screenshot, or describe it in words."
-    ),
-    "media_refused_pixels": (
-        "That picture is too large for us to open, so nothing of it was kept. Please send a smaller photo "
-        "or a screenshot."
-    ),
-    "media_refused_unreadable": (
-        "We could not open the picture you sent, so nothing of it was kept. Please send it again, or "
-        "describe in words what it shows."
-    ),
-    "media_failed": "We could not receive a photo you sent for tip {ref}. Please send it again.",
-    "empty": "We got an empty message. Tell us what you saw or know.",
-    "agency_reply": "{agency}: {text}",
-    "erase_requested": (
-        "We asked Telegram to delete this chat's messages from the last 48 hours. The bot cannot delete "
-        "older ones: use Delete chat in your app for those. Your tip stays with the detectives."
-    ),
-}
 
-ES: dict[str, str] = {
-    "greeting": (
-        "Línea anónima de denuncias de {agency}. Usted es anónimo: nunca vemos su número. "
-        "Si alguien está en peligro ahora, llame al 911. Cuéntenos lo que vio. "
-        "AYUDA para ayuda, STOP para darse de baja, EN for English."
-    ),
-    "ask_what": "Cuéntenos lo que vio o sabe. Por favor, no incluya su nombre.",
-    "ask_where": (
-        "Gracias. ¿Dónde ocurrió? Una dirección, lugar o punto de referencia ayuda. Responda SALTAR si no lo sabe."
-    ),
-    "ask_when": "¿Cuándo ocurrió? Responda SALTAR si no lo sabe.",
-    "what_required": (
-        "Por favor, describa con palabras lo que vio; esa parte es necesaria. Escriba DESCARTAR para anular."
-    ),
-    "submitted": (
-        "Recibimos su denuncia {ref}. Siga escribiendo aquí para añadir detalles; un detective puede "
-        "responderle aquí. Escriba NUEVO para otra denuncia."
-    ),
-    "submitted_as_is": "Su denuncia sin terminar {ref} fue enviada tal como estaba.",
-    "followup_added": "Añadido a la denuncia {ref}. Gracias.",
-    "urgent": "Si alguien está en peligro ahora mismo, llame al 911. Su denuncia está marcada como urgente.",
-    "help": (
-        "Línea anónima de {agency}: nunca vemos su número ni su nombre. Emergencias: 911. "
-        "No urgente: {non_emergency}. Ayuda a víctimas: {victim_services}. "
-        "Escriba NUEVO, ESTADO, DESCARTAR, OLVIDAR o STOP."
-    ),
-    "opted_in": "Volverá a recibir mensajes de esta línea. Escriba AYUDA para ayuda.",
-    "language_set": "De acuerdo, le escribiremos en español.",
-    "status": "Denuncia {ref}: {status}.",
-    "status_none": "Todavía no tiene ninguna denuncia. Cuéntenos lo que vio.",
-    "status_draft": "aún no enviada, esperamos su respuesta",
-    "status_received": "recibida",
-    "status_review": "en revisión",
-    "status_closed": "cerrada",
-    "new_tip": "De acuerdo, una nueva denuncia. Cuéntenos lo que vio o sabe.",
-    "discarded": "Su denuncia sin terminar fue anulada. No se envió nada. Escríbanos cuando quiera.",
-    "nothing_to_discard": "No hay ninguna denuncia sin terminar. Las denuncias enviadas siguen con los detectives.",
-    "forgotten": (
-        "Hecho: su número fue borrado. Su denuncia {ref} sigue con los detectives, pero ya no pueden "
-        "responderle, y los mensajes nuevos empiezan una denuncia nueva."
-    ),
-    "forgotten_no_tip": "Hecho: su número fue borrado. Los mensajes nuevos empiezan una denuncia nueva.",
-    "nothing_to_skip": "No hay nada que saltar ahora.",
-    "media_received_one": (
-        "Gracias, recibimos su foto. Le quitamos la ubicación y los datos de la cámara antes de que nadie la vea."
-    ),
-    "media_received_many": (
-        "Gracias, recibimos sus {count} fotos. Les quitamos la ubicación y los datos de la cámara "
-        "antes de que nadie las vea."
-    ),
-    "ask_what_photo": "¿Qué muestra y qué pasó? Por favor, no incluya su nombre.",
-    "media_refused_type": (
-        "Solo podemos aceptar fotos (JPEG, PNG, HEIC, WebP o GIF), no videos, audios ni documentos. "
-        "No guardamos nada de ese archivo. Puede enviar una foto o captura de pantalla, o describirlo con palabras."
-    ),
-    "media_refused_size": (
-        "Ese archivo es demasiado grande, así que no guardamos nada de él. Envíe una foto más pequeña o una "
-        "captura de pantalla, o descríbalo con palabras."
-    ),
-    "media_refused_pixels": (
-        "Esa imagen es demasiado grande para abrirla, así que no guardamos nada de ella. Envíe una foto más "
-        "pequeña o una captura de pantalla."
-    ),
-    "media_refused_unreadable": (
-        "No pudimos abrir la imagen que envió, así que no guardamos nada de ella. Envíela de nuevo, o "
-        "describa con palabras lo que muestra."
-    ),
-    "media_failed": "No pudimos recibir una foto que envió para la denuncia {ref}. Por favor, envíela de nuevo.",
-    "empty": "Recibimos un mensaje vacío. Cuéntenos lo que vio o sabe.",
-    "agency_reply": "{agency}: {text}",
-    "erase_requested": (
-        "Pedimos a Telegram borrar los mensajes de este chat de las últimas 48 horas. El bot no puede borrar "
-        "los anteriores: use Eliminar chat en su aplicación. Su denuncia sigue con los detectives."
-    ),
-}
+def _read_catalog(language: str) -> dict[str, str]:
+    """One language's texts, by key, from its .po file."""
+    po = resources.files("tipline").joinpath("locale", language, "LC_MESSAGES", f"{DOMAIN}.po")
+    with po.open("rb") as handle:
+        catalog = read_po(handle, locale=language, domain=DOMAIN)
+    texts: dict[str, str] = {}
+    for message in catalog:
+        if not message.id or not isinstance(message.id, str) or not isinstance(message.string, str):
+            continue  # the header, or a plural entry (the catalog has none)
+        if message.context is None:
+            raise ValueError(f"{language}: every entry needs a msgctxt (its key): {message.id[:40]!r}")
+        texts[message.context] = message.string or message.id
+    return texts
 
-CATALOGS: dict[str, dict[str, str]] = {ENGLISH: EN, SPANISH: ES}
+
+CATALOGS: dict[str, dict[str, str]] = {language: _read_catalog(language) for language in LANGUAGES}
+
+
+def placeholders(template: str) -> set[str]:
+    """The `{names}` a text uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 @dataclass(frozen=True)
@@ -176,16 +78,87 @@ class Text:
         return cls(key, tuple(sorted(params.items())))
 
 
-def render(text: Text, language: str, defaults: dict[str, str]) -> str:
-    """Render a Text in a language; `defaults` holds the agency settings.
+def override_key(language: str, key: str) -> str:
+    """Where an agency's own text for `key` sits in the `defaults` passed to `render`."""
+    return f"{language}.{key}"
+
+
+def _template(key: str, language: str, defaults: Mapping[str, str]) -> str:
+    return defaults.get(override_key(language, key)) or CATALOGS[language][key]
+
+
+def render(text: Text, language: str, defaults: Mapping[str, str]) -> str:
+    """Render a Text in a language; `defaults` holds the agency settings (and its own texts).
 
     A parameter named `x_key` names another catalog entry, rendered in the same language as `x`.
+    Without a configured agency name, {agency} is the language's own words for "the police".
     """
-    catalog = CATALOGS.get(language, CATALOGS[DEFAULT_LANGUAGE])
+    language = language if language in CATALOGS else DEFAULT_LANGUAGE
     params = dict(defaults)
+    if params.get("agency", "") in ("", UNNAMED_AGENCY):
+        params["agency"] = _template("agency_default", language, defaults)
     for name, value in text.params:
         if name.endswith("_key"):
-            params[name.removesuffix("_key")] = catalog[value]
+            params[name.removesuffix("_key")] = _template(value, language, defaults)
         else:
             params[name] = value
-    return catalog[text.key].format(**params)
+    return _template(text.key, language, defaults).format(**params)
+
+
+def worst_case(key: str, language: str, defaults: Mapping[str, str]) -> str:
+    """A text rendered with the longest values its placeholders take, to count its SMS segments.
+
+    {status} is the longest status word of the language; {text} (a detective's reply) is left empty,
+    since the console counts the reply itself.
+    """
+    statuses = [k for k in CATALOGS[language] if k.startswith("status_")]
+    longest = max(statuses, key=lambda k: segments.count(_template(k, language, defaults)).units)
+    params = {name: value for name, value in SAMPLE_PARAMS.items() if name != "status"}
+    return render(Text.of(key, status_key=longest, **params), language, defaults)
+
+
+def check_overrides(texts: Mapping[str, Mapping[str, str]], settings: Mapping[str, str]) -> dict[str, str]:
+    """Validate an agency's texts ({language: {key: text}}); return them as `render` defaults.
+
+    Raises ValueError naming the language and key of the first text that is unknown, uses other
+    placeholders than the default text, or needs more than two SMS segments with these settings.
+    """
+    flat: dict[str, str] = {}
+    for language, entries in texts.items():
+        if language not in CATALOGS:
+            raise ValueError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
+        if not isinstance(entries, Mapping):
+            raise ValueError(f"{language}: expected a table of key = text")
+        for key, text in entries.items():
+            name = override_key(language, key)
+            if key not in CATALOGS[language]:
+                raise ValueError(f"{name}: unknown text key")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{name}: the text must be a non-empty string")
+            try:
+                wanted, used = placeholders(CATALOGS[language][key]), placeholders(text)
+            except ValueError as error:
+                raise ValueError(f"{name}: malformed placeholder ({error})") from None
+            if used != wanted:
+                missing, extra = sorted(wanted - used), sorted(used - wanted)
+                raise ValueError(f"{name}: placeholders must be {sorted(wanted)} (missing {missing}, unknown {extra})")
+            flat[name] = text
+    rendered_with = {**settings, **flat}
+    for name in flat:
+        language, key = name.split(".", 1)
+        count = segments.count(worst_case(key, language, rendered_with))
+        if count.segments > MAX_SEGMENTS:
+            raise ValueError(
+                f"{name}: {count.segments} SMS segments ({count.units} {count.encoding} units) once filled in; "
+                f"at most {MAX_SEGMENTS} are allowed"
+            )
+    return flat
+
+
+def load_overrides(path: Path, settings: Mapping[str, str]) -> dict[str, str]:
+    """Read and check an agency's texts file: TOML, one table per language, `key = "text"`."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    return check_overrides(data, settings)

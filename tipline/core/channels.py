@@ -7,6 +7,7 @@ implements `Channel` to send texts and delete its provider's copies.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -48,12 +49,30 @@ class InboundMessage:
     album: str | None = None
     # The tipster asked to erase the chat (Telegram's /erase): the provider's request, opaque here.
     erase_request: str | None = None
+    # False when nobody waits for an answer to this delivery (a message taken in later from the
+    # provider's log by reconciliation): its replies go through the outbox even on a channel that
+    # normally answers inline (TwiML).
+    answer_inline: bool = True
 
     def __repr__(self) -> str:
         return (
             f"InboundMessage(channel={self.channel!r}, text=<{len(self.text)} chars>, "
             f"media={len(self.media)}, refused_media={self.refused_media}, provider_intent={self.provider_intent})"
         )
+
+
+@dataclass(frozen=True)
+class LoggedInbound:
+    """An inbound message as the provider's own log lists it (for reconciliation after an outage).
+
+    `message` is what the webhook would have delivered (None: not one we can take in, e.g. from an
+    alphanumeric sender); `sent_at` (UTC) orders the log. Its repr shows neither."""
+
+    sent_at: dt.datetime
+    message: InboundMessage | None
+
+    def __repr__(self) -> str:
+        return f"LoggedInbound(message={self.message!r})"
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,10 @@ class ChannelError(Exception):
     The adapter, which knows its provider's codes, says what the failure means for the core:
     `recipient_gone` (why the tipster can never be written to again: opted out at the carrier,
     blocked the bot), `missing` (the copy to delete is already gone), `retry_after` (seconds the
-    provider asked us to wait).
+    provider asked us to wait), `paced` (the provider was not called at all: the channel's own
+    pacing says this address may not receive for `retry_after` seconds; not a failed attempt),
+    `uncertain` (no answer came: the request may have reached the provider, and a message may have
+    gone; the dispatcher then checks the provider before sending it again).
     """
 
     def __init__(
@@ -80,6 +102,8 @@ class ChannelError(Exception):
         recipient_gone: ErasedReason | None = None,
         retry_after: float | None = None,
         missing: bool = False,
+        paced: bool = False,
+        uncertain: bool = False,
     ):
         super().__init__(code)
         self.code = code
@@ -87,6 +111,8 @@ class ChannelError(Exception):
         self.recipient_gone = recipient_gone
         self.retry_after = retry_after
         self.missing = missing
+        self.paced = paced
+        self.uncertain = uncertain
 
 
 class MalformedWebhook(ValueError):
@@ -113,6 +139,22 @@ class Channel(Protocol):
     def fetch_media(self, source: str, max_bytes: int) -> bytes:
         """Download an attachment (a MediaRef's source); raises media.Refused(SIZE) past max_bytes,
         ChannelError when the provider fails."""
+        ...
+
+
+@runtime_checkable
+class SentLog(Protocol):
+    """An optional capability of a channel: its provider lists the messages we sent (Twilio does,
+    the Telegram Bot API does not).
+
+    The dispatcher asks it before sending again a message whose previous attempt began but left no
+    result (the process died, or the database failed, between the provider's answer and the
+    bookkeeping), so that a message the provider already took is adopted rather than sent twice.
+    """
+
+    def find_sent(self, address: str, text: str, since: dt.datetime) -> list[Sent]:
+        """The messages sent by REST to `address` with exactly `text` since `since` (naive UTC,
+        inclusive), oldest first; raises ChannelError when the provider cannot be asked."""
         ...
 
 

@@ -9,6 +9,9 @@ the shell passes in what it needs (the tip's status, a fresh reference), so ever
 transition from an example message, so the drawing, the table and the code cannot drift apart.
 
 Keywords work in every state and only as a whole message (case-insensitive), like carriers'.
+A message made only of greeting words ("Good evening", "Hi, I want to report something") greets;
+it is never taken as the tip. Before a tip is begun, the words of a message also set the language
+(`guess_language`, a word-list guesser over en/es/pt/ht); after that only ES/EN/PT/HT change it.
 A photo's caption is content, never a keyword (except STOP and START as the carrier reports them).
 A photo is content too: sent alone, it starts a draft (in await_what, which then holds a draft) or
 joins the current one; the files themselves are fetched and cleaned later (attachments.py).
@@ -22,7 +25,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tipline.core.catalog import DEFAULT_LANGUAGE, ENGLISH, LANGUAGES, SPANISH, Text
+from tipline.core.catalog import DEFAULT_LANGUAGE, ENGLISH, HAITIAN_CREOLE, LANGUAGES, PORTUGUESE, SPANISH, Text
 from tipline.core.vocabulary import TipStatus
 
 
@@ -45,6 +48,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     (State.AWAIT_WHAT, State.AWAIT_WHERE, "description"),
     (State.AWAIT_WHERE, State.AWAIT_WHEN, "place / SKIP"),
     (State.AWAIT_WHEN, State.SUBMITTED, "time / SKIP"),
+    (State.AWAIT_WHERE, State.SUBMITTED, "place / SKIP, the time already said (right now)"),
     (State.SUBMITTED, State.SUBMITTED, "follow-up"),
     (State.SUBMITTED, State.AWAIT_WHAT, "NEW"),
     (State.AWAIT_WHERE, State.NEW, "DISCARD"),
@@ -75,6 +79,8 @@ class Intent(enum.StrEnum):
     DONE = "done"
     ENGLISH = "en"
     SPANISH = "es"
+    PORTUGUESE = "pt"
+    HAITIAN_CREOLE = "ht"
     GREETING = "greeting"
     TEXT = "text"
 
@@ -86,38 +92,80 @@ START_WORDS = frozenset({"start", "unstop", "yes"})
 KEYWORDS: dict[str, Intent] = {
     **dict.fromkeys(STOP_WORDS, Intent.STOP),
     **dict.fromkeys(START_WORDS, Intent.START),
-    "help": Intent.HELP,
-    "info": Intent.HELP,
-    "ayuda": Intent.HELP,
-    "new": Intent.NEW,
-    "nuevo": Intent.NEW,
-    "nueva": Intent.NEW,
-    "discard": Intent.DISCARD,
-    "descartar": Intent.DISCARD,
-    "status": Intent.STATUS,
-    "estado": Intent.STATUS,
-    "forget": Intent.FORGET,
-    "olvidar": Intent.FORGET,
-    "skip": Intent.SKIP,
-    "saltar": Intent.SKIP,
-    "omitir": Intent.SKIP,
-    "done": Intent.DONE,
-    "listo": Intent.DONE,
-    "en": Intent.ENGLISH,
-    "english": Intent.ENGLISH,
-    "ingles": Intent.ENGLISH,
-    "es": Intent.SPANISH,
-    "espanol": Intent.SPANISH,
-    "spanish": Intent.SPANISH,
-    "hi": Intent.GREETING,
-    "hello": Intent.GREETING,
-    "hey": Intent.GREETING,
-    "tip": Intent.GREETING,
-    "hola": Intent.GREETING,
-    "buenas": Intent.GREETING,
-    "denuncia": Intent.GREETING,
+    # The keywords each language's texts offer (en, es, pt, ht), folded: "ÈD" is "ed".
+    **dict.fromkeys(("help", "info", "ayuda", "ajuda", "ede", "ed"), Intent.HELP),
+    **dict.fromkeys(("new", "nuevo", "nueva", "novo", "nova", "nouvo"), Intent.NEW),
+    **dict.fromkeys(("discard", "descartar", "jete"), Intent.DISCARD),
+    **dict.fromkeys(("status", "estado", "eta"), Intent.STATUS),
+    **dict.fromkeys(("forget", "olvidar", "esquecer", "bliye"), Intent.FORGET),
+    **dict.fromkeys(("skip", "saltar", "omitir", "pular", "sote"), Intent.SKIP),
+    **dict.fromkeys(("done", "listo", "pronto", "fini"), Intent.DONE),
+    **dict.fromkeys(("en", "english", "ingles"), Intent.ENGLISH),
+    **dict.fromkeys(("es", "espanol", "spanish"), Intent.SPANISH),
+    **dict.fromkeys(("pt", "portugues", "portuguese"), Intent.PORTUGUESE),
+    **dict.fromkeys(("ht", "kreyol", "creole", "haitian"), Intent.HAITIAN_CREOLE),
+    **dict.fromkeys(
+        ("hi", "hello", "hey", "tip", "hola", "buenas", "denuncia", "oi", "ola", "bonjou"), Intent.GREETING
+    ),
 }
-SPANISH_GREETINGS = frozenset({"hola", "buenas", "denuncia", "ayuda"})
+
+
+def _wordlist(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# A message made only of these words greets or announces a tip without telling it yet ("Hi, I want
+# to report something", "Buenas tardes", "Bonswa, mwen vle fè yon denonsyasyon"): it gets the
+# welcome, and does not become the tip's description. Folded (no accents), per language.
+GREETING_WORDS = _wordlist(
+    """
+    hi hello hey hiya yo good morning afternoon evening night day there anyone anybody someone is this
+    the tip line i im m want wanna would like to report make give a an something crime please can could
+    you need help have got here ok okay
+    hola buenas buenos buen tardes noches dias dia alo oiga quiero quisiera queria necesito denunciar
+    reportar hacer poner una un algo denuncia por favor hay alguien ahi me puede pueden ayudar ayuda con
+    oi ola bom boa tarde noite quero preciso fazer uma um alguma coisa alguem ai tem
+    bonjou bonswa mwen vle fe yon denonsyasyon denonse rapote bagay tanpri gen moun la ou ka ede sak pase
+    """
+)
+MAX_GREETING_WORDS = 12
+HINT_MARGIN = 2  # more words of another language than of the app's, for the words to win over it
+
+# Words that tell a language, for guessing it from a first message: greetings and the most common
+# short words. Folded. A word of two languages counts for both; ties go to the first of LANGUAGES.
+LANGUAGE_WORDS: dict[str, frozenset[str]] = {
+    ENGLISH: _wordlist(
+        """
+        the a an is are was were i im you he she it its there theres they we with and at in on my his her
+        what where when who hi hello hey good morning evening afternoon night want report something
+        someone somebody man woman guy has have gun now right help me near house car street of to this
+        that selling sells drugs corner behind school anyone please can happening into breaking outside
+        """
+    ),
+    SPANISH: _wordlist(
+        """
+        el la los las un una es esta estan hay con y en mi su que donde cuando hola buenas buenos tardes
+        noches dias quiero queria denunciar reportar algo alguien hombre mujer tiene pistola ahora mismo
+        ayuda calle del por para pero muy vecino esquina vendiendo drogas robando casa al se lo le esto eso
+        ayudenme ayudame gracias carro frente detras escuela armado
+        """
+    ),
+    PORTUGUESE: _wordlist(
+        """
+        o os as um uma e esta estao tem com em no na nos nas meu minha que onde quando oi ola bom boa dia
+        tarde noite quero queria denunciar fazer denuncia alguma coisa alguem homem mulher arma agora
+        ajuda rua do da dos das nao voce ele ela eles perto vendendo esquina drogas assaltando loja
+        obrigado obrigada isso isto aqui mesmo ajude socorro carro frente escola armado
+        """
+    ),
+    HAITIAN_CREOLE: _wordlist(
+        """
+        mwen m ou li nou yo gen ki se pa nan ak yon sa kote kile bonjou bonswa alo vle fe denonse
+        denonsyasyon kounye kounyea zam kouto moun kay machin lari ede te ap k pou sou tanpri mesi nonm
+        fanm vann dwog kwen kase an la anmwe sekou lekol bo
+        """
+    ),
+}
 
 # Words that suggest someone is in danger now. Matched on whole words, accents ignored.
 URGENT_WORDS = frozenset(
@@ -159,17 +207,76 @@ URGENT_WORDS = frozenset(
         "violacion",
     }
 )
-URGENT_PHRASES = (
+URGENT_WORDS |= {
+    # Portuguese and Haitian Creole
+    "pistola",
+    "faca",
+    "tiro",
+    "tiros",
+    "tiroteio",
+    "esfaqueado",
+    "sangrando",
+    "refem",
+    "sequestro",
+    "sequestrado",
+    "morrendo",
+    "estupro",
+    "zam",
+    "fizi",
+    "revolve",
+    "kouto",
+    "tire",
+    "senyen",
+    "kidnape",
+    "bonm",
+    "kadejak",
+}
+# Words that say it is happening now: urgent, and the answer to "When did it happen?" (not asked then).
+NOW_PHRASES = (
     "right now",
     "happening now",
+    "going on now",
+    "ahora mismo",
+    "en este momento",
+    "agora",
+    "neste momento",
+    "kounye a",
+    "kounyea",
+    "kounya a",
+)
+URGENT_PHRASES = (
+    *NOW_PHRASES,
     "in danger",
     "going to kill",
     "gonna kill",
     "will kill",
-    "ahora mismo",
     "en peligro",
     "va a matar",
     "van a matar",
+    "em perigo",
+    "vai matar",
+    "an danje",
+    "pral touye",
+    "ap touye",
+)
+# After a tip is sent, a call for help means someone needs help now: it gets the 911 line too.
+HELP_PHRASES = (
+    "help me",
+    "help us",
+    "please help",
+    "need help",
+    "ayudame",
+    "ayudenme",
+    "auxilio",
+    "socorro",
+    "me ajuda",
+    "me ajude",
+    "ajudem",
+    "anmwe",
+    "sekou",
+    "ede m",
+    "ede mwen",
+    "ede nou",
 )
 
 
@@ -177,6 +284,17 @@ def fold(text: str) -> str:
     """Case- and accent-insensitive form used for matching keywords and urgency words."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def words(text: str) -> list[str]:
+    """The folded words of a text."""
+    return re.findall(r"\w+", fold(text))
+
+
+def _says(text: str, phrases: tuple[str, ...]) -> bool:
+    """Whether the text holds one of the phrases as whole words."""
+    padded = f" {' '.join(words(text))} "
+    return any(f" {phrase} " in padded for phrase in phrases)
 
 
 def classify(text: str) -> Intent:
@@ -188,13 +306,41 @@ def classify(text: str) -> Intent:
         return intent
     if not any(ch.isalnum() for ch in text):
         return Intent.GREETING  # "?" or an emoji is not a description yet
+    if is_greeting(text):
+        return Intent.GREETING
     return Intent.TEXT
 
 
+def is_greeting(text: str) -> bool:
+    """A greeting or an announcement of a tip with nothing of the tip in it yet."""
+    found = words(text)
+    return 0 < len(found) <= MAX_GREETING_WORDS and all(w in GREETING_WORDS for w in found)
+
+
+def language_scores(text: str) -> dict[str, int]:
+    """How many of a message's words belong to each language."""
+    found = set(words(text))
+    return {language: len(found & LANGUAGE_WORDS[language]) for language in LANGUAGES}
+
+
+def guess_language(text: str) -> str | None:
+    """The language a message is most likely written in, from its words; None if nothing tells."""
+    scores = language_scores(text)
+    best = max(scores.values())
+    return next(language for language, score in scores.items() if score == best) if best else None
+
+
 def is_urgent(text: str) -> bool:
-    folded = fold(text)
-    words = set(re.findall(r"\w+", folded))
-    return bool(words & URGENT_WORDS) or any(p in folded for p in URGENT_PHRASES)
+    return bool(set(words(text)) & URGENT_WORDS) or _says(text, URGENT_PHRASES)
+
+
+def says_now(text: str) -> bool:
+    """The message says it is happening now ("right now", "ahora mismo", "agora", "kounye a")."""
+    return _says(text, NOW_PHRASES)
+
+
+def calls_for_help(text: str) -> bool:
+    return _says(text, HELP_PHRASES)
 
 
 @dataclass(frozen=True)
@@ -225,6 +371,10 @@ class Context:
     opted_out: bool = False
     tip_status: TipStatus | None = None  # status of conversation.tip_ref, if any
     new_reference: str = ""  # a fresh, unused tip reference, in case this step creates a draft
+    when_known: bool = False  # the draft's time is set already (the tipster said "right now")
+    # The sender's latest submitted tip (reference, status), when the conversation holds none any more
+    # (after NEW or DISCARD): what STATUS tells of. The shell looks it up for STATUS only.
+    last_tip: tuple[str, TipStatus] | None = None
 
 
 # Effects: what the shell must do, in order.
@@ -236,8 +386,9 @@ class CreateDraft:
 
 @dataclass(frozen=True)
 class SetField:
-    name: str  # "where" or "when"
+    name: str  # "what", "where" or "when"
     text: str
+    said: bool = True  # the tipster's own words, shown in the thread; False: understood from other words
 
 
 @dataclass(frozen=True)
@@ -344,18 +495,27 @@ def _received(count: int) -> Text:
 # Content: what a message that is no keyword means depends only on the state. ------------------------
 
 
+NOW = SetField("when", "now", said=False)  # the time, when the tipster said it is happening now
+
+
 def _describe(conv: ConversationState, text: str, ctx: Context) -> Outcome:
     """The description: it starts a draft, or completes one begun with a photo alone."""
+    now = (NOW,) if says_now(text) else ()
     if conv.state is State.AWAIT_WHAT and conv.tip_ref is not None:
-        return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),), (SetField("what", text),))
+        return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),), (SetField("what", text), *now))
     ref = ctx.new_reference
     return Outcome(
-        replace(conv, state=State.AWAIT_WHERE, tip_ref=ref), (Text.of("ask_where"),), (CreateDraft(ref, text),)
+        replace(conv, state=State.AWAIT_WHERE, tip_ref=ref), (Text.of("ask_where"),), (CreateDraft(ref, text), *now)
     )
 
 
 def _place(conv: ConversationState, text: str, ctx: Context) -> Outcome:
+    """The place; the time is asked next unless the tipster said already that it is happening now."""
     assert conv.tip_ref is not None
+    if says_now(text) or ctx.when_known:
+        submitted = _submit(conv)
+        now = (NOW,) if not ctx.when_known else ()
+        return replace(submitted, effects=(SetField("where", text), *now, *submitted.effects))
     return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),), (SetField("where", text),))
 
 
@@ -381,7 +541,7 @@ CONTENT: dict[State, Callable[[ConversationState, str, Context], Outcome]] = {
 def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
     """A message that carries content: the description, the place, the time or a follow-up."""
     outcome = CONTENT[conv.state](conv, text, ctx)
-    if not is_urgent(text):
+    if not (is_urgent(text) or (conv.state is State.SUBMITTED and calls_for_help(text))):
         return outcome
     # Danger changes no step: the 911 reminder comes first, the flag right after the words are stored.
     ref = outcome.conversation.tip_ref
@@ -437,8 +597,8 @@ def _greeting(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
     """Welcome a sender who has not begun a tip; once one is begun, "hi" is content."""
     if conv.state not in (State.NEW, State.AWAIT_WHAT) or has_draft(conv):
         return _text(conv, msg, ctx)
-    if fold(msg.text).strip().strip("!.?¡¿") in SPANISH_GREETINGS and msg.language_hint is None:
-        conv = replace(conv, language=SPANISH)
+    if conv.state is State.AWAIT_WHAT:  # welcomed already: ask for the tip, not the whole welcome again
+        return Outcome(conv, (Text.of("ask_what"),))
     return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("greeting"),))
 
 
@@ -472,10 +632,15 @@ def _switch_language(language: str) -> Handler:
 
 
 def _status(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
-    if conv.tip_ref is None or ctx.tip_status is None:
+    """The status of the tip being written or followed, else of the sender's last submitted tip."""
+    if conv.tip_ref is not None and ctx.tip_status is not None:
+        ref, status = conv.tip_ref, ctx.tip_status
+    elif ctx.last_tip is not None:
+        ref, status = ctx.last_tip
+    else:
         return Outcome(conv, (Text.of("status_none"),))
-    key = STATUS_KEYS.get(ctx.tip_status, "status_received")
-    return Outcome(conv, (Text.of("status", ref=conv.tip_ref, status_key=key),))
+    key = STATUS_KEYS.get(status, "status_received")
+    return Outcome(conv, (Text.of("status", ref=ref, status_key=key),))
 
 
 def _forget(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
@@ -507,6 +672,8 @@ def _discard(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
 def _skip(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
     """Skip an optional question; the description is the one answer that cannot be skipped."""
     if conv.state is State.AWAIT_WHERE:
+        if ctx.when_known:  # the tipster said it is happening now: nothing left to ask
+            return _submit(conv)
         return Outcome(replace(conv, state=State.AWAIT_WHEN), (Text.of("ask_when"),))
     if conv.state is State.AWAIT_WHEN:
         return _submit(conv)
@@ -534,6 +701,8 @@ HANDLERS: dict[Intent, Handler] = {
     Intent.DONE: _done,
     Intent.ENGLISH: _switch_language(ENGLISH),
     Intent.SPANISH: _switch_language(SPANISH),
+    Intent.PORTUGUESE: _switch_language(PORTUGUESE),
+    Intent.HAITIAN_CREOLE: _switch_language(HAITIAN_CREOLE),
     Intent.GREETING: _greeting,
     Intent.TEXT: _text,
 }
@@ -552,9 +721,29 @@ def _step(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
         return _photos_only(conv, msg.media, ctx) if msg.media else _empty(conv, msg)
     # A caption is content: "help" under a photo describes the photo, it does not ask for help.
     intent = msg.provider_intent or (Intent.TEXT if msg.media else classify(msg.text))
-    if conv.state is State.NEW and conv.tip_ref is None and msg.language_hint in LANGUAGES:
-        conv = replace(conv, language=msg.language_hint)
-    return HANDLERS[intent](conv, msg, ctx)
+    return HANDLERS[intent](_first_language(conv, msg), msg, ctx)
+
+
+def _first_language(conv: ConversationState, msg: Inbound) -> ConversationState:
+    """Before a tip is begun, the language: the app's (Telegram's hint), else the message's words.
+
+    A language chosen with ES/PT/HT is kept; after that first message the language changes only
+    with a keyword.
+    """
+    if conv.tip_ref is not None or conv.state not in (State.NEW, State.AWAIT_WHAT):
+        return conv
+    if conv.language != DEFAULT_LANGUAGE:  # chosen already (ES, PT, HT, or a first message's words)
+        return conv
+    guessed = guess_language(msg.text)
+    hint = msg.language_hint
+    if conv.state is State.NEW and hint is not None and hint in LANGUAGES:
+        # The app's language, unless the words clearly say another ("Hola, quiero denunciar algo"
+        # from a phone set to English), not a word or two shared by many ("hi", "ok").
+        scores = language_scores(msg.text)
+        if guessed is not None and scores[guessed] - scores[hint] >= HINT_MARGIN:
+            return replace(conv, language=guessed)
+        return replace(conv, language=hint)
+    return replace(conv, language=guessed) if guessed else conv
 
 
 def expire(conv: ConversationState) -> Outcome | None:

@@ -27,8 +27,9 @@ from tipline.core import conversation as conv
 from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
 from tipline.core.channels import InboundMessage
 from tipline.core.conversation import ConversationState, State
+from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import ErasedReason, MessageKind, ReplyDelivery, TipStatus
-from tipline.services import attachments, outbox
+from tipline.services import abuse, attachments, outbox
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import GroupCommitter, checkpoint, rowcount
@@ -49,6 +50,8 @@ DELIVERY_MEMORY = dt.timedelta(days=7)  # providers retry for minutes (Twilio) t
 ALBUM_MEMORY = 120.0  # seconds: the photos of one Telegram album arrive within moments of each other
 # Effects after which the bot's answer joins the thread (the detective sees what the tipster was told).
 CONTENT_EFFECTS = (conv.CreateDraft, conv.SetField, conv.FollowUp, conv.Submit, conv.Attach)
+# Effects whose confirmation a sender always gets, muted or past the reply limit (abuse.py).
+UNPACED_EFFECTS = (conv.OptIn, conv.Forget)
 OPEN_STATES = (State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value)
 # After FORGET, the provider messages of photos not yet fetched are deleted this much later: after
 # the media worker has fetched or given up on them (attachments.MAX_ATTEMPTS with backoff), since
@@ -100,8 +103,24 @@ class _Retry(Exception):
     pass
 
 
-class _Duplicate(Exception):
-    pass
+class Duplicate(Exception):
+    """Already processed (a provider's retry, a concurrent copy): nothing to do, nothing to say twice."""
+
+
+def remember_once(session: Session, keyring: Keyring, value: str, expires_at: dt.datetime) -> None:
+    """Remember that a delivery (or a provider's report) `value` was processed, in the caller's
+    transaction; raise Duplicate if it was, under any pepper version (during a pepper rotation a
+    redelivery may have been remembered under an older key) or by a concurrent copy right now."""
+    label = "delivery"
+    versions = keyring.pseudonym_versions()
+    if len(versions) > 1:
+        older = [keyring.keyed_hash(label, value, v)[1] for v in versions[1:]]
+        if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
+            raise Duplicate()
+    try:
+        session.execute(_REMEMBER_DELIVERY, {"key": keyring.keyed_hash(label, value)[1], "expires_at": expires_at})
+    except IntegrityError:
+        raise Duplicate() from None
 
 
 @dataclass
@@ -117,6 +136,7 @@ class Unit:
     tip_key: bytes | None = None
     forgotten: bool = False
     erased: bool = False  # the return address was erased (STOP or FORGET): shred its data key
+    quiet: bool = False  # muted, or past the sender's reply limit: no unread bump (abuse.py)
     thread: list[Row] = field(default_factory=list)  # new thread entries, inserted in one batch
     files: list[Row] = field(default_factory=list)  # new attachment rows, inserted in one batch
 
@@ -177,7 +197,7 @@ class Intake:
             else:
                 with self.ctx.factory.begin() as session:
                     done = self._process(session, msg)
-        except _Duplicate:
+        except Duplicate:
             # Already processed, or processed right now by a concurrent copy whose commit we waited
             # for. Nothing to do, and nothing to say twice.
             log.debug("%s delivery already processed", msg.channel)
@@ -199,8 +219,10 @@ class Intake:
         now = self.clock()
         self._remember_delivery(session, msg, now)
         unit = self._find_sender(session, msg, now)
+        pace = abuse.pace(unit.contact, now, self.settings)
+        unit.quiet = pace is not abuse.Pace.ANSWER
         if msg.erase_request is not None:
-            return self._erase(unit, msg.erase_request)
+            return self._erase(unit, msg.erase_request, answer=not unit.quiet)
         before = self._state_of(unit)
         files, refused = attachments.triage(msg.media, msg.refused_media, self.settings.media_max_bytes)
         inbound = conv.Inbound(
@@ -214,12 +236,18 @@ class Intake:
             opted_out=unit.contact.opted_out,
             tip_status=TipStatus(unit.tip.status) if unit.tip else None,
             new_reference=records.new_reference(),
+            when_known=unit.tip is not None and unit.tip.when_ct is not None,
+            last_tip=self._last_tip(unit, msg),
         )
         outcome = conv.step(before, inbound, context)
         if files and not refused and not msg.text.strip() and msg.album and self._album_answered(msg):
             # Another photo of an album the tipster was just thanked for: take it, say nothing twice.
             outcome = conv.Outcome(outcome.conversation, (), outcome.effects)
-        replies = self._interpret(unit, outcome)
+        replies = self._paced(unit, outcome, self._interpret(unit, outcome), pace)
+        if msg.provider_intent is not None:
+            # The provider recognised STOP, START or HELP and answered it itself (Twilio's Advanced
+            # Opt-Out, its OptOutType): the effect applies, and the tipster gets no second answer.
+            replies = ()
         self._attach(
             unit,
             outcome,
@@ -229,30 +257,16 @@ class Intake:
         self._record_bot_replies(unit, outcome, replies)
         if unit.contact.pseudonym is not None and not unit.contact.opted_out and unit.contact.address_ct is None:
             records.store_address(unit.contact, unit.contact_key, msg.address)
-        replies, queued = self._answer(unit, msg.channel, replies, outcome.conversation)
+        replies, queued = self._answer(unit, msg.channel, replies, outcome.conversation, inline=msg.answer_inline)
         queued = self._settle_provider_copy(unit, msg) or queued
         self._write(unit)
         self._shred(unit)
         return _Done(replies, queued, f"{before.state.value} -> {outcome.conversation.state.value}", unit.erased)
 
     def _remember_delivery(self, session: Session, msg: InboundMessage, now: dt.datetime) -> None:
-        """Raise _Duplicate if this delivery was processed before (under any pepper version)."""
-        keyring = self.ctx.keyring
-        label, value = "delivery", f"{msg.channel}:{msg.delivery_id}"
-        versions = keyring.pseudonym_versions()
-        if len(versions) > 1:
-            # During a pepper rotation a redelivery may have been remembered under an older key.
-            older = [keyring.keyed_hash(label, value, v)[1] for v in versions[1:]]
-            if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
-                raise _Duplicate()
-        try:
-            session.execute(
-                _REMEMBER_DELIVERY,
-                # Forgotten a week later, to the minute: a time to the second would time the message.
-                {"key": keyring.keyed_hash(label, value)[1], "expires_at": to_minute(now) + DELIVERY_MEMORY},
-            )
-        except IntegrityError:
-            raise _Duplicate() from None
+        """Raise Duplicate if this delivery was processed before (under any pepper version)."""
+        # Forgotten a week later, to the minute: a time to the second would time the message.
+        remember_once(session, self.ctx.keyring, f"{msg.channel}:{msg.delivery_id}", to_minute(now) + DELIVERY_MEMORY)
 
     def _find_sender(self, session: Session, msg: InboundMessage, now: dt.datetime) -> Unit:
         """The sender (created on first contact), their conversation and its current tip, locked."""
@@ -269,6 +283,7 @@ class Intake:
                 session.flush()
             except IntegrityError:
                 raise _Retry() from None  # a concurrent first message created this sender
+            abuse.count_new_sender(session, msg.channel, now)
             return Unit(session, contact, contact_key, conversation, None, now)
         contact, conversation, tip = row
         if tip is not None and session.get_bind().dialect.name == "postgresql":
@@ -337,11 +352,27 @@ class Intake:
     def _set_field(self, unit: Unit, effect: conv.SetField) -> list[Row]:
         tip, key = unit.open_tip()
         records.set_tip_field(tip, key, effect.name, effect.text)
-        return [unit.say(MessageKind.TIPSTER, effect.text)]
+        # A time understood from the description ("right now") is no message of the tipster's.
+        return [unit.say(MessageKind.TIPSTER, effect.text)] if effect.said else []
+
+    @staticmethod
+    def _last_tip(unit: Unit, msg: InboundMessage) -> tuple[str, TipStatus] | None:
+        """For STATUS without a tip in the conversation (after NEW or DISCARD): the sender's latest
+        submitted tip. Looked up for that keyword only, off the hot path."""
+        if unit.tip is not None or msg.media or conv.classify(msg.text) is not conv.Intent.STATUS:
+            return None
+        row = unit.session.execute(
+            select(Tip.reference, Tip.status)
+            .where(Tip.contact_id == unit.contact.id, Tip.status != TipStatus.DRAFT.value)
+            .order_by(Tip.id.desc())
+            .limit(1)
+        ).first()
+        return (row.reference, TipStatus(row.status)) if row is not None else None
 
     def _follow_up(self, unit: Unit, effect: conv.FollowUp) -> list[Row]:
         tip, _ = unit.open_tip()
-        tip.unread += 1
+        if not unit.quiet:
+            tip.unread += 1
         return [unit.say(MessageKind.TIPSTER, effect.text)]
 
     def _submit(self, unit: Unit, effect: conv.Submit) -> list[Row]:
@@ -402,8 +433,18 @@ class Intake:
         # To the minute: a file refused at once is settled as it is written (see attachments.py).
         rows = attachments.record(unit.tip, unit.tip_key, incoming, attach, to_minute(unit.now), unit.thread)
         unit.files.extend(rows)
-        if rows and was_submitted and not any(isinstance(e, conv.FollowUp) for e in outcome.effects):
+        if rows and was_submitted and not unit.quiet and not any(isinstance(e, conv.FollowUp) for e in outcome.effects):
             unit.tip.unread += 1
+
+    def _paced(self, unit: Unit, outcome: conv.Outcome, replies: tuple[str, ...], pace: abuse.Pace) -> tuple[str, ...]:
+        """The replies a sender gets under abuse control (abuse.py): all of them within the limit;
+        past it, one notice that every message is kept, then none. Confirmations that an erasure or
+        an opt-in took effect are always sent."""
+        if pace is abuse.Pace.ANSWER or any(isinstance(e, UNPACED_EFFECTS) for e in outcome.effects):
+            return replies
+        if pace is abuse.Pace.NOTICE and not unit.contact.opted_out:
+            return (render(Text.of("slow_down"), outcome.conversation.language, self.defaults),)
+        return ()
 
     @staticmethod
     def _record_bot_replies(unit: Unit, outcome: conv.Outcome, replies: tuple[str, ...]) -> None:
@@ -416,10 +457,11 @@ class Intake:
                 unit.say(MessageKind.BOT, reply)
 
     def _answer(
-        self, unit: Unit, channel: str, replies: tuple[str, ...], state: ConversationState
+        self, unit: Unit, channel: str, replies: tuple[str, ...], state: ConversationState, inline: bool = True
     ) -> tuple[tuple[str, ...], bool]:
-        """Replies for the webhook's response, or queued in the outbox when the channel cannot answer inline."""
-        if not replies or self.traits.replies_inline(channel):
+        """Replies for the webhook's response, or queued in the outbox when the channel cannot answer
+        inline or nobody waits for this answer (`inline` False: a message taken in by reconciliation)."""
+        if not replies or (inline and self.traits.replies_inline(channel)):
             return replies, False
         # Queued in this same transaction, so a stored tip never loses its acknowledgement.
         keyboard = keyboard_for(state)
@@ -496,11 +538,12 @@ class Intake:
             self._albums[key] = (now, msg.delivery_id)  # the first photo (or its retried transaction)
             return False
 
-    def _erase(self, unit: Unit, erase_request: str) -> _Done:
-        """The tipster asked to erase the chat at the provider: queue it, and say honestly what it does."""
+    def _erase(self, unit: Unit, erase_request: str, answer: bool = True) -> _Done:
+        """The tipster asked to erase the chat at the provider: queue it, and say honestly what it
+        does (unless the sender is muted or past their reply limit: the erasure is queued all the same)."""
         outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, erase_request, unit.now)
         reply = render(Text.of("erase_requested"), unit.conversation.language, self.defaults)
-        if unit.contact.address_ct is not None and not unit.contact.opted_out:
+        if answer and unit.contact.address_ct is not None and not unit.contact.opted_out:
             outbox.enqueue_send(unit.session, unit.contact, unit.contact_key, reply, unit.now)
         return _Done((), True, "erase requested")
 

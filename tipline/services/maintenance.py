@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, or_, select
 
 from tipline.core.vocabulary import ErasedReason, OutboxStatus
-from tipline.services import auth, outbox
+from tipline.services import abuse, auth, outbox
 from tipline.services.intake import Intake, forget_deliveries
 from tipline.storage.db import checkpoint, rowcount
 from tipline.storage.models import ConsoleSession, Contact, OutboxItem, Tip, utcnow
@@ -79,6 +79,7 @@ def purge(
             )
         )
         auth.forget_attempts(session, now)  # the sign-in budgets only look one window back
+        abuse.forget_new_senders(session, now)  # administrators see the last day; two are kept
         removed = session.execute(delete(Contact).where(*UNREACHABLE_AND_UNUSED))
     report = PurgeReport(
         drafts,

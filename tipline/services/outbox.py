@@ -3,8 +3,26 @@
 A dispatcher (in-process in `tipline serve`, or alone in `tipline dispatch`) claims due rows with a
 lease, performs them, and records the result. Several dispatchers never claim one row at once: on
 PostgreSQL candidates are locked with SKIP LOCKED, on SQLite the claim runs under BEGIN IMMEDIATE.
-A dispatcher that dies mid-send leaves a lease that expires, so the row is retried (at-least-once:
-no provider offers an idempotency key for sends). No network call happens inside a transaction.
+A dispatcher that dies mid-send leaves a lease that expires, so the row is retried. No provider
+offers an idempotency key for sends, so the window in which a message could go twice is closed as
+far as the providers allow (issue 12):
+
+1. before the provider is called, `attempt_started_at` (to the minute) is committed on its own;
+2. right after the provider answers, the keyed hash of its message id (`provider_ref`) is
+   committed on its own, retried a few times if the database hiccups (and kept in memory, so that
+   this process does not send it again while the database is down);
+3. a row claimed again with an attempt begun but no `provider_ref` is checked at the provider
+   first when its channel can list what it sent (`channels.SentLog`: Twilio's Messages log); a
+   message found (same address, same words, since that minute, not already another row's) is
+   adopted instead of being sent again. Telegram cannot be asked: see `Dispatcher._unconfirmed`.
+
+A row whose id was recorded but which was never marked sent is finished without a send. No
+network call happens inside a transaction.
+
+Per-chat pacing (Telegram: one message a second per chat) never holds the dispatcher's thread: a
+channel that may not send to an address yet raises a `paced` ChannelError, and the row, with every
+later message to that contact in order, is put back in the queue for that time (`_pace`) while the
+other rows (other chats, SMS) go on.
 """
 
 from __future__ import annotations
@@ -17,16 +35,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tipline.core import crypto
-from tipline.core.channels import Channel, ChannelError
+from tipline.core.channels import Channel, ChannelError, SentLog
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import DeliveryStatus, ErasedReason, OutboxKind, OutboxStatus, ReplyDelivery
 from tipline.services.context import ServiceContext
 from tipline.storage import records
-from tipline.storage.db import checkpoint, claim_due
+from tipline.storage.db import checkpoint, claim_due, read_only
 from tipline.storage.models import Contact, Message, OutboxItem, table_of, to_minute, utcnow
 
 log = logging.getLogger(__name__)
@@ -39,6 +58,12 @@ MAX_ATTEMPTS = {SEND: 8, DELETE: 40}
 BACKOFF_CAP = {SEND: dt.timedelta(hours=1), DELETE: dt.timedelta(hours=6)}
 # What a thread entry shows once the provider reported on it: a later "sent" does not undo these.
 REPORTED = (ReplyDelivery.DELIVERED, ReplyDelivery.READ, ReplyDelivery.FAILED)
+# Recording a provider's id is retried this many times, after these pauses (seconds), before giving up.
+RECORD_RETRY_DELAYS = (0.1, 0.5, 2.0)
+# How far before a begun attempt's minute the provider's log is searched (clocks differ a little).
+CLOCK_SLACK = dt.timedelta(minutes=2)
+# Rows put back for pacing keep their order by being a microsecond apart.
+TICK = dt.timedelta(microseconds=1)
 # Built once: a plain Core INSERT is compiled once and cached, unlike a new .values() per call.
 _INSERT = table_of(OutboxItem).insert()
 
@@ -82,7 +107,23 @@ def enqueue_send(
 ) -> str:
     """Queue a text to the tipster; `keyboard` names the quick-reply buttons a channel may show."""
     payload = json.dumps({"text": text, "keyboard": keyboard}, ensure_ascii=False)
-    return _enqueue(session, contact, contact_key, SEND, payload, now, message_id)
+    return _enqueue(session, contact, contact_key, SEND, payload, _after_queued(session, contact.id, now), message_id)
+
+
+def _after_queued(session: Session, contact_id: str, now: dt.datetime) -> dt.datetime:
+    """When a new message to a contact is due: now, or just after the last one still waiting for them.
+
+    Messages to one tipster leave in the order they were queued, even when earlier ones were put
+    back for pacing (a photo's refusal never overtakes the question asked before it), and the
+    replies of one message, queued in one transaction, never tie."""
+    last = session.scalar(
+        select(func.max(OutboxItem.next_attempt_at)).where(
+            OutboxItem.contact_id == contact_id,
+            OutboxItem.kind == SEND,
+            OutboxItem.status.in_((OutboxStatus.PENDING, OutboxStatus.CLAIMED)),
+        )
+    )
+    return now if last is None or last < now else last + TICK
 
 
 def send_payload(payload: str) -> tuple[str, str | None]:
@@ -120,6 +161,7 @@ def _settle(item: OutboxItem, status: OutboxStatus) -> None:
     item.status = status
     item.payload_ct = b""
     item.lease_until = None
+    item.attempt_started_at = None
     item.next_attempt_at = to_minute(item.next_attempt_at)
 
 
@@ -232,6 +274,10 @@ class Dispatcher:
         self.background = background  # e.g. one batch of a running key rotation; non-zero while work remains
         self.media = media  # fetch and clean tipsters' photos (attachments.MediaWorker.run_once)
         self._wake = threading.Event()
+        self._claimed: set[str] = set()  # the rows this pass holds
+        self._paced: dict[str, dt.datetime] = {}  # rows put back for pacing -> when they are due
+        # Sends the provider took whose id is not yet recorded (the database failed): row -> provider_ref.
+        self._unrecorded: dict[str, str] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -250,10 +296,48 @@ class Dispatcher:
 
     def run_once(self) -> int:
         """Perform every due row once, then the due photo downloads; returns how many were attempted."""
+        self._flush_unrecorded()
         ids = self._claim()
+        self._claimed = set(ids)
         for item_id in ids:
             self._perform(item_id)
+        self._claimed = set()
         return len(ids) + (self.media() if self.media is not None else 0)
+
+    def run_until_idle(self) -> int:
+        """Perform rows until none is due, waiting out per-chat pacing (`tipline dispatch --once`, tests).
+
+        Returns how many rows were attempted (a row put back for pacing counts each time)."""
+        total = 0
+        while True:
+            count = self.run_once()
+            total += count
+            if count:
+                continue
+            wait = self.pacing_wait()
+            if wait is None:
+                return total
+            time.sleep(wait)
+
+    def pacing_wait(self) -> float | None:
+        """Seconds until the first row this dispatcher put back for pacing is due (None: there is none)."""
+        if not self._paced:
+            return None
+        try:  # forget the rows another dispatcher sent or an erasure cancelled meanwhile
+            with read_only(self.ctx.factory) as session:
+                waiting = set(
+                    session.scalars(
+                        select(OutboxItem.id).where(
+                            OutboxItem.id.in_(list(self._paced)), OutboxItem.status == OutboxStatus.PENDING
+                        )
+                    )
+                )
+        except (SQLAlchemyError, TimeoutError):
+            return None  # the database is away: the caller waits its usual interval
+        self._paced = {k: v for k, v in self._paced.items() if k in waiting}
+        if not self._paced:
+            return None
+        return max(0.0, (min(self._paced.values()) - self.clock()).total_seconds())
 
     def _perform(self, item_id: str) -> None:
         try:
@@ -264,6 +348,7 @@ class Dispatcher:
             self._finish(item_id, OutboxStatus.FAILED, "integrity")
             return
         if loaded is not None:
+            self._paced.pop(item_id, None)
             self._deliver(loaded)
 
     def _load(self, item_id: str) -> _Loaded | None:
@@ -282,7 +367,16 @@ class Dispatcher:
             address = None
             if contact is not None and contact_key is not None and not contact.opted_out:
                 address = records.read_address(contact, contact_key)
-            loaded = _Loaded(item.id, OutboxKind(item.kind), item.channel, payload, address)
+            loaded = _Loaded(
+                item.id,
+                OutboxKind(item.kind),
+                item.channel,
+                payload,
+                address,
+                item.contact_id,
+                item.attempt_started_at,
+                item.provider_ref is not None,
+            )
             session.rollback()
         return loaded
 
@@ -298,7 +392,10 @@ class Dispatcher:
                 channel.delete(job.payload)
                 self._finish(job.item_id, OutboxStatus.DONE, None)
         except ChannelError as error:
-            self._failed(job.item_id, error)
+            if error.paced:
+                self._pace(job, error)
+            else:
+                self._failed(job.item_id, error)
         except Exception as error:  # noqa: BLE001 - a bug or network fault must not lose the row
             log.warning(
                 "outbox %s %s via %s failed unexpectedly: %s",
@@ -307,19 +404,148 @@ class Dispatcher:
                 job.channel,
                 type(error).__name__,
             )
-            self._failed(job.item_id, ChannelError(type(error).__name__, permanent=False))
+            self._failed(job.item_id, ChannelError(type(error).__name__, permanent=False, uncertain=True))
 
     def _send(self, channel: Channel, job: _Loaded) -> None:
+        """Send once: record the attempt, send, record the provider's id, then the rest (see the module)."""
         assert job.payload is not None
         if job.address is None:
             self._finish(job.item_id, OutboxStatus.CANCELLED, "no_address")
             return
+        if job.recorded or job.item_id in self._unrecorded:
+            # The provider took it; only the bookkeeping after that was lost.
+            self._record_sent(job.item_id, self._unrecorded.get(job.item_id))
+            self._finish(job.item_id, OutboxStatus.SENT, None)
+            return
         text, keyboard = send_payload(job.payload)
+        if job.started is None:
+            self._mark_started(job.item_id)
+        else:
+            adopted = self._unconfirmed(channel, job, job.address, text)
+            if adopted is not None:
+                self._record_sent(job.item_id, adopted)
+                self._finish(job.item_id, OutboxStatus.SENT, None)
+                log.info("outbox %s: found already sent at the provider, not sent again", job.item_id[:8])
+                return
         sent = channel.send(job.address, text, keyboard)
-        ref = (
-            provider_ref(self.ctx.keyring, job.channel, sent.provider_message_id) if sent.provider_message_id else None
-        )
-        self._finish(job.item_id, OutboxStatus.SENT, None, provider=ref)
+        keyring = self.ctx.keyring
+        # A provider that gives no id (the sandbox): a ref of its own that no status report can match.
+        ref = provider_ref(keyring, job.channel, sent.provider_message_id or f"unnumbered:{job.item_id}")
+        self._unrecorded[job.item_id] = ref
+        self._record_sent(job.item_id, ref)
+        self._finish(job.item_id, OutboxStatus.SENT, None)
+
+    def _mark_started(self, item_id: str) -> None:
+        """Commit, on its own and before the provider is called, that an attempt began (to the minute).
+
+        Real time, not the dispatcher's clock: the provider's log is searched from it."""
+        with self.ctx.factory.begin() as session:
+            session.execute(
+                update(OutboxItem).where(OutboxItem.id == item_id).values(attempt_started_at=to_minute(utcnow()))
+            )
+
+    def _record_sent(self, item_id: str, ref: str | None, delays: tuple[float, ...] = RECORD_RETRY_DELAYS) -> None:
+        """Commit the provider's id (keyed hash) on its own, right after the provider answered.
+
+        Retried after each of `delays` if the database fails; the last failure propagates (the
+        row is then retried, and this process remembers the id in `_unrecorded` meanwhile)."""
+        if ref is None:
+            return
+        for pause in (*delays, None):
+            try:
+                with self.ctx.factory.begin() as session:
+                    session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(provider_ref=ref))
+            except (SQLAlchemyError, TimeoutError):
+                if pause is None:
+                    raise
+                time.sleep(pause)
+            else:
+                self._unrecorded.pop(item_id, None)
+                return
+
+    def _flush_unrecorded(self) -> None:
+        """Record the ids of sends whose recording failed earlier (the database is back, perhaps)."""
+        for item_id, ref in list(self._unrecorded.items()):
+            try:
+                self._record_sent(item_id, ref, delays=())
+            except (SQLAlchemyError, TimeoutError):
+                return
+
+    def _unconfirmed(self, channel: Channel, job: _Loaded, address: str, text: str) -> str | None:
+        """A previous attempt began and left no result: the provider_ref of the message it sent, if any.
+
+        Where the provider lists what we sent (`SentLog`: Twilio), the message sent to this
+        address with these exact words since that attempt's minute, and not already recorded for
+        another row (two replies with the same words), is this row's: it is adopted. A failure to
+        ask raises ChannelError, and the row waits (backoff) rather than being sent blind.
+
+        Where it cannot be asked (the Telegram Bot API lists no sent messages), the message is
+        sent again: a duplicate of a reply is visible and harmless (the tipster reads the same
+        words twice), while dropping it could silence a detective's question or the receipt that
+        tells a tipster their tip was taken, and nothing else would ever tell them. The window
+        left is the time between Telegram's answer and the commit of its id (step 2 of the
+        module's docstring), i.e. a process killed or a database down exactly then.
+        """
+        assert job.started is not None
+        if not isinstance(channel, SentLog):
+            log.warning(
+                "outbox %s: an earlier attempt left no result; %s cannot be asked, sending again",
+                job.item_id[:8],
+                job.channel,
+            )
+            return None
+        found = channel.find_sent(address, text, job.started - CLOCK_SLACK)
+        keyring = self.ctx.keyring
+        versions = keyring.pseudonym_versions()
+        candidates = [
+            [provider_ref(keyring, job.channel, s.provider_message_id, v) for v in versions]
+            for s in found
+            if s.provider_message_id
+        ]
+        if not candidates:
+            return None
+        with read_only(self.ctx.factory) as session:
+            taken = set(
+                session.scalars(
+                    select(OutboxItem.provider_ref).where(
+                        OutboxItem.provider_ref.in_([r for c in candidates for r in c])
+                    )
+                )
+            )
+        return next((refs[0] for refs in candidates if taken.isdisjoint(refs)), None)
+
+    def _pace(self, job: _Loaded, error: ChannelError) -> None:
+        """The channel may not send to this address yet: put the row back for when it may, and every
+        later message to the same contact after it, in their order (none overtakes another).
+
+        Not a failed attempt (the provider was not called): attempts and last_error stay."""
+        due = self.clock() + dt.timedelta(seconds=error.retry_after or 1.0)
+        with self.ctx.factory.begin() as session:
+            head = session.get(OutboxItem, job.item_id)
+            if head is None:
+                return
+            head.attempt_started_at = job.started  # as it was before this attempt
+            mine = and_(OutboxItem.status == OutboxStatus.CLAIMED, OutboxItem.id.in_(list(self._claimed)))
+            queue = session.scalars(
+                select(OutboxItem)
+                .where(
+                    OutboxItem.contact_id == job.contact_id,
+                    OutboxItem.kind == SEND,
+                    OutboxItem.channel == job.channel,
+                    OutboxItem.next_attempt_at >= head.next_attempt_at,
+                    or_(OutboxItem.status == OutboxStatus.PENDING, mine),
+                )
+                .order_by(OutboxItem.next_attempt_at)
+            ).all()
+            for item in sorted(queue, key=lambda i: i.id != head.id):  # stable: the head first, then in order
+                if item.next_attempt_at > due and item.status == OutboxStatus.PENDING:
+                    break  # this one and the rest are due later anyway
+                item.status = OutboxStatus.PENDING
+                item.lease_until = None
+                item.next_attempt_at = max(item.next_attempt_at, due)
+                self._paced[item.id] = item.next_attempt_at
+                due = item.next_attempt_at + TICK
+        log.debug("outbox %s paced for %.1f s", job.item_id[:8], error.retry_after or 1.0)
 
     def _finish(self, item_id: str, status: OutboxStatus, error: str | None, provider: str | None = None) -> None:
         with self.ctx.factory.begin() as session:
@@ -346,6 +572,8 @@ class Dispatcher:
             item.attempts += 1
             item.lease_until = None
             item.last_error = error.code
+            if not error.uncertain:
+                item.attempt_started_at = None  # the provider answered: nothing went
             give_up = error.permanent or item.attempts >= MAX_ATTEMPTS[OutboxKind(item.kind)]
             if item.kind == DELETE and error.missing:
                 _settle(item, OutboxStatus.DONE)  # already gone at the provider
@@ -386,7 +614,8 @@ class Dispatcher:
                 log.error("dispatcher pass failed: %s", type(error).__name__)
                 worked = 0
             if not worked:
-                self._wake.wait(interval)
+                paced = self.pacing_wait()
+                self._wake.wait(interval if paced is None else min(interval, paced))
 
 
 @dataclass(frozen=True)
@@ -398,3 +627,6 @@ class _Loaded:
     channel: str
     payload: str | None  # None: the contact is gone, so is the key that sealed it
     address: str | None  # None: opted out or erased
+    contact_id: str
+    started: dt.datetime | None  # an earlier attempt began (to the minute) and recorded no result
+    recorded: bool  # the provider's id of an earlier attempt is recorded: it was sent

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
+from tipline.core import segments
 from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
 from tipline.core.conversation import State
 from tipline.core.vocabulary import AttachmentStatus, ErasedReason, MessageKind, ReplyDelivery, Role, TipStatus
@@ -102,6 +103,9 @@ class TipDetail:
     when: str | None
     thread: tuple[ThreadEntry, ...]
     replies_blocked: str | None  # None when a reply can be sent, otherwise the reason
+    # The tip's sender is muted (abuse.py): their messages are stored but not answered. None when no
+    # sender is linked to the tip any more (forgotten), so there is nothing to mute.
+    sender_muted: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,7 @@ def read_tip(ctx: ServiceContext, reference: str, mark_read: bool = True, actor:
             when=records.read_tip_field(tip, key, "when"),
             thread=thread,
             replies_blocked=REPLY_BLOCKERS.get(blocker, blocker) if blocker else None,
+            sender_muted=contact.muted if contact is not None and contact.pseudonym is not None else None,
         )
         if mark_read:
             tip.unread = 0
@@ -433,6 +438,30 @@ def triage(
         return changes
 
 
+def set_muted(ctx: ServiceContext, reference: str, muted: bool, *, actor: str) -> bool:
+    """Mute (or unmute) the sender of a tip: their messages are still stored, but get no answer from
+    the bot and bump no unread count (abuse.py). The detective acts on the tip and never learns who
+    the sender is; the change is audited in the same transaction. Returns whether anything changed.
+    Raises ValueError when no sender is linked to the tip any more."""
+    with ctx.factory.begin() as session:
+        tip = _tip(session, reference)  # not locked: intake locks the contact first, then the tip
+        contact = session.get(Contact, tip.contact_id, with_for_update=True) if tip.contact_id else None
+        if contact is None or contact.pseudonym is None:
+            raise ValueError("nothing links this tip to a sender any more")
+        if contact.muted == muted:
+            return False
+        contact.muted = muted
+        audit.record(
+            session,
+            ctx.keyring,
+            "tip.mute_sender" if muted else "tip.unmute_sender",
+            actor=actor,
+            object_type="tip",
+            object_id=reference,
+        )
+        return True
+
+
 # Writing to the thread ------------------------------------------------------------------------
 
 
@@ -480,6 +509,8 @@ def reply(
         if blocker is not None or contact is None:
             raise RepliesImpossible(blocker or NO_CONTACT)
         language = _bring_back_to(session, contact, tip)
+        if contact.channel == "sms":  # curly quotes and dashes would make the SMS UCS-2: half the room
+            text = segments.to_gsm(text)
         key = records.tip_dek(ctx.keyring, tip)
         message = records.append_message(
             session,
@@ -492,7 +523,7 @@ def reply(
             delivery=ReplyDelivery.QUEUED,
         )
         session.flush()
-        body = render(Text.of("agency_reply", text=text), language, {"agency": ctx.settings.agency_name})
+        body = render(Text.of("agency_reply", text=text), language, ctx.settings.catalog_defaults)
         outbox.enqueue_send(session, contact, records.contact_dek(ctx.keyring, contact), body, now, message.id)
         if actor is not None:
             audit.record(session, ctx.keyring, "tip.reply", actor=actor, object_type="tip", object_id=reference)

@@ -65,8 +65,10 @@ def make_engine(url: str) -> Engine:
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
-                connection.info.pop("tipline_write_lock", None)
-                write_lock.release()
+                # SQLAlchemy may already have rolled back (and so released) on the failed BEGIN:
+                # release only if still held, or "database is locked" turns into a RuntimeError.
+                if connection.info.pop("tipline_write_lock", False):
+                    write_lock.release()
                 raise
 
         # End the transaction ourselves, then release: the DBAPI's own commit/rollback that

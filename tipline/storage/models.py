@@ -98,6 +98,28 @@ class Contact(Base):
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     erased_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
     last_activity_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
+    # Abuse control (intake.py): a detective may mute a sender from a tip; their messages are still
+    # stored, but get no answer and bump no unread count.
+    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # The sender's current reply window: when it began (to the minute, like last_activity_at) and how
+    # many messages it has taken. Past the limit, messages are kept but answered no more.
+    window_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, comment="to the minute")
+    window_messages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class NewSender(Base):
+    """One sender wrote for the first time in this hour on this channel: a mark, nothing links it to
+    a contact (a contact row keeps no creation time). Administrators see the marks counted per hour,
+    to spot a burst of new senders; marks older than two days are dropped by maintenance.
+
+    A row per sender rather than a counter per hour: a counter would be one hot row that every new
+    sender's transaction locks until it commits."""
+
+    __tablename__ = "new_senders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the hour")
+    channel: Mapped[str] = mapped_column(String(16))
 
 
 class Conversation(Base):
@@ -226,6 +248,9 @@ class OutboxItem(Base):
     )
     last_error: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="error code only")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+    attempt_started_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, nullable=True, comment="to the minute: a send began and its result is not recorded yet"
+    )
 
 
 class ProcessedDelivery(Base):
@@ -353,3 +378,17 @@ class ProcessBeat(Base):
     follows_master_file: Mapped[bool] = mapped_column(Boolean, comment="re-reads master.key when it changes")
     started_at: Mapped[dt.datetime] = mapped_column(DateTime)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class ReconcileMark(Base):
+    """How far a provider's message log has been reconciled (services/reconcile.py): one row per log.
+
+    `mark` is the sending time of the newest message taken in or found already processed, cut to
+    the minute (a time to the second would time a tipster's message); reconciliation always reads
+    again from `mark - overlap`, an overlap longer than that minute, so nothing is skipped.
+    """
+
+    __tablename__ = "reconcile_marks"
+
+    log: Mapped[str] = mapped_column(String(32), primary_key=True, comment="which log, e.g. sms")
+    mark: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute, UTC")

@@ -426,6 +426,21 @@ def tip_triage(reference: str) -> ResponseReturnValue:
     return _back_to_tip(reference, notice="Saved.")
 
 
+@bp.post("/tips/<reference>/sender/<action>")
+@page(role=Role.DETECTIVE)
+def tip_mute(reference: str, action: str) -> ResponseReturnValue:
+    """Mute or unmute the tip's sender (abuse control): their messages are still stored, unanswered."""
+    if action not in ("mute", "unmute"):
+        abort(404)
+    try:
+        review.set_muted(_ctx(), reference, action == "mute", actor=_visit().username)
+    except review.TipNotFound:
+        abort(404)
+    except ValueError as error:
+        return _back_to_tip(reference, error=f"Not changed: {error}.")
+    return _back_to_tip(reference, notice="Sender muted." if action == "mute" else "Sender unmuted.")
+
+
 # Live updates (polled by console.js; they do not extend an idle session) -----------------------------
 
 
@@ -554,6 +569,15 @@ def admin_keys_rotate() -> ResponseReturnValue:
         return redirect(url_for("console.admin_keys", error=str(error)))
     runtime.wake_dispatcher()
     return redirect(url_for("console.admin_keys", notice=f"Rotation of {purpose} started; progress shows below."))
+
+
+@bp.get("/admin/activity")
+@page(role=Role.ADMIN)
+def admin_activity() -> ResponseReturnValue:
+    """New senders per hour over the last day (counts only), with a warning for a burst."""
+    from tipline.services import abuse
+
+    return render_template("console/admin_activity.html", activity=abuse.new_senders(_ctx()))
 
 
 @bp.get("/admin/audit")
