@@ -45,7 +45,7 @@ from tipline.core.channels import (
     Sent,
     StatusReport,
 )
-from tipline.core.conversation import Intent
+from tipline.core.conversation import Intent, classify
 from tipline.core.vocabulary import DeliveryStatus, ErasedReason
 
 CHANNEL = "sms"
@@ -311,7 +311,9 @@ class TwilioSms:
         Each is shaped by `parse_inbound` exactly as if Twilio had posted it to the webhook (its
         media listed from the log), and marked `answer_inline=False`: nobody waits for a TwiML
         answer. The listing uses the `twilio` client's own paging (`messages.stream`), filtered by
-        `To` (our number; with a Messaging Service alone, every inbound message of the account).
+        `To` (our number); with a Messaging Service alone, the account's inbound messages are kept
+        only if they came in through that service: texts to the agency's other numbers and apps
+        never become tips, and are never answered or deleted here.
         Raises ChannelError when Twilio fails; nothing here logs a number, a body or an id."""
         query: dict[str, object] = {"date_sent_after": since.astimezone(dt.UTC), "page_size": 1000}
         if until is not None:
@@ -319,7 +321,12 @@ class TwilioSms:
         if self.settings.from_number:
             query["to"] = self.settings.from_number
         try:
-            listed = [m for m in self.client.messages.stream(**query) if m.direction == "inbound"]
+            service = None if self.settings.from_number else self.settings.messaging_service_sid
+            listed = [
+                m
+                for m in self.client.messages.stream(**query)
+                if m.direction == "inbound" and (service is None or m.messaging_service_sid == service)
+            ]
             listed.reverse()  # Twilio lists newest first
             listed.sort(key=lambda m: m.date_sent or m.date_created or since)  # stable: keeps Twilio's order
             return [self._logged(m) for m in listed]
@@ -336,6 +343,11 @@ class TwilioSms:
             "Body": message.body or "",
             "NumMedia": "0",
         }
+        # Twilio answers STOP and START itself (its default opt-out handling, or Advanced Opt-Out) and
+        # the log carries no OptOutType: say so, so that the effect applies without a second answer.
+        keyword = classify(form["Body"])
+        if keyword in (Intent.STOP, Intent.START):
+            form["OptOutType"] = keyword.value.upper()
         if message.sid and (message.num_media or "0") != "0":
             files = self.client.messages(message.sid).media.list()
             form["NumMedia"] = str(len(files))
@@ -374,12 +386,16 @@ class TwilioSms:
 
 def _listing_error(error: TwilioException | requests.RequestException) -> ChannelError:
     """A failure while reading Twilio's Messages log, channel-neutral (nothing of the page is kept)."""
+    # `uncertain`: the log could not tell whether a message went, so a send checked against it keeps
+    # its "attempt begun" mark and is checked again next time, never sent blind (outbox.py).
     if isinstance(error, TwilioRestException):
-        return _channel_error(error)
-    if isinstance(error, TwilioException):  # a page that failed: the client keeps only the response
+        code = str(error.code or error.status)
+    elif isinstance(error, TwilioException):  # a page that failed: the client keeps only the response
         response = error.args[1] if len(error.args) > 1 else None
-        return ChannelError(str(getattr(response, "status_code", "list")), permanent=False)
-    return ChannelError(type(error).__name__, permanent=False)
+        code = str(getattr(response, "status_code", "list"))
+    else:
+        code = type(error).__name__
+    return ChannelError(code, permanent=False, uncertain=True)
 
 
 def _channel_error(error: TwilioRestException, deleting: bool = False) -> ChannelError:

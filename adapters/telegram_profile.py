@@ -56,10 +56,10 @@ COMMANDS: dict[str, dict[str, str]] = {
     "ht": {
         "start": "Kòmanse: kijan liy anonim sa a mache",
         "help": "Èd, ijans ak lòt nimewo",
-        "new": "Kòmanse yon nouvo rapò",
-        "status": "Ki kote rapò ou a ye",
-        "discard": "Jete rapò ou poko voye a",
-        "forget": "Efase fason nou jwenn ou (rapò a rete)",
+        "new": "Kòmanse yon nouvo denonsyasyon",
+        "status": "Ki kote denonsyasyon ou a ye",
+        "discard": "Jete denonsyasyon ou poko voye a",
+        "forget": "Efase fason nou jwenn ou (denonsyasyon an rete)",
         "erase": "Efase dènye mesaj nan chat sa a",
     },
 }

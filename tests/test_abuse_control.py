@@ -138,7 +138,8 @@ def test_a_telegram_flood_sends_at_most_the_limit_and_one_notice(
 def test_a_detective_mutes_and_unmutes_a_tips_sender(tipline: Harness, detective: Person) -> None:
     reference = tipline.submit_tip(TIP)
     page = detective.get(f"/console/tips/{reference}").get_data(as_text=True)
-    assert "Mute sender" in page and "Sender muted" not in page
+    assert "Mute sender" in page
+    assert "Sender muted" not in page
 
     # When the detective mutes the sender from the tip (a form with its CSRF token)
     refused = detective.post(f"/console/tips/{reference}/sender/mute", csrf=False)
@@ -146,7 +147,8 @@ def test_a_detective_mutes_and_unmutes_a_tips_sender(tipline: Harness, detective
     response = detective.post(f"/console/tips/{reference}/sender/mute")
     assert response.status_code == 302
     page = detective.get(response.location).get_data(as_text=True)
-    assert "Sender muted" in page and "Unmute sender" in page
+    assert "Sender muted" in page
+    assert "Unmute sender" in page
     # Then the sender's messages are stored, unanswered, and bump no unread count
     assert tipline.say("muted message one") == []
     assert tipline.say("muted message two") == []
@@ -177,6 +179,27 @@ def test_a_detective_mutes_and_unmutes_a_tips_sender(tipline: Harness, detective
     pages = "".join(detective.pages)
     assert contact_id not in pages
     assert all(form not in pages for form in phone_formats(TIPSTER))
+
+
+def test_a_mute_shows_on_its_own_tip_only_so_that_it_links_no_tips(tipline: Harness, detective: Person) -> None:
+    first = tipline.submit_tip(TIP)
+    tipline.say("new")
+    second = tipline.submit_tip("The same van was at the school gate this morning")
+    # When the detective mutes the sender from the first tip
+    detective.get(f"/console/tips/{first}")
+    detective.post(f"/console/tips/{first}/sender/mute")
+    # Then the second tip's page does not tell that its sender is the same, muted one
+    page = detective.get(f"/console/tips/{second}").get_data(as_text=True)
+    assert "Sender muted" not in page
+    assert "Mute sender" in page
+    # Nor does a mute and unmute from the second tip undo the first tip's mute (which would tell)
+    detective.post(f"/console/tips/{second}/sender/mute")
+    detective.post(f"/console/tips/{second}/sender/unmute")
+    assert "Sender muted" in detective.get(f"/console/tips/{first}").get_data(as_text=True)
+    assert tipline.say("still muted") == []
+    # Unmuting the tip it was set from ends it
+    detective.post(f"/console/tips/{first}/sender/unmute")
+    assert tipline.say("answered again") == [f"Added to tip {second}. Thank you."]
 
 
 def test_a_forgotten_sender_cannot_be_muted(tipline: Harness, detective: Person) -> None:

@@ -39,7 +39,7 @@ def test_texts_without_an_agency_name_read_in_their_own_language() -> None:
         assert "the police department" not in text, language
         assert CATALOGS[language]["agency_default"] in text
     named = render(Text.of("greeting"), "es", {**unnamed, "agency": "Example City Police"})
-    assert named.startswith("Denuncias a Example City Police ")
+    assert named.startswith("Denuncie ante Example City Police ")
 
 
 def test_an_unknown_language_falls_back_to_english() -> None:
@@ -84,6 +84,10 @@ def test_an_agencys_texts_replace_the_defaults(  # type: ignore[no-untyped-def]
         ('[en]\nsubmitted = "Thank you, we got your tip."\n', "en.submitted: placeholders must be ['ref']"),
         ('[es]\nfollowup_added = "Añadido a {ref} por {agent}."\n', "es.followup_added: placeholders must be"),
         ('[pt]\nask_when = "Quando foi? {"\n', "pt.ask_when: malformed placeholder"),
+        ('[en]\ngreeting = "Hi {} from {agency}"\n', "en.greeting: placeholders are plain names"),
+        ('[en]\nsubmitted = "Tip {ref:>99999}"\n', "en.submitted: placeholders are plain names"),
+        ('[en]\nsubmitted = "Tip {ref!r}"\n', "en.submitted: placeholders are plain names"),
+        ('[en]\nsubmitted = "Tip {ref.real}"\n', "en.submitted: placeholders"),
         ('[en]\nask_what = ""\n', "en.ask_what: the text must be a non-empty string"),
         ("[ht]\nempty = " + '"' + "Nou resevwa yon mesaj vid. " * 12 + '"\n', "ht.empty: 3 SMS segments"),
         ("[es]\nempty = " + '"' + "Recibimos un mensaje vacío. " * 5 + '"\n', "es.empty: 3 SMS segments"),

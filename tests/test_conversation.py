@@ -71,7 +71,7 @@ def test_the_full_path_what_where_when() -> None:
         (State.AWAIT_WHEN, State.SUBMITTED, "submitted", (c.Submit(REF),)),
         (State.AWAIT_WHAT, State.AWAIT_WHAT, "what_required", ()),
         (State.NEW, State.AWAIT_WHAT, "what_required", ()),
-        (State.SUBMITTED, State.SUBMITTED, "nothing_to_skip", ()),
+        (State.SUBMITTED, State.SUBMITTED, "followup_added", (c.FollowUp(REF, "SKIP"),)),  # nothing is asked
     ],
 )
 def test_skip(state: State, expected_state: State, expected_key: str, effects: tuple[c.Effect, ...]) -> None:
@@ -575,6 +575,57 @@ def test_a_call_for_help_after_a_tip_gets_the_911_line(text: str) -> None:
 )
 def test_keywords_in_portuguese_and_haitian_creole(text: str, intent: Intent) -> None:
     assert c.classify(text) is intent
+
+
+# Tried as tipsters would write, after the first review of issue 12's conversation ----------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["socorro", "Anmwe", "ayúdenme por favor", "me ajuda", "Mwen bezwen èd", "Mwen nan danje", "estão atirando"]
+)
+def test_a_first_message_calling_for_help_gets_the_911_line_and_is_kept(text: str) -> None:
+    outcome = run(State.NEW, text)
+    assert keys(outcome)[0] == "urgent"
+    assert outcome.effects[:2] == (c.CreateDraft(NEXT, text), c.FlagUrgent(NEXT))
+
+
+@pytest.mark.parametrize(
+    "text", ["someone is here", "there is someone here", "gen yon moun la", "someone is here i need help please"]
+)
+def test_a_few_ordinary_words_that_say_someone_is_there_are_the_tip(text: str) -> None:
+    assert c.classify(text) is Intent.TEXT
+    assert run(State.NEW, text).effects[0] == c.CreateDraft(NEXT, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Hi, is this anonymous?", "Good morning, I'd like to report something", "Quiero hacer un reporte", "Bonjour"],
+)
+def test_more_greetings_and_announcements_are_not_the_tip(text: str) -> None:
+    assert c.classify(text) is Intent.GREETING
+
+
+@pytest.mark.parametrize("text", ["Ed", "Nova", "Pronto", "Listo", "Done"])
+def test_after_a_tip_a_one_word_answer_to_a_detective_is_kept_as_a_follow_up(text: str) -> None:
+    outcome = run(State.SUBMITTED, text)
+    assert outcome.effects == (c.FollowUp(REF, text),)
+    assert keys(outcome) == ["followup_added"]
+
+
+@pytest.mark.parametrize(
+    "text,language",
+    [("Me robaron el celular", "es"), ("Me están siguiendo", "es"), ("Pode me ajudar", "pt"), ("Sak pase", "ht")],
+)
+def test_short_first_messages_are_answered_in_their_language(text: str, language: str) -> None:
+    assert run(State.NEW, text).conversation.language == language
+
+
+@pytest.mark.parametrize(
+    "text", ["Meu vizinho agora vende drogas", "Mwen pa konnen kote li ye kounye a", "He sells drugs there now"]
+)
+def test_now_in_a_story_does_not_answer_when_it_happened(text: str) -> None:
+    assert not c.says_now(text)
+    assert c.SetField("when", "now", said=False) not in run(State.NEW, text).effects
 
 
 def test_every_keyword_a_text_names_is_a_keyword() -> None:

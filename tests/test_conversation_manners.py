@@ -16,13 +16,18 @@ from tipline.core import segments
 from tipline.services import review
 
 OTHER = "+15555550177"
+URGENT_ES = (
+    "Si alguien está en peligro ahora mismo, llame al 911: esta línea no envía ayuda. "
+    "Marcaremos su denuncia como urgente."
+)
 
 
 def test_a_greeting_in_spanish_is_answered_in_spanish_and_is_not_the_tip(tipline: Harness) -> None:
     greeting = tipline.say("Hola, quiero denunciar algo")
     assert greeting == [
-        "Denuncias a Example City Police sin dar su nombre: nunca vemos su teléfono. Si hay peligro ahora, "
-        "llame al 911. Cuéntenos qué vio. AYUDA para ayuda, STOP para darse de baja, EN for English."
+        "Denuncie ante Example City Police sin dar su nombre: nunca vemos su teléfono. Si hay peligro ahora, "
+        "llame al 911. Cuéntenos qué vio. AYUDA para ayuda, STOP para darse de baja, EN for English, "
+        "PT para portugues, HT pou kreyòl."
     ]
     assert segments.count(greeting[0]).segments == 2
     assert "¿Dónde pasó?" in tipline.say("Venden drogas detrás de la escuela")[-1]
@@ -38,7 +43,7 @@ def test_good_evening_gets_the_welcome_in_english(tipline: Harness) -> None:
 
 def test_pistola_ahora_mismo_gets_the_911_line_in_spanish_and_no_when_question(tipline: Harness) -> None:
     first = tipline.say("pistola ahora mismo")
-    assert first[0] == "Si alguien está en peligro ahora mismo, llame al 911. Su denuncia está marcada como urgente."
+    assert first[0] == URGENT_ES
     assert "¿Dónde pasó?" in first[-1]
     receipt = tipline.say("Frente a la tienda de la calle 5")  # no "¿Cuándo pasó?": it is now
     reference = reference_of(receipt[0])
@@ -69,21 +74,21 @@ def test_help_me_after_an_urgent_tip_gets_the_911_line(tipline: Harness) -> None
     reference = reference_of(tipline.say("skip")[0])
     answer = tipline.say("help me")
     assert answer == [
-        "If anyone is in danger right now, call 911. Your tip is marked urgent.",
+        "If anyone is in danger right now, call 911: this text line cannot send help. We will mark your tip urgent.",
         f"Added to tip {reference}. Thank you.",
     ]
 
 
 def test_after_olvidar_the_next_message_is_understood_in_spanish_again(tipline: Harness) -> None:
     tipline.submit_tip("Venden drogas en la esquina de la calle 5", sender=TIPSTER)
-    assert tipline.say("OLVIDAR")[0].startswith("Hecho: borramos su número.")
-    assert tipline.say("Hola")[0].startswith("Denuncias a Example City Police")
+    assert tipline.say("OLVIDAR")[0].startswith("Hecho: borramos cómo contactarle.")
+    assert tipline.say("Hola")[0].startswith("Denuncie ante Example City Police")
 
 
 def test_portuguese_and_haitian_creole_tipsters_are_answered_in_their_language(tipline: Harness) -> None:
-    assert tipline.say("Oi, boa noite")[0].startswith("Denuncie a Example City Police sem dar o seu nome")
+    assert tipline.say("Oi, boa noite")[0].startswith("Denuncie para Example City Police sem dar seu nome")
     assert tipline.say("Tem um homem vendendo drogas na esquina")[-1].startswith("Obrigado. Onde foi?")
-    assert tipline.say("AJUDA")[0].startswith("Denuncie a Example City Police")
+    assert tipline.say("AJUDA")[0].startswith("Denuncie para Example City Police")
     creole = tipline.say("Bonswa, mwen vle fè yon denonsyasyon", sender=OTHER)
     assert creole[0].startswith("Liy denonsyasyon anonim Example City Police.")
     assert tipline.say("EDE", sender=OTHER)[0].startswith("Liy anonim Example City Police")
@@ -102,7 +107,7 @@ def test_on_telegram_spanish_words_win_over_an_app_set_to_english(
         return [m["text"] for m in fake.called("sendMessage")[before:]]
 
     first = say("Hay un hombre con una pistola ahora mismo en el parque")
-    assert first[0] == "Si alguien está en peligro ahora mismo, llame al 911. Su denuncia está marcada como urgente."
+    assert first[0] == URGENT_ES
     assert first[-1].startswith("Gracias. ¿Dónde pasó?")
     receipt = say("Parque Central, junto a la fuente")
     assert receipt[0].startswith("Recibimos su denuncia T-")

@@ -94,6 +94,43 @@ def test_what_the_webhook_took_in_is_not_taken_again(tipline: Harness, env: dict
     assert tips_count(tipline) == 1
 
 
+def test_with_a_messaging_service_alone_only_its_messages_are_taken_in(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
+) -> None:
+    service = "MG" + "0123456789abcdef" * 2
+    settings = {**env, "TWILIO_FROM_NUMBER": "", "TWILIO_MESSAGING_SERVICE_SID": service}
+    tipline = make_harness(settings, twilio_server, log_file)
+    try:
+        # A message to the tip line's service, and one to another number of the agency's account
+        twilio_server.receive(TIPSTER, LINE_NUMBER, WHAT, MessagingServiceSid=service)
+        twilio_server.receive(OTHER, "+15555550199", "CANARY-OTHER-APP your appointment is at 3")
+        report = run(tipline)
+        assert (report.listed, report.taken_in) == (1, 1)
+        tipline.dispatch()
+        assert sent_to(tipline, OTHER) == []
+        assert tips_count(tipline) == 1  # the tip line's own message began a draft; the other text none
+        with tipline.runtime.factory() as session:
+            assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 1
+    finally:
+        tipline.runtime.close()
+
+
+def test_a_reconciled_stop_or_start_takes_effect_without_a_second_answer(tipline: Harness) -> None:
+    """Twilio answered STOP and START itself when they arrived; the log does not say so."""
+    twilio = tipline.twilio
+    tipline.submit_tip(WHAT)
+    twilio.receive(TIPSTER, LINE_NUMBER, "STOP")
+    run(tipline)
+    tipline.dispatch()
+    assert sent_to(tipline, TIPSTER) == []
+    assert tipline.say("are you there?") == []  # opted out: nothing is sent until START
+    twilio.receive(TIPSTER, LINE_NUMBER, "START")
+    run(tipline)
+    tipline.dispatch()
+    assert sent_to(tipline, TIPSTER) == []
+    assert tipline.say("one more detail: the pickup is blue")[0].startswith("Added to tip")
+
+
 def test_a_second_run_changes_nothing_while_twilio_keeps_the_messages(
     env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
 ) -> None:

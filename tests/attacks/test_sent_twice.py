@@ -171,6 +171,7 @@ def test_an_unreachable_log_defers_the_resend_rather_than_guessing(tipline: Harn
     assert tipline.twilio.sent == []
     [item] = sends(tipline)
     assert (item.status, item.last_error) == (OutboxStatus.PENDING, "503")
+    assert item.attempt_started_at is not None  # still to be checked before any send
     later(tipline, 3600)
     tipline.dispatch()
     assert len(tipline.twilio.sent) == 1

@@ -112,7 +112,17 @@ class FakeTwilio:
             form[f"MediaUrl{n}"] = self.add_media(sid, data, content_type)
             form[f"MediaContentType{n}"] = content_type
         form.update(extra)
-        self._log(sid, from_, to, body, "inbound", "received", len(files), when)
+        self._log(
+            sid,
+            from_,
+            to,
+            body,
+            "inbound",
+            "received",
+            len(files),
+            when,
+            messaging_service_sid=extra.get("MessagingServiceSid"),
+        )
         return sid, form
 
     def _log(

@@ -137,8 +137,13 @@ def check_overrides(texts: Mapping[str, Mapping[str, str]], settings: Mapping[st
                 raise ValueError(f"{name}: the text must be a non-empty string")
             try:
                 wanted, used = placeholders(CATALOGS[language][key]), placeholders(text)
+                fields = list(string.Formatter().parse(text))
             except ValueError as error:
                 raise ValueError(f"{name}: malformed placeholder ({error})") from None
+            for _, field, spec, conversion in fields:
+                # Plain {name} only: no {}, {0}, {agency.attr}, {agency[0]}, {agency:>999} or {agency!r}.
+                if field is not None and (not field.isidentifier() or spec or conversion):
+                    raise ValueError(f"{name}: placeholders are plain names in braces, such as {{agency}}")
             if used != wanted:
                 missing, extra = sorted(wanted - used), sorted(used - wanted)
                 raise ValueError(f"{name}: placeholders must be {sorted(wanted)} (missing {missing}, unknown {extra})")

@@ -93,8 +93,8 @@ KEYWORDS: dict[str, Intent] = {
     **dict.fromkeys(STOP_WORDS, Intent.STOP),
     **dict.fromkeys(START_WORDS, Intent.START),
     # The keywords each language's texts offer (en, es, pt, ht), folded: "ÈD" is "ed".
-    **dict.fromkeys(("help", "info", "ayuda", "ajuda", "ede", "ed"), Intent.HELP),
-    **dict.fromkeys(("new", "nuevo", "nueva", "novo", "nova", "nouvo"), Intent.NEW),
+    **dict.fromkeys(("help", "info", "ayuda", "ajuda", "ede"), Intent.HELP),
+    **dict.fromkeys(("new", "nuevo", "nueva", "novo", "nouvo"), Intent.NEW),
     **dict.fromkeys(("discard", "descartar", "jete"), Intent.DISCARD),
     **dict.fromkeys(("status", "estado", "eta"), Intent.STATUS),
     **dict.fromkeys(("forget", "olvidar", "esquecer", "bliye"), Intent.FORGET),
@@ -126,6 +126,11 @@ GREETING_WORDS = _wordlist(
     reportar hacer poner una un algo denuncia por favor hay alguien ahi me puede pueden ayudar ayuda con
     oi ola bom boa tarde noite quero preciso fazer uma um alguma coisa alguem ai tem
     bonjou bonswa mwen vle fe yon denonsyasyon denonse rapote bagay tanpri gen moun la ou ka ede sak pase
+    d ll for anonymous anonymously confidential info information whats up sup police
+    disculpe disculpa oye saludos dar informacion tengo reporte esto es anonimo anonima anonimamente
+    policia gustaria
+    gostaria de tudo bem e isso informacao pode podem voce voces ajudar
+    bonjour bonsoir salut eske sa anonim ta renmen rapo enfomasyon lapolis bay
     """
 )
 MAX_GREETING_WORDS = 12
@@ -140,6 +145,7 @@ LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         what where when who hi hello hey good morning evening afternoon night want report something
         someone somebody man woman guy has have gun now right help me near house car street of to this
         that selling sells drugs corner behind school anyone please can happening into breaking outside
+        yo knife shooting shot shots stabbed bleeding whats up sup hiya d ll scared anonymous
         """
     ),
     SPANISH: _wordlist(
@@ -148,6 +154,9 @@ LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         noches dias quiero queria denunciar reportar algo alguien hombre mujer tiene pistola ahora mismo
         ayuda calle del por para pero muy vecino esquina vendiendo drogas robando casa al se lo le esto eso
         ayudenme ayudame gracias carro frente detras escuela armado
+        me te yo tu ya no si vi fue quien son estoy tengo tienen ahi aqui alo buen oye saludos disculpe
+        necesito hacer gustaria pueden puede ayudar robo robaron disparando tiroteo pelea amenaza
+        siguiendo informacion anonimo policia reporte
         """
     ),
     PORTUGUESE: _wordlist(
@@ -156,6 +165,9 @@ LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         tarde noite quero queria denunciar fazer denuncia alguma coisa alguem homem mulher arma agora
         ajuda rua do da dos das nao voce ele ela eles perto vendendo esquina drogas assaltando loja
         obrigado obrigada isso isto aqui mesmo ajude socorro carro frente escola armado
+        me eu vi sei quem foi tudo bem ai ta tao voces pode podem ajudar ajudem gostaria tenho preciso gente
+        cara vizinho roubo roubaram assalto furto trafico ladrao policia atirando tiroteio faca informacao
+        anonimo violencia domestica
         """
     ),
     HAITIAN_CREOLE: _wordlist(
@@ -163,6 +175,8 @@ LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         mwen m ou li nou yo gen ki se pa nan ak yon sa kote kile bonjou bonswa alo vle fe denonse
         denonsyasyon kounye kounyea zam kouto moun kay machin lari ede te ap k pou sou tanpri mesi nonm
         fanm vann dwog kwen kase an la anmwe sekou lekol bo
+        sak pase yap kap map lap nap wi ed bezwen vole vol bandi zon katye danje lapolis konnen konn
+        enfomasyon timoun vwazen madanm pale tire fizi revolve kadejak eske anonim bonjour bonsoir rapo
         """
     ),
 }
@@ -230,22 +244,45 @@ URGENT_WORDS |= {
     "kidnape",
     "bonm",
     "kadejak",
+    "atirando",
+    "atiraram",
+    "baleado",
+    "baleada",
+    "facada",
+    "esfaquearam",
+    "disparando",
+    "dispararon",
+    "balearon",
+    "apunalaron",
+    "apunalada",
+    "stab",
+    "blese",
 }
 # Words that say it is happening now: urgent, and the answer to "When did it happen?" (not asked then).
+# Bare "agora" and "kounye a" also mean "now" in a story ("he sells drugs now"): they say the time
+# only with a verb in progress (see `says_now`), but are urgent words all the same.
 NOW_PHRASES = (
     "right now",
     "happening now",
     "going on now",
     "ahora mismo",
     "en este momento",
-    "agora",
+    "agora mesmo",
     "neste momento",
-    "kounye a",
-    "kounyea",
-    "kounya a",
+    "nesse momento",
+    "kounye a menm",
+    "kounyea menm",
+    "kounya a menm",
 )
+NOW_WORDS = ("agora", "kounye a", "kounyea", "kounya a")
+# Creole's progressive markers ("k ap kase": breaking), which with "kounye a" say it happens now.
+PROGRESSIVE_MARKERS = frozenset({"ap", "yap", "kap", "map", "lap", "nap"})
 URGENT_PHRASES = (
     *NOW_PHRASES,
+    *NOW_WORDS,
+    "nan danje",
+    "corre perigo",
+    "correndo perigo",
     "in danger",
     "going to kill",
     "gonna kill",
@@ -259,7 +296,7 @@ URGENT_PHRASES = (
     "pral touye",
     "ap touye",
 )
-# After a tip is sent, a call for help means someone needs help now: it gets the 911 line too.
+# A call for help means someone needs help now: it gets the 911 line too, whenever it comes.
 HELP_PHRASES = (
     "help me",
     "help us",
@@ -277,7 +314,25 @@ HELP_PHRASES = (
     "ede m",
     "ede mwen",
     "ede nou",
+    "bezwen ed",
+    "preciso de ajuda",
+    "precisamos de ajuda",
+    "necesito ayuda",
+    "necesitamos ayuda",
+    "ayuda por favor",
 )
+# A message that says someone is there is a tip, however few its words ("someone is here").
+PRESENCE_PHRASES = (
+    "someone is",
+    "somebody is",
+    "someone here",
+    "somebody here",
+    "there is someone",
+    "there s someone",
+    "gen yon moun",
+)
+# Keywords told apart by their accent: "ÈD" asks for help in Creole, "Ed" is a name.
+ACCENTED_KEYWORDS = {"èd": Intent.HELP}
 
 
 def fold(text: str) -> str:
@@ -299,6 +354,9 @@ def _says(text: str, phrases: tuple[str, ...]) -> bool:
 
 def classify(text: str) -> Intent:
     """Which intent a whole message expresses. Telegram-style `/command` forms count too."""
+    accented = ACCENTED_KEYWORDS.get(text.strip().strip(".!¡¿?").strip().casefold())
+    if accented is not None:
+        return accented
     word = fold(text).strip().strip(".!¡¿?").strip()
     word = word.removeprefix("/").split("@", 1)[0]  # "/start@SomeBot" in groups
     intent = KEYWORDS.get(word)
@@ -314,7 +372,10 @@ def classify(text: str) -> Intent:
 def is_greeting(text: str) -> bool:
     """A greeting or an announcement of a tip with nothing of the tip in it yet."""
     found = words(text)
-    return 0 < len(found) <= MAX_GREETING_WORDS and all(w in GREETING_WORDS for w in found)
+    if not 0 < len(found) <= MAX_GREETING_WORDS or not all(w in GREETING_WORDS for w in found):
+        return False
+    # Few and ordinary words can still be the tip: someone is there, someone needs help.
+    return not (_says(text, PRESENCE_PHRASES) or is_urgent(text) or calls_for_help(text))
 
 
 def language_scores(text: str) -> dict[str, int]:
@@ -335,8 +396,16 @@ def is_urgent(text: str) -> bool:
 
 
 def says_now(text: str) -> bool:
-    """The message says it is happening now ("right now", "ahora mismo", "agora", "kounye a")."""
-    return _says(text, NOW_PHRASES)
+    """The message says it is happening now: "right now", "ahora mismo", "agora mesmo", "kounye a
+    menm", or "agora" with a verb in progress ("estão assaltando agora"), or "kounye a" with a
+    progressive marker ("k ap kase ... kounye a"); a bare "agora" may only mean "these days"."""
+    if _says(text, NOW_PHRASES):
+        return True
+    if not _says(text, NOW_WORDS):
+        return False
+    found = words(text)
+    in_progress = any(w.endswith(("ando", "endo", "indo")) and w != "quando" for w in found)
+    return in_progress or bool(PROGRESSIVE_MARKERS.intersection(found))
 
 
 def calls_for_help(text: str) -> bool:
@@ -541,7 +610,7 @@ CONTENT: dict[State, Callable[[ConversationState, str, Context], Outcome]] = {
 def _content(conv: ConversationState, text: str, ctx: Context) -> Outcome:
     """A message that carries content: the description, the place, the time or a follow-up."""
     outcome = CONTENT[conv.state](conv, text, ctx)
-    if not (is_urgent(text) or (conv.state is State.SUBMITTED and calls_for_help(text))):
+    if not (is_urgent(text) or calls_for_help(text)):
         return outcome
     # Danger changes no step: the 911 reminder comes first, the flag right after the words are stored.
     ref = outcome.conversation.tip_ref
@@ -681,7 +750,8 @@ def _skip(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:
         return Outcome(replace(conv, state=State.AWAIT_WHERE), (Text.of("ask_where"),))
     if conv.state in (State.NEW, State.AWAIT_WHAT):
         return Outcome(replace(conv, state=State.AWAIT_WHAT), (Text.of("what_required"),))
-    return Outcome(conv, (Text.of("nothing_to_skip"),))
+    # After a tip is sent nothing is asked: "Pronto", "Listo" or "Done" answer a detective.
+    return _text(conv, msg, ctx)
 
 
 def _done(conv: ConversationState, msg: Inbound, ctx: Context) -> Outcome:

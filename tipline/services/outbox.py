@@ -115,12 +115,14 @@ def _after_queued(session: Session, contact_id: str, now: dt.datetime) -> dt.dat
 
     Messages to one tipster leave in the order they were queued, even when earlier ones were put
     back for pacing (a photo's refusal never overtakes the question asked before it), and the
-    replies of one message, queued in one transaction, never tie."""
+    replies of one message, queued in one transaction, never tie. A message whose send failed and
+    waits for its retry holds nothing back: the 911 reminder must not wait an hour behind it."""
     last = session.scalar(
         select(func.max(OutboxItem.next_attempt_at)).where(
             OutboxItem.contact_id == contact_id,
             OutboxItem.kind == SEND,
             OutboxItem.status.in_((OutboxStatus.PENDING, OutboxStatus.CLAIMED)),
+            OutboxItem.attempts == 0,  # not behind one in failure backoff: that may wait an hour
         )
     )
     return now if last is None or last < now else last + TICK

@@ -320,7 +320,8 @@ def read_tip(ctx: ServiceContext, reference: str, mark_read: bool = True, actor:
             when=records.read_tip_field(tip, key, "when"),
             thread=thread,
             replies_blocked=REPLY_BLOCKERS.get(blocker, blocker) if blocker else None,
-            sender_muted=contact.muted if contact is not None and contact.pseudonym is not None else None,
+            # This tip's own mute only: showing the sender's would tell which tips share a sender.
+            sender_muted=tip.sender_muted if contact is not None and contact.pseudonym is not None else None,
         )
         if mark_read:
             tip.unread = 0
@@ -442,15 +443,24 @@ def set_muted(ctx: ServiceContext, reference: str, muted: bool, *, actor: str) -
     """Mute (or unmute) the sender of a tip: their messages are still stored, but get no answer from
     the bot and bump no unread count (abuse.py). The detective acts on the tip and never learns who
     the sender is; the change is audited in the same transaction. Returns whether anything changed.
-    Raises ValueError when no sender is linked to the tip any more."""
+    Raises ValueError when no sender is linked to the tip any more.
+
+    The mute is recorded on the tip and shown on that tip only; the sender stays muted while any of
+    their tips is. Were the sender's state shown, or undone from another tip, a detective could mute
+    one tip and look which others changed: aliases are per tip so that tips cannot be linked."""
     with ctx.factory.begin() as session:
-        tip = _tip(session, reference)  # not locked: intake locks the contact first, then the tip
+        tip = _tip(session, reference)
+        # The contact first, then the tip: the order intake locks them in.
         contact = session.get(Contact, tip.contact_id, with_for_update=True) if tip.contact_id else None
         if contact is None or contact.pseudonym is None:
             raise ValueError("nothing links this tip to a sender any more")
-        if contact.muted == muted:
+        session.refresh(tip, with_for_update=True)
+        if tip.sender_muted == muted:
             return False
-        contact.muted = muted
+        tip.sender_muted = muted
+        session.flush()
+        still_muted = select(Tip.id).where(Tip.contact_id == contact.id, Tip.sender_muted.is_(True)).limit(1)
+        contact.muted = session.scalar(still_muted) is not None
         audit.record(
             session,
             ctx.keyring,

@@ -100,7 +100,9 @@ class Contact(Base):
     last_activity_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
     # Abuse control (intake.py): a detective may mute a sender from a tip; their messages are still
     # stored, but get no answer and bump no unread count.
-    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    muted: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0", comment="true while any tip of this sender is muted"
+    )
     # The sender's current reply window: when it began (to the minute, like last_activity_at) and how
     # many messages it has taken. Past the limit, messages are kept but answered no more.
     window_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, comment="to the minute")
@@ -152,6 +154,12 @@ class Tip(Base):
     channel: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=TipStatus.DRAFT.value)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    sender_muted: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default="0",
+        comment="a detective muted the sender from this tip; shown on this tip only (abuse.py)",
+    )
     category: Mapped[str | None] = mapped_column(String(32), nullable=True)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     kek_version: Mapped[int] = mapped_column(Integer, comment="version of the tips KEK wrapping wrapped_dek")

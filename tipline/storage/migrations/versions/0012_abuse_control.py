@@ -1,6 +1,7 @@
 """abuse_control: mute a sender, bound a sender's replies, count new senders per hour
 
-Contacts gain `muted` (set by a detective from a tip) and a reply window (`window_started_at`, to
+Tips gain `sender_muted` (a detective muted the sender from that tip; shown on that tip only, so
+that the mute links no tips together), contacts `muted` (true while any of their tips is muted) and a reply window (`window_started_at`, to
 the minute, and `window_messages`). `new_senders` holds one mark per sender who wrote for the first
 time, with the hour and channel only: no link to any contact.
 
@@ -19,9 +20,27 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("contacts") as batch:
-        batch.add_column(sa.Column("muted", sa.Boolean(), nullable=False, server_default="0"))
+        batch.add_column(
+            sa.Column(
+                "muted",
+                sa.Boolean(),
+                nullable=False,
+                server_default="0",
+                comment="true while any tip of this sender is muted",
+            )
+        )
         batch.add_column(sa.Column("window_started_at", sa.DateTime(), nullable=True, comment="to the minute"))
         batch.add_column(sa.Column("window_messages", sa.Integer(), nullable=False, server_default="0"))
+    with op.batch_alter_table("tips") as batch:
+        batch.add_column(
+            sa.Column(
+                "sender_muted",
+                sa.Boolean(),
+                nullable=False,
+                server_default="0",
+                comment="a detective muted the sender from this tip; shown on this tip only (abuse.py)",
+            )
+        )
     op.create_table(
         "new_senders",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -35,6 +54,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_new_senders_hour"), table_name="new_senders")
     op.drop_table("new_senders")
+    with op.batch_alter_table("tips") as batch:
+        batch.drop_column("sender_muted")
     with op.batch_alter_table("contacts") as batch:
         batch.drop_column("window_messages")
         batch.drop_column("window_started_at")
