@@ -103,20 +103,7 @@ def test_a_redelivered_message_is_processed_once(tipline: Harness) -> None:
 def test_concurrent_copies_of_one_delivery_are_processed_once(tipline: Harness) -> None:
     sid = new_sid()
     form = inbound_form("Shots fired near the park", sid=sid)
-    signature = sign(PATH, form)
-    statuses: list[int] = []
-    barrier = threading.Barrier(6)
-
-    def deliver() -> None:
-        client = tipline.app.test_client()
-        barrier.wait()
-        statuses.append(client.post(PATH, data=form, headers={"X-Twilio-Signature": signature}).status_code)
-
-    threads = [threading.Thread(target=deliver) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = tipline.post_concurrently(PATH, form, sign(PATH, form))
     assert statuses == [200] * 6
     assert count(tipline, ProcessedDelivery) == 1
     with tipline.runtime.factory() as session:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +34,7 @@ from tests.support.harness import (
     new_sid,
     replies,
     sign,
+    status_form,
 )
 from tipline.core.vocabulary import KeyPurpose, OutboxKind, OutboxStatus
 from tipline.services import review, rotation
@@ -60,18 +60,7 @@ def report(
     tipline: Harness, url: str, sid: str, status: str, error_code: str | None = None, to: str = TIPSTER
 ) -> TestResponse:
     """What Twilio posts to a <Message action> URL: the reply's status, signed for that URL."""
-    form = {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "MessageStatus": status,
-        "SmsStatus": status,
-        "AccountSid": ACCOUNT_SID,
-        "From": LINE_NUMBER,
-        "To": to,
-        "ApiVersion": "2010-04-01",
-    }
-    if error_code:
-        form["ErrorCode"] = error_code
+    form = status_form(sid, status, error_code, to)
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}" == tipline.public_url  # Twilio calls the public address
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -177,20 +166,7 @@ def test_concurrent_copies_of_one_report_queue_one_deletion(tipline: Harness) ->
     reply_sid = new_sid()
     form = {"MessageSid": reply_sid, "MessageStatus": "delivered", "To": TIPSTER, "AccountSid": ACCOUNT_SID}
     path = urlsplit(url).path
-    signature = sign(path, form)
-    statuses: list[int] = []
-    barrier = threading.Barrier(6)
-
-    def deliver() -> None:
-        client = tipline.app.test_client()
-        barrier.wait()
-        statuses.append(client.post(path, data=form, headers={"X-Twilio-Signature": signature}).status_code)
-
-    threads = [threading.Thread(target=deliver) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = tipline.post_concurrently(path, form, sign(path, form))
 
     assert statuses == [200] * 6
     assert len(reply_deletions(tipline)) == 2  # the inbound message's and the reply's

@@ -37,6 +37,22 @@ def later(harness: Harness, seconds: float) -> None:
     harness.runtime.dispatcher.clock = lambda: base() + dt.timedelta(seconds=seconds)
 
 
+def interrupt_pending_sends(harness: Harness, lease: dt.timedelta) -> None:
+    """As after a dispatcher that began sending the pending replies (its attempt recorded, to the
+    minute) and died before the provider answered: claimed, with a lease ending after `lease`."""
+    now = utcnow()
+    with harness.runtime.factory.begin() as session:
+        session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.kind == OutboxKind.SEND, OutboxItem.status == OutboxStatus.PENDING)
+            .values(
+                status=OutboxStatus.CLAIMED,
+                lease_until=now + lease,
+                attempt_started_at=now.replace(second=0, microsecond=0),
+            )
+        )
+
+
 def sends(harness: Harness) -> list[OutboxItem]:
     with harness.runtime.factory() as session:
         return list(session.scalars(select(OutboxItem).where(OutboxItem.kind == OutboxKind.SEND)))
@@ -131,17 +147,7 @@ def test_a_reply_already_sent_with_the_same_words_is_not_taken_for_this_one(tipl
     tipline.dispatch()
     review.reply(tipline.runtime.ctx, reference, QUESTION)
     # The second row's attempt began, then its dispatcher died before Twilio took the message.
-    now = utcnow()
-    with tipline.runtime.factory.begin() as session:
-        session.execute(
-            update(OutboxItem)
-            .where(OutboxItem.kind == OutboxKind.SEND, OutboxItem.status == OutboxStatus.PENDING)
-            .values(
-                status=OutboxStatus.CLAIMED,
-                lease_until=now + dt.timedelta(seconds=60),
-                attempt_started_at=now.replace(second=0, microsecond=0),
-            )
-        )
+    interrupt_pending_sends(tipline, lease=dt.timedelta(seconds=60))
     later(tipline, 61)
     tipline.dispatch()
     bodies = [form["Body"] for form in tipline.twilio.sent]
@@ -156,15 +162,7 @@ def test_an_unreachable_log_defers_the_resend_rather_than_guessing(tipline: Harn
     reference = tipline.submit_tip("Stolen bikes being sold from a garage on Birch Rd")
     tipline.dispatch()
     review.reply(tipline.runtime.ctx, reference, QUESTION)
-    now = utcnow()
-    with tipline.runtime.factory.begin() as session:
-        session.execute(
-            update(OutboxItem)
-            .where(OutboxItem.kind == OutboxKind.SEND)
-            .values(
-                status=OutboxStatus.CLAIMED, lease_until=now, attempt_started_at=now.replace(second=0, microsecond=0)
-            )
-        )
+    interrupt_pending_sends(tipline, lease=dt.timedelta(0))
     tipline.twilio.fail_next_list(503, None)  # the list request
     later(tipline, 1)
     tipline.dispatch()

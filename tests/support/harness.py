@@ -6,6 +6,7 @@ import contextlib
 import html
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,23 @@ def reference_of(text: str) -> str:
     return found.group(0)
 
 
+def status_form(sid: str, status: str, error_code: str | None = None, to: str = TIPSTER) -> dict[str, str]:
+    """What Twilio posts to a status callback (or a <Message action>) about one of our messages."""
+    form = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": ACCOUNT_SID,
+        "From": LINE_NUMBER,
+        "To": to,
+        "ApiVersion": "2010-04-01",
+    }
+    if error_code:
+        form["ErrorCode"] = error_code
+    return form
+
+
 @dataclass
 class Harness:
     app: Flask
@@ -129,19 +147,24 @@ class Harness:
         return self.runtime.dispatcher.run_until_idle()
 
     def status_callback(self, sid: str, status: str, error_code: str | None = None) -> TestResponse:
-        form = {
-            "MessageSid": sid,
-            "SmsSid": sid,
-            "MessageStatus": status,
-            "SmsStatus": status,
-            "AccountSid": ACCOUNT_SID,
-            "From": LINE_NUMBER,
-            "To": TIPSTER,
-            "ApiVersion": "2010-04-01",
-        }
-        if error_code:
-            form["ErrorCode"] = error_code
-        return self.post_signed("/webhooks/twilio/status", form)
+        return self.post_signed("/webhooks/twilio/status", status_form(sid, status, error_code))
+
+    def post_concurrently(self, path: str, form: dict[str, str], signature: str, copies: int = 6) -> list[int]:
+        """Post one signed request `copies` times at once (as Twilio's retries may arrive); the statuses."""
+        statuses: list[int] = []
+        barrier = threading.Barrier(copies)
+
+        def deliver() -> None:
+            client = self.app.test_client()
+            barrier.wait()
+            statuses.append(client.post(path, data=form, headers={"X-Twilio-Signature": signature}).status_code)
+
+        threads = [threading.Thread(target=deliver) for _ in range(copies)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses
 
     def master_key(self) -> bytes:
         """The master key the tip line was initialised with (key rotations need it)."""
