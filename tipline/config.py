@@ -11,6 +11,7 @@ import base64
 import binascii
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,6 +99,10 @@ class Settings:
     # Twilio does not retry a webhook that failed: the dispatcher reads Twilio's Messages log this
     # often and takes in what it missed (services/reconcile.py); 0 turns that off.
     twilio_reconcile_seconds: int = 300
+
+    # The agency's time zone (TIPLINE_TIMEZONE, an IANA name such as America/Chicago): the console and
+    # case files show absolute times in it, and say which zone they are in. Times are stored in UTC.
+    timezone: str = "UTC"
 
     # The agency's own texts (TIPLINE_TEXTS_FILE), checked at load: ("<language>.<key>", text) pairs.
     texts: tuple[tuple[str, str], ...] = ()
@@ -241,6 +246,15 @@ def _telegram(env: Mapping[str, str]) -> TelegramSettings | None:
     )
 
 
+def _timezone(env: Mapping[str, str]) -> str:
+    name = env.get("TIPLINE_TIMEZONE", "").strip() or "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"TIPLINE_TIMEZONE must be a time zone name such as America/Chicago, not {name!r}") from None
+    return name
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping; raise ConfigError naming the first bad value."""
     data_dir = Path(env.get("TIPLINE_DATA_DIR", "").strip() or "./var").expanduser().resolve()
@@ -286,6 +300,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sender_reply_limit=_int(env, "TIPLINE_SENDER_REPLY_LIMIT", 20, 1),
         sender_window_minutes=_int(env, "TIPLINE_SENDER_WINDOW_MINUTES", 10, 1),
         new_sender_alert_per_hour=_int(env, "TIPLINE_NEW_SENDER_ALERT_PER_HOUR", 30, 1),
+        timezone=_timezone(env),
     )
     return replace(settings, texts=_texts(env, settings))
 

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import io
 import secrets
+import zoneinfo
 from collections.abc import Callable
 from typing import Any, ParamSpec
 from urllib.parse import urlencode
@@ -150,11 +151,22 @@ def _age(moment: dt.datetime | None) -> str:
     return f"{minutes // 1440} days ago"
 
 
+@bp.app_template_filter("local")
+def _local(moment: dt.datetime | None) -> str:
+    """A stored UTC time as an absolute date and time in the agency's time zone (TIPLINE_TIMEZONE),
+    with the zone's abbreviation, e.g. "2026-12-03 07:45 CST"."""
+    if moment is None:
+        return "—"
+    zone = zoneinfo.ZoneInfo(current_runtime().settings.timezone)
+    return moment.replace(tzinfo=dt.UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
 @bp.app_context_processor
 def _context() -> dict[str, Any]:
     visit = g.get("visit")
     return {
         "agency": current_runtime().settings.agency_name,
+        "timezone": current_runtime().settings.timezone,  # stated on pages that show local times
         "status_labels": review.STATUS_LABELS,
         "me": visit.username if visit else None,
         "my_roles": visit.roles if visit else frozenset(),
