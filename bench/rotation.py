@@ -43,7 +43,7 @@ def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
     now = utcnow()
     columns = (
         "reference, alias, channel, status, urgent, kek_version, wrapped_dek, message_count, unread, "
-        "created_at, updated_at"
+        "created_at, updated_at, active_at"
     )
     engine = runtime.engine
     raw = engine.raw_connection()
@@ -55,7 +55,7 @@ def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
             for n in range(start, min(start + chunk, count)):
                 reference = f"T-R{n:07d}"
                 version, wrapped = keyring.wrap_dek(KeyPurpose.TIPS, os.urandom(32), reference)
-                rows.append((reference, "BNCH", "sms", "new", False, version, wrapped, 0, 0, now, now))
+                rows.append((reference, "BNCH", "sms", "new", False, version, wrapped, 0, 0, now, now, now))
             if engine.dialect.name == "postgresql":
                 with cursor.copy(f"COPY tips ({columns}) FROM STDIN") as copy:
                     for row in rows:
@@ -63,7 +63,7 @@ def fill(runtime, count: int) -> None:  # type: ignore[no-untyped-def]
             else:
                 if start == 0:
                     cursor.execute("BEGIN")
-                cursor.executemany(f"INSERT INTO tips ({columns}) VALUES ({', '.join('?' * 11)})", rows)
+                cursor.executemany(f"INSERT INTO tips ({columns}) VALUES ({', '.join('?' * 12)})", rows)
         if engine.dialect.name == "sqlite":
             cursor.execute("COMMIT")
         else:

@@ -115,7 +115,7 @@ def test_errors_never_say_which_factor_was_wrong(tipline: Harness, detective: Pe
     wrong_code = stranger("dana", detective.password).sign_in(code="000000")
     unknown = stranger("nobody").sign_in(code="123456")
     failures = (wrong_password, wrong_code, unknown)
-    messages = {r.get_data(as_text=True).split("<main>")[1].split('name="csrf_token"')[0] for r in failures}
+    messages = {r.get_data(as_text=True).split("<main")[1].split('name="csrf_token"')[0] for r in failures}
     assert len(messages) == 1
     assert {r.status_code for r in failures} == {401}
 
@@ -310,11 +310,14 @@ DETECTIVE_ACTIONS: dict[str, Callable[[ServiceContext, str], object]] = {
     "reply": lambda ctx, reference: review.reply(ctx, reference, "Are you still there?"),
     "add_note": lambda ctx, reference: review.add_note(ctx, reference, "A note on a draft"),
     "triage": lambda ctx, reference: review.triage(ctx, reference, status="closed"),
+    "set_urgent": lambda ctx, reference: review.set_urgent(ctx, reference, True, actor="dana"),
+    "alias_of": lambda ctx, reference: review.alias_of(ctx, reference),
 }
 
 
-def test_a_draft_is_not_found_by_any_detective_action(tipline: Harness, detective: Person) -> None:
-    # Given a tipster still writing their tip (a draft, with a reference they have not been told yet)
+def test_a_draft_that_is_not_urgent_is_not_found_by_any_detective_action(tipline: Harness, detective: Person) -> None:
+    # Given a tipster still writing their tip (a draft, with a reference they have not been told yet,
+    # and nothing urgent in it: an urgent draft is shown at once, see test_urgent_at_once.py)
     tipline.say("A grey pickup unloads boxes behind Lincoln school every night")
     with tipline.runtime.factory() as session:
         draft = session.scalars(select(Tip).where(Tip.status == TipStatus.DRAFT)).one()

@@ -18,6 +18,7 @@ import click
 
 from tipline import logs
 from tipline.config import ConfigError, Settings, environment, load_settings
+from tipline.core.alerting import AlertChoice
 from tipline.core.vocabulary import Role
 
 if TYPE_CHECKING:
@@ -177,6 +178,11 @@ def purge(settings: Settings) -> None:
 
 
 CLI_ACTOR = "cli"  # who the audit log says acted, for account actions from the command line
+ALERT_CHOICES = [choice.value for choice in AlertChoice]
+ALERTS_HELP = (
+    "urgent (default: urgent tips), new (every new tip), mine (new messages on tips assigned to me) or none. "
+    "Escalations of unopened urgent tips reach every choice but none."
+)
 
 
 @cli.group()
@@ -199,22 +205,60 @@ def users() -> None:
     help="detective (reads and answers tips) or admin (accounts, keys, audit); repeat for both.",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of generating one.")
+@click.option("--email", default=None, help="Where this account's alerts go (content-free: reference and link only).")
+@click.option("--alerts", "choice", type=click.Choice(ALERT_CHOICES), default=None, help=ALERTS_HELP)
 @with_settings
-def users_add(settings: Settings, username: str, roles: tuple[str, ...], password_stdin: bool) -> None:
+def users_add(
+    settings: Settings,
+    username: str,
+    roles: tuple[str, ...],
+    password_stdin: bool,
+    email: str | None,
+    choice: str | None,
+) -> None:
     """Create an account; prints a one-time password unless --password-stdin."""
-    from tipline.services import accounts
+    from tipline.services import accounts, alerts
 
+    try:
+        alerts.check_preferences(email, choice)  # before the account exists, so a typo leaves nothing half-made
+    except alerts.PreferenceError as error:
+        _fail(str(error))
     password = sys.stdin.readline().rstrip("\n") if password_stdin else accounts.generate_password()
     runtime = _runtime(settings)
     try:
         accounts.add_user(runtime.ctx, username, roles, password, must_change=not password_stdin, actor=CLI_ACTOR)
-    except accounts.UserError as error:
+        if email is not None or choice is not None:
+            alerts.set_preferences(runtime.ctx, username, email=email, choice=choice, actor=CLI_ACTOR)
+    except (accounts.UserError, alerts.PreferenceError) as error:
         _fail(str(error))
     finally:
         runtime.close()
     click.echo(f"created {' and '.join(roles)} {username.strip().lower()}")
     if not password_stdin:
         click.echo(f"one-time password: {password}")
+
+
+@users.command("set")
+@click.argument("username")
+@click.option("--email", default=None, help='Where alerts go; "" removes the address (no email alerts).')
+@click.option("--alerts", "choice", type=click.Choice(ALERT_CHOICES), default=None, help=ALERTS_HELP)
+@with_settings
+def users_set(settings: Settings, username: str, email: str | None, choice: str | None) -> None:
+    """Change an account's alert address or choice (audited)."""
+    from tipline.services import alerts
+
+    if email is None and choice is None:
+        _fail("nothing to change: give --email and/or --alerts")
+    runtime = _runtime(settings)
+    try:
+        now = alerts.set_preferences(runtime.ctx, username, email=email, choice=choice, actor=CLI_ACTOR)
+    except alerts.PreferenceError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    where = "an email address" if now.email else "no email address"
+    note = "" if now.detective else " (not a detective: no tip alerts)"
+    click.echo(f"{now.username}: alerts {now.choice}, {where}{note}")
 
 
 @users.command("list")
@@ -319,7 +363,7 @@ def keys_status(settings: Settings, as_json: bool) -> None:
 @keys.command("rotate")
 @click.option(
     "--purpose",
-    type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "all"]),
+    type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "search", "all"]),
     default="all",
     show_default=True,
     help="Which key to rotate.",
@@ -378,7 +422,9 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
 
 
 @keys.command("retire")
-@click.option("--purpose", required=True, type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit"]))
+@click.option(
+    "--purpose", required=True, type=click.Choice(["tips", "contacts", "pseudonym", "accounts", "audit", "search"])
+)
 @click.option("--version", "version", required=True, type=int)
 @with_settings
 def keys_retire(settings: Settings, purpose: str, version: int) -> None:

@@ -13,10 +13,11 @@ import os
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from tipline.core.alerting import valid_email
 from tipline.core.catalog import UNNAMED_AGENCY, load_overrides
 
 
@@ -49,6 +50,20 @@ class TelegramSettings:
     bot_token: str
     webhook_secret: str | None
     api_base_url: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where alert emails go (TIPLINE_SMTP_URL). Certificates are always verified: against the
+    system's store, or against TIPLINE_SMTP_CA_FILE for an agency's internal CA. There is no switch
+    to turn verification off, so a misconfigured server fails loudly instead of silently."""
+
+    implicit_tls: bool  # smtps://: TLS from the first byte; smtp://: STARTTLS whenever the server offers it
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed, not even in a repr
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,14 @@ class Settings:
 
     # The agency's own texts (TIPLINE_TEXTS_FILE), checked at load: ("<language>.<key>", text) pairs.
     texts: tuple[tuple[str, str], ...] = ()
+
+    # Alerts to detectives (services/alerts.py): email through this server, from this address ...
+    smtp: SmtpSettings | None = None
+    mail_from: str | None = None
+    # ... an urgent tip nobody opened this long goes to every detective with an email address ...
+    escalate_minutes: int = 10
+    # ... and, optionally, a content-free SMS to an on-call number through the Twilio account.
+    alert_sms_to: str | None = None
 
     @property
     def catalog_defaults(self) -> dict[str, str]:
@@ -255,6 +278,63 @@ def _timezone(env: Mapping[str, str]) -> str:
     return name
 
 
+def _smtp(env: Mapping[str, str]) -> SmtpSettings | None:
+    """TIPLINE_SMTP_URL (and TIPLINE_SMTP_CA_FILE). Errors never repeat the URL: it may hold a password."""
+    raw = env.get("TIPLINE_SMTP_URL", "").strip()
+    if not raw:
+        return None
+    shape = "TIPLINE_SMTP_URL must look like smtp://[user:pass@]host:port or smtps://[user:pass@]host:port"
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{shape} (the port is not a number)") from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(shape)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{shape} (nothing after the port)")
+    if parts.username is not None and parts.password is None:
+        raise ConfigError(f"{shape} (a user needs a password)")
+    return SmtpSettings(
+        implicit_tls=parts.scheme == "smtps",
+        host=parts.hostname,
+        port=port or (465 if parts.scheme == "smtps" else 587),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        ca_file=_ca_file(env),
+    )
+
+
+def _ca_file(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("TIPLINE_SMTP_CA_FILE", "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"TIPLINE_SMTP_CA_FILE must be a readable PEM file of CA certificates (no file at {raw})")
+    return path
+
+
+def _alerts(env: Mapping[str, str], settings: Settings) -> Settings:
+    """TIPLINE_MAIL_FROM (required with an SMTP server), TIPLINE_ESCALATE_MINUTES, TIPLINE_ALERT_SMS_TO."""
+    mail_from = env.get("TIPLINE_MAIL_FROM", "").strip() or None
+    if mail_from is not None and not valid_email(mail_from):
+        raise ConfigError(f"TIPLINE_MAIL_FROM must be an email address such as tips@police.example (got {mail_from!r})")
+    smtp = _smtp(env)
+    if smtp is not None and mail_from is None:
+        raise ConfigError("TIPLINE_MAIL_FROM is required when TIPLINE_SMTP_URL is set")
+    sms_to = env.get("TIPLINE_ALERT_SMS_TO", "").strip() or None
+    if sms_to is not None and not _E164.match(sms_to):
+        raise ConfigError("TIPLINE_ALERT_SMS_TO must be in E.164 form, e.g. +15551234567")
+    return replace(
+        settings,
+        smtp=smtp,
+        mail_from=mail_from,
+        escalate_minutes=_int(env, "TIPLINE_ESCALATE_MINUTES", 10, 1),
+        alert_sms_to=sms_to,
+    )
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping; raise ConfigError naming the first bad value."""
     data_dir = Path(env.get("TIPLINE_DATA_DIR", "").strip() or "./var").expanduser().resolve()
@@ -302,6 +382,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         new_sender_alert_per_hour=_int(env, "TIPLINE_NEW_SENDER_ALERT_PER_HOUR", 30, 1),
         timezone=_timezone(env),
     )
+    settings = _alerts(env, settings)
     return replace(settings, texts=_texts(env, settings))
 
 

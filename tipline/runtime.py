@@ -21,6 +21,8 @@ from adapters.sms import TwilioSms
 from tipline import logs
 from tipline.config import Settings
 from tipline.core.channels import Channel
+from tipline.services import alerts
+from tipline.services.alerts import AlertWorker
 from tipline.services.attachments import MediaWorker
 from tipline.services.context import ServiceContext
 from tipline.services.intake import ChannelTraits, Intake
@@ -45,6 +47,7 @@ class Runtime:
     ctx: ServiceContext = field(init=False)
     intake: Intake = field(init=False)
     media: MediaWorker = field(init=False)
+    alerts: AlertWorker = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,12 +58,14 @@ class Runtime:
         )
         self.intake = Intake(self.ctx, traits, on_outbox=self.wake_dispatcher)
         self.media = MediaWorker(self.ctx, self.channels)
+        self.alerts = AlertWorker(self.ctx, self.channels.get("sms"))  # the on-call SMS uses the Twilio account
         self.dispatcher = Dispatcher(
             self.ctx,
             self.channels,
             maintenance=self.maintain,
             background=self.background_work,
             media=self.media.run_once,
+            alerts=self.alerts.run_once,
         )
         self._rotation_cursors: dict[int, object] = {}
         self._heartbeat: Heartbeat | None = None
@@ -106,6 +111,7 @@ class Runtime:
         return 0
 
     def maintain(self) -> PurgeReport:
+        alerts.prune(self.ctx)  # settled alerts older than 30 days
         return purge(
             self.intake,
             self.settings.retention_days,

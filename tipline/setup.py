@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from tipline.config import Settings
 from tipline.core.vocabulary import Role
-from tipline.services import accounts
+from tipline.services import accounts, search
 from tipline.services.context import ServiceContext
 from tipline.storage import db, records
 from tipline.storage.keystore import KeyStore, ensure_keys, load_keyring, load_master_key, secret_key
@@ -40,6 +40,8 @@ def initialise(settings: Settings) -> InitReport:
             needs_admin = not accounts.any_users(session)
         with factory.begin() as session:
             resealed, unreadable = records.upgrade_message_seals(session, load_keyring(session, master), utcnow())
+        with factory.begin() as session:
+            search.index_existing_tips(session, load_keyring(session, master), utcnow())  # upgrade to 0.3
         secret_key(settings, create=True)
         password = None
         if needs_admin:

@@ -133,6 +133,7 @@ class KeyPurpose(enum.StrEnum):
     PSEUDONYM = "pseudonym"  # the pepper of senders' keyed pseudonyms and of other keyed hashes
     ACCOUNTS = "accounts"  # console users' TOTP secrets
     AUDIT = "audit"  # the HMAC key of the audit log's hash chain
+    SEARCH = "search"  # the HMAC key of the blind search index (services/search.py)
 
 
 class RotationStatus(enum.StrEnum):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session
 
 from tipline.core import crypto
@@ -136,3 +137,136 @@ def recent(ctx: ServiceContext, limit: int = 200) -> list[AuditEntry]:
     """The newest entries, newest first."""
     with ctx.factory() as session:
         return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """One entry as a case file shows it: content-free like the log itself (names, actions, times)."""
+
+    at: dt.datetime
+    actor: str | None
+    action: str
+    outcome: str
+    detail: dict[str, object]
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditLine:
+        try:
+            detail = json.loads(entry.detail or "{}")
+        except ValueError:  # cut at 500 characters when written: show the action without it
+            detail = {}
+        return cls(entry.at, entry.actor, entry.action, entry.outcome, detail if isinstance(detail, dict) else {})
+
+
+def for_object(session: Session, object_type: str, object_id: str) -> tuple[AuditLine, ...]:
+    """Every entry about one object (e.g. a tip by reference), oldest first, inside the caller's
+    transaction: a case file lists who viewed or changed the tip in the same read it audits."""
+    rows = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.object_type == object_type, AuditEntry.object_id == object_id)
+        .order_by(AuditEntry.id)
+    )
+    return tuple(AuditLine.of(entry) for entry in rows)
+
+
+PAGE_SIZE = 50  # audit entries per page of the console's audit log
+SYSTEM_ACTOR = "system"  # how the console names entries no account made (the tip line, the command line's jobs)
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which audit entries the console's audit log shows: filters as an administrator chose them.
+
+    Dates are whole days in the agency's time zone (what the page shows), both ends included.
+    """
+
+    action: str = ""
+    actor: str = ""
+    since: dt.date | None = None
+    until: dt.date | None = None
+    page: int = 1
+    zone: dt.tzinfo = dt.UTC
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str], zone: dt.tzinfo) -> Query:
+        """From a URL's query string; anything malformed is ignored rather than refused."""
+        page = args.get("page", "1")
+        return cls(
+            action=args.get("action", "").strip()[:64],
+            actor=args.get("actor", "").strip()[:64],
+            since=_day(args.get("since", "")),
+            until=_day(args.get("until", "")),
+            page=int(page) if page.isdigit() and 0 < int(page) < 1_000_000 else 1,
+            zone=zone,
+        )
+
+    def args(self, **changes: object) -> dict[str, str]:
+        """This query as URL arguments (for the page links), empty filters left out."""
+        values = {
+            "action": self.action,
+            "actor": self.actor,
+            "since": self.since.isoformat() if self.since else "",
+            "until": self.until.isoformat() if self.until else "",
+            "page": str(self.page) if self.page > 1 else "",
+        }
+        values.update({key: str(value) for key, value in changes.items()})
+        return {key: value for key, value in values.items() if value and not (key == "page" and value == "1")}
+
+    def _utc(self, day: dt.date) -> dt.datetime:
+        """The start of a local day as the naive UTC time the log stores."""
+        start = dt.datetime.combine(day, dt.time(), tzinfo=self.zone)
+        return start.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        found: list[ColumnElement[bool]] = []
+        if self.action:
+            found.append(AuditEntry.action == self.action)
+        if self.actor == SYSTEM_ACTOR:
+            found.append(AuditEntry.actor.is_(None))
+        elif self.actor:
+            found.append(AuditEntry.actor == self.actor)
+        if self.since:
+            found.append(AuditEntry.at >= self._utc(self.since))
+        if self.until:
+            found.append(AuditEntry.at < self._utc(self.until + dt.timedelta(days=1)))
+        return found
+
+
+def _day(value: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[AuditEntry]
+    total: int  # entries that match the filters, on every page
+    page: int
+    pages: int
+
+
+def search(ctx: ServiceContext, query: Query) -> Page:
+    """One page (newest first) of the entries that match the query; a page past the end shows the last."""
+    with ctx.factory() as session:
+        conditions = query.conditions()
+        total = session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions)) or 0
+        pages = max(1, -(-total // PAGE_SIZE))
+        number = min(query.page, pages)
+        entries = session.scalars(
+            select(AuditEntry)
+            .where(*conditions)
+            .order_by(AuditEntry.id.desc())
+            .offset((number - 1) * PAGE_SIZE)
+            .limit(PAGE_SIZE)
+        )
+        return Page(list(entries), total, number, pages)
+
+
+def choices(ctx: ServiceContext) -> tuple[list[str], list[str]]:
+    """The actions and actors that occur in the log, for the filters' lists."""
+    with ctx.factory() as session:
+        actions = sorted(session.scalars(select(AuditEntry.action).distinct()))
+        actors = sorted(a or SYSTEM_ACTOR for a in session.scalars(select(AuditEntry.actor).distinct()))
+        return actions, sorted(set(actors))

@@ -29,7 +29,7 @@ from tipline.core.channels import InboundMessage
 from tipline.core.conversation import ConversationState, State
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import ErasedReason, MessageKind, ReplyDelivery, TipStatus
-from tipline.services import abuse, attachments, outbox
+from tipline.services import abuse, attachments, outbox, search
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import GroupCommitter, checkpoint, rowcount
@@ -52,6 +52,7 @@ ALBUM_MEMORY = 120.0  # seconds: the photos of one Telegram album arrive within 
 CONTENT_EFFECTS = (conv.CreateDraft, conv.SetField, conv.FollowUp, conv.Submit, conv.Attach)
 # Effects whose confirmation a sender always gets, muted or past the reply limit (abuse.py).
 UNPACED_EFFECTS = (conv.OptIn, conv.Forget)
+TIPSTER_KINDS = (MessageKind.TIPSTER, MessageKind.MEDIA)  # thread entries that are the tipster's activity
 OPEN_STATES = (State.AWAIT_WHAT.value, State.AWAIT_WHERE.value, State.AWAIT_WHEN.value)
 # After FORGET, the provider messages of photos not yet fetched are deleted this much later: after
 # the media worker has fetched or given up on them (attachments.MAX_ATTEMPTS with backoff), since
@@ -76,6 +77,7 @@ Row = dict[str, object]
 class Result:
     replies: tuple[str, ...]
     duplicate: bool = False
+    forgotten: bool = False  # the sender asked to be forgotten (FORGET): a channel erases what it keeps too
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class _Done:
     queued: bool  # the outbox has work: wake the dispatcher
     moved: str  # "state -> state", for the debug log
     erased: bool = False  # an address or a sender was erased: checkpoint the WAL
+    forgotten: bool = False  # FORGET: the sender is unlinked (Result.forgotten)
 
 
 def keyboard_for(conversation: ConversationState) -> str:
@@ -139,6 +142,8 @@ class Unit:
     quiet: bool = False  # muted, or past the sender's reply limit: no unread bump (abuse.py)
     thread: list[Row] = field(default_factory=list)  # new thread entries, inserted in one batch
     files: list[Row] = field(default_factory=list)  # new attachment rows, inserted in one batch
+    words: list[tuple[int, str]] = field(default_factory=list)  # (tip id, tipster's text) to index (search.py)
+    kept_urgent: bool = False  # DISCARD found an urgent draft detectives already see: kept, and said so
 
     def open_tip(self) -> tuple[Tip, bytes]:
         assert self.tip is not None and self.tip_key is not None, "the effect needs the conversation's tip"
@@ -148,6 +153,8 @@ class Unit:
         tip, key = self.open_tip()
         row = records.message_row(tip, key, kind, text, self.now)
         self.thread.append(row)
+        if kind == MessageKind.TIPSTER:  # fields and captions are said as the tipster's messages
+            self.words.append((tip.id, text))
         return row
 
 
@@ -208,7 +215,7 @@ class Intake:
             self.on_outbox()
         # Per message, so DEBUG only: at INFO every line would time a tipster's message.
         log.debug("%s message processed: %s", msg.channel, done.moved)
-        return Result(done.replies)
+        return Result(done.replies, forgotten=done.forgotten)
 
     def _process(self, session: Session, msg: InboundMessage) -> _Done:
         """The unit of work for one inbound message, inside the caller's transaction.
@@ -260,8 +267,10 @@ class Intake:
         replies, queued = self._answer(unit, msg.channel, replies, outcome.conversation, inline=msg.answer_inline)
         queued = self._settle_provider_copy(unit, msg) or queued
         self._write(unit)
+        search.index(unit.session, self.ctx.keyring, unit.words)  # one executemany, one HMAC per word
         self._shred(unit)
-        return _Done(replies, queued, f"{before.state.value} -> {outcome.conversation.state.value}", unit.erased)
+        moved = f"{before.state.value} -> {outcome.conversation.state.value}"
+        return _Done(replies, queued, moved, unit.erased, forgotten=unit.forgotten)
 
     def _remember_delivery(self, session: Session, msg: InboundMessage, now: dt.datetime) -> None:
         """Raise Duplicate if this delivery was processed before (under any pepper version)."""
@@ -325,7 +334,10 @@ class Intake:
         self._save_state(unit, outcome.conversation)
         if unit.contact.opted_out:
             return ()
-        return tuple(render(text, outcome.conversation.language, self.defaults) for text in outcome.replies)
+        said = outcome.replies
+        if unit.kept_urgent:
+            said = tuple(Text.of("discard_kept_urgent") if text.key == "discarded" else text for text in said)
+        return tuple(render(text, outcome.conversation.language, self.defaults) for text in said)
 
     @staticmethod
     def _save_state(unit: Unit, state: ConversationState) -> None:
@@ -336,11 +348,20 @@ class Intake:
         tip = unit.tip
         conversation.state = state.state.value
         conversation.language = state.language
+        if tip is not None and tip.language != state.language:
+            tip.language = state.language  # the badge on the tip: the language the tipster writes in
         conversation.tip_id = tip.id if tip is not None and state.tip_ref == tip.reference else None
         conversation.updated_at = to_minute(unit.now)
 
     def _create_draft(self, unit: Unit, effect: conv.CreateDraft) -> list[Row]:
-        tip, key = records.new_tip(self.ctx.keyring, effect.reference, unit.contact.channel, unit.contact.id, unit.now)
+        tip, key = records.new_tip(
+            self.ctx.keyring,
+            effect.reference,
+            unit.contact.channel,
+            unit.contact.id,
+            unit.now,
+            language=unit.conversation.language,
+        )
         unit.session.add(tip)
         unit.session.flush()
         unit.tip, unit.tip_key = tip, key
@@ -394,11 +415,18 @@ class Intake:
         tip = unit.tip
         if tip is None or tip.status != TipStatus.DRAFT:
             return []
+        if tip.urgent:
+            # Detectives see an urgent draft from its first message (records.visible_to_detectives) and
+            # may have acted on it: it is no longer the tipster's to erase, and telling them "nothing was
+            # sent" would be untrue. It is submitted as it stands, and the answer says so.
+            unit.kept_urgent = True
+            return self._submit(unit, conv.Submit(tip.reference))
         _, key = unit.open_tip()
         if self._deletes_copies(unit.contact.channel):
             for provider_id in attachments.abandon(unit.session, tip, key):
                 outbox.enqueue_delete(unit.session, unit.contact, unit.contact_key, provider_id, unit.now)
         unit.conversation.tip_id = None
+        unit.words = [(tip_id, text) for tip_id, text in unit.words if tip_id != tip.id]
         unit.session.delete(tip)
         unit.tip, unit.tip_key = None, None
         return []
@@ -516,6 +544,9 @@ class Intake:
 
     @staticmethod
     def _write(unit: Unit) -> None:
+        if unit.tip is not None and any(row["kind"] in TIPSTER_KINDS for row in unit.thread):
+            # Latest activity (the console's list order): something the tipster said, not a keyword.
+            unit.tip.active_at = to_minute(unit.now)
         try:
             if unit.thread:
                 unit.session.execute(_INSERT_MESSAGES, unit.thread)

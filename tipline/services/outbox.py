@@ -266,6 +266,7 @@ class Dispatcher:
         maintenance_interval: float = 60.0,
         background: Callable[[], int] | None = None,
         media: Callable[[], int] | None = None,
+        alerts: Callable[[], int] | None = None,
     ):
         self.ctx = ctx
         self.clock = ctx.clock  # tests move time forward here
@@ -275,6 +276,7 @@ class Dispatcher:
         self.maintenance_interval = maintenance_interval
         self.background = background  # e.g. one batch of a running key rotation; non-zero while work remains
         self.media = media  # fetch and clean tipsters' photos (attachments.MediaWorker.run_once)
+        self.alerts = alerts  # queue and send detectives' alerts (alerts.AlertWorker.run_once)
         self._wake = threading.Event()
         self._claimed: set[str] = set()  # the rows this pass holds
         self._paced: dict[str, dt.datetime] = {}  # rows put back for pacing -> when they are due
@@ -297,14 +299,15 @@ class Dispatcher:
         )
 
     def run_once(self) -> int:
-        """Perform every due row once, then the due photo downloads; returns how many were attempted."""
+        """Perform every due row once, then the due photo downloads and alerts; returns how many were attempted."""
         self._flush_unrecorded()
         ids = self._claim()
         self._claimed = set(ids)
         for item_id in ids:
             self._perform(item_id)
         self._claimed = set()
-        return len(ids) + (self.media() if self.media is not None else 0)
+        done = len(ids) + (self.media() if self.media is not None else 0)
+        return done + (self.alerts() if self.alerts is not None else 0)
 
     def run_until_idle(self) -> int:
         """Perform rows until none is due, waiting out per-chat pacing (`tipline dispatch --once`, tests).

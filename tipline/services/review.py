@@ -8,20 +8,21 @@ The review console, scripts and tests call these functions as `review.action(ctx
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, case, func, not_, select
 from sqlalchemy.orm import Session
 
 from tipline.core import segments
-from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
+from tipline.core.catalog import DEFAULT_LANGUAGE, ENGLISH, HAITIAN_CREOLE, PORTUGUESE, SPANISH, Text, render
 from tipline.core.conversation import State
+from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import AttachmentStatus, ErasedReason, MessageKind, ReplyDelivery, Role, TipStatus
-from tipline.services import attachments, audit, outbox
+from tipline.services import attachments, audit, outbox, search
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import read_only
-from tipline.storage.models import Attachment, Contact, Conversation, Message, Tip, User
+from tipline.storage.models import Attachment, Contact, Conversation, Message, Tip, User, to_minute
 
 MAX_REPLY_CHARS = 1000
 NO_CONTACT = "no_contact"
@@ -35,7 +36,14 @@ REPLY_BLOCKERS: dict[str, str] = {
 }
 
 STATUSES = TipStatus.submitted()
-STATUS_LABELS = {status.value: status.label for status in STATUSES}
+# An urgent draft is shown to detectives while the tipster is still writing it (records.visible_to_detectives).
+DRAFT_LABEL = "Still being written"
+STATUS_LABELS = {status.value: status.label for status in STATUSES} | {TipStatus.DRAFT.value: DRAFT_LABEL}
+DRAFT_STATUS_REFUSED = (
+    "the tipster is still writing this tip; its status can be set once it is submitted "
+    "(replies, notes, category, assignee and urgency can be set now)"
+)
+LANGUAGE_NAMES = {ENGLISH: "English", SPANISH: "Spanish", PORTUGUESE: "Portuguese", HAITIAN_CREOLE: "Haitian Creole"}
 CATEGORIES = ("drugs", "violence", "weapons", "property", "fraud", "traffic", "missing person", "other")
 
 
@@ -49,7 +57,7 @@ class RepliesImpossible(Exception):
 
 
 class TipNotFound(Exception):
-    """No submitted tip has this reference (drafts are never found)."""
+    """No tip detectives may see has this reference (drafts are found only once urgent)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class TipSummary:
     reference: str
     alias: str
     channel: str
-    status: str  # a TipStatus other than DRAFT
+    status: str  # a TipStatus; DRAFT only for an urgent tip still being written
     urgent: bool
     submitted_at: dt.datetime | None
     updated_at: dt.datetime
@@ -93,6 +101,24 @@ class TipSummary:
     assignee: str | None = None
     assignee_id: int | None = None
     photos: int = 0  # cleaned photos stored with the tip (shown in the list)
+    created_at: dt.datetime | None = None
+    active_at: dt.datetime | None = None  # latest activity: tipster message, reply or note (the list order)
+    language: str | None = None  # the language the tipster writes in; None for tips before 0013
+    excerpt: str | None = None  # the start of "what", one line (list_tips only; audited there)
+
+    @property
+    def draft(self) -> bool:
+        """Still being written by the tipster (shown because it is urgent)."""
+        return self.status == TipStatus.DRAFT
+
+    @property
+    def pinned(self) -> bool:
+        """Urgent and not closed: kept above the rest of the list."""
+        return self.urgent and self.status != TipStatus.CLOSED
+
+    @property
+    def language_name(self) -> str | None:
+        return LANGUAGE_NAMES.get(self.language, self.language) if self.language else None
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,7 @@ class TipFilter:
     category: str | None = None
     assignee_id: int | None = None  # 0 means "unassigned"
     reference: str | None = None
+    text: str | None = None  # the list's search field `q`: words the tip says, or its reference (search.py)
 
 
 @dataclass(frozen=True)
@@ -129,7 +156,7 @@ class Photo:
 
 
 def _tip(session: Session, reference: str, *, lock: bool = False) -> Tip:
-    tip = records.submitted_tip(session, reference, lock=lock)
+    tip = records.visible_tip(session, reference, lock=lock)
     if tip is None:
         raise TipNotFound(reference)
     return tip
@@ -149,6 +176,9 @@ def _summary(tip: Tip, assignee: str | None = None, photos: int = 0) -> TipSumma
         assignee=assignee,
         assignee_id=tip.assignee_id,
         photos=photos,
+        created_at=tip.created_at,
+        active_at=tip.active_at,
+        language=tip.language,
     )
 
 
@@ -188,8 +218,8 @@ def _blocker(contact: Contact | None) -> str | None:
 
 
 def _conditions(flt: TipFilter) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of a tip list: submitted tips only, narrowed by the filter."""
-    wanted: list[ColumnElement[bool]] = [Tip.status != TipStatus.DRAFT]
+    """The WHERE clauses of a tip list: the tips detectives see, narrowed by the filter."""
+    wanted: list[ColumnElement[bool]] = [records.visible_to_detectives()]
     if flt.status:
         wanted.append(Tip.status == flt.status)
     if flt.urgent is not None:
@@ -207,24 +237,67 @@ def _conditions(flt: TipFilter) -> list[ColumnElement[bool]]:
     return wanted
 
 
+PINNED = and_(Tip.urgent.is_(True), Tip.status != TipStatus.CLOSED)
+
+
+def _page_rows(
+    session: Session, where: list[ColumnElement[bool]], offset: int, limit: int
+) -> list[tuple[Tip, str | None]]:
+    """One page of the list: the pinned tips first, then the rest, each by latest activity.
+
+    Two queries rather than one ORDER BY on "pinned": each part then reads the (active_at, id) index
+    in order and stops after the page, instead of sorting every matching tip (20,000 tips: a sort
+    took up to 0.3 s for a deep page). The pinned part is small (urgent tips not yet closed).
+    """
+
+    def part(condition: ColumnElement[bool], skip: int, count: int) -> list[tuple[Tip, str | None]]:
+        # The ids first (from the index alone), then their rows and assignees: joined before the
+        # OFFSET, every skipped tip's row would be read for its assignee.
+        ids = session.scalars(
+            select(Tip.id)
+            # SQLite would rather pick the status index and sort every tip of that status; the
+            # activity index holds status and urgent too, so reading it in order stops at the page.
+            .with_hint(Tip, "INDEXED BY ix_tips_activity", "sqlite")
+            .where(*where, condition)
+            .order_by(Tip.active_at.desc(), Tip.id.desc())
+            .offset(skip)
+            .limit(count)
+        ).all()
+        if not ids:
+            return []
+        found = {
+            tip.id: (tip, username)
+            for tip, username in session.execute(
+                select(Tip, User.username).outerjoin(User, User.id == Tip.assignee_id).where(Tip.id.in_(ids))
+            ).all()
+        }
+        return [found[i] for i in ids if i in found]
+
+    pinned = session.scalar(select(func.count()).select_from(Tip).where(*where, PINNED)) or 0
+    rows = part(PINNED, offset, limit) if offset < pinned else []
+    if len(rows) < limit:
+        rows += part(not_(PINNED), max(offset - pinned, 0), limit - len(rows))
+    return rows
+
+
 def list_tips(
     ctx: ServiceContext,
     page: int = 1,
     per_page: int = 50,
     flt: TipFilter | None = None,
+    actor: str | None = None,
 ) -> tuple[list[TipSummary], int]:
-    """Submitted tips, newest first, one page at a time, and how many match; no decryption at all."""
-    where = _conditions(flt or TipFilter())
+    """The tips detectives see, one page at a time, and how many match, each with an excerpt of its
+    description. With an `actor`, the excerpts shown are audited before they are returned.
+
+    Urgent tips that are not closed come first (pinned: a later tip must not push one down), then
+    the rest, each part by latest activity, newest first (`Tip.active_at`, then the newest tip).
+    """
+    flt = flt or TipFilter()
+    where = [*_conditions(flt), *_text_condition(ctx.keyring, flt)]
     with read_only(ctx.factory) as session:
         total = session.scalar(select(func.count()).select_from(Tip).where(*where)) or 0
-        rows = session.execute(
-            select(Tip, User.username)
-            .outerjoin(User, User.id == Tip.assignee_id)
-            .where(*where)
-            .order_by(Tip.id.desc())
-            .offset((max(page, 1) - 1) * per_page)
-            .limit(per_page)
-        ).all()
+        rows = _page_rows(session, where, (max(page, 1) - 1) * per_page, per_page)
         ids = [tip.id for tip, _ in rows]
         photos: dict[int, int] = (
             dict(
@@ -237,16 +310,73 @@ def list_tips(
             if ids
             else {}
         )
-        return [_summary(tip, assignee, photos.get(tip.id, 0)) for tip, assignee in rows], total
+        excerpts = _excerpts(ctx.keyring, [tip for tip, _ in rows])
+        summaries = [
+            replace(_summary(tip, assignee, photos.get(tip.id, 0)), excerpt=excerpts.get(tip.id))
+            for tip, assignee in rows
+        ]
+    if actor is not None:
+        _audit_excerpts(ctx, actor, summaries)
+    return summaries, total
+
+
+# Search and excerpts (search.py) ------------------------------------------------------------------
+
+EXCERPT_CHARS = 90
+
+
+def _text_condition(keyring: Keyring, flt: TipFilter) -> list[ColumnElement[bool]]:
+    """The search field: every word in the tip's text, thread or notes, or the start of its reference."""
+    text = (flt.text or "").strip()
+    return [search.matching(keyring, text)] if text else []
+
+
+def excerpt(text: str) -> str:
+    """One line from the start of a tip's description, cut at a word near EXCERPT_CHARS."""
+    line = " ".join(text.split())
+    if len(line) <= EXCERPT_CHARS:
+        return line
+    cut = line[: EXCERPT_CHARS - 1]
+    space = cut.rfind(" ")
+    if space > EXCERPT_CHARS // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+def _excerpts(keyring: Keyring, tips: list[Tip]) -> dict[int, str]:
+    """The excerpt of each listed tip that has a description, decrypted in memory."""
+    out = {}
+    for tip in tips:
+        if tip.what_ct is not None:
+            what = records.read_tip_field(tip, records.tip_dek(keyring, tip), "what")
+            out[tip.id] = excerpt(what or "")
+    return out
+
+
+def _audit_excerpts(ctx: ServiceContext, actor: str, summaries: list[TipSummary]) -> None:
+    """An excerpt is tip content leaving the server: one entry names every tip whose excerpt a page
+    shows, committed before the page is returned. References without "T-", space-separated, so a
+    full page fits the entry's detail; never the search words, which may be tip content too."""
+    shown = [s.reference.removeprefix("T-") for s in summaries if s.excerpt]
+    if shown:
+        audit.log_event(ctx, "tips.list", actor=actor, object_type="tip", detail={"excerpts": " ".join(shown)})
 
 
 def latest_change(ctx: ServiceContext) -> dict[str, int]:
-    """A cheap fingerprint of the tip list, for live updates: changes whenever a tip arrives or moves."""
+    """A cheap fingerprint of the tip list, for live updates: changes whenever a tip arrives or moves.
+
+    An urgent draft counts from the moment it is urgent, and its thread's growth with it; `pinned`
+    changes when a tip is marked urgent, cleared or closed (the list's order changes).
+    """
     with read_only(ctx.factory) as session:
-        newest, messages = session.execute(
-            select(func.max(Tip.id), func.coalesce(func.sum(Tip.message_count), 0)).where(Tip.status != TipStatus.DRAFT)
+        newest, messages, pinned = session.execute(
+            select(
+                func.max(Tip.id),
+                func.coalesce(func.sum(Tip.message_count), 0),
+                func.coalesce(func.sum(case((PINNED, 1), else_=0)), 0),
+            ).where(records.visible_to_detectives())
         ).one()
-        return {"newest": int(newest or 0), "messages": int(messages or 0)}
+        return {"newest": int(newest or 0), "messages": int(messages or 0), "pinned": int(pinned or 0)}
 
 
 def thread_since(
@@ -284,9 +414,16 @@ def _thread_since(
     with read_only(ctx.factory) as session:
         tip = _tip(session, reference)
         key = records.tip_dek(ctx.keyring, tip)
-        messages = session.scalars(select(Message).where(Message.tip_id == tip.id).order_by(Message.seq)).all()
+        rows = session.execute(
+            select(Message, User.username)
+            .outerjoin(User, User.id == Message.author_id)
+            .where(Message.tip_id == tip.id)
+            .order_by(Message.seq)
+        ).all()
+        messages = [m for m, _ in rows]
         files = _attachment_views(session, tip)
-        new = [_entry(tip, key, m, None, files) for m in messages if m.seq > after_seq]
+        # With their authors, so that an entry added live reads like the others ("Reply by dana").
+        new = [_entry(tip, key, m, author, files) for m, author in rows if m.seq > after_seq]
         deliveries = {m.seq: m.delivery for m in messages if m.kind == MessageKind.AGENCY}
         # A photo being fetched is still pending as far as a detective is concerned.
         photos = {
@@ -296,36 +433,50 @@ def _thread_since(
         return new, deliveries, photos
 
 
+def _detail(session: Session, keyring: Keyring, tip: Tip) -> TipDetail:
+    """A tip and its thread, decrypted, inside the caller's transaction (which audits the read)."""
+    key = records.tip_dek(keyring, tip)
+    rows = session.execute(
+        select(Message, User.username)
+        .outerjoin(User, User.id == Message.author_id)
+        .where(Message.tip_id == tip.id)
+        .order_by(Message.seq)
+    ).all()
+    files = _attachment_views(session, tip)
+    thread = tuple(_entry(tip, key, m, author, files) for m, author in rows)
+    contact = session.get(Contact, tip.contact_id) if tip.contact_id else None
+    assignee = session.get(User, tip.assignee_id) if tip.assignee_id else None
+    blocker = _blocker(contact)
+    return TipDetail(
+        summary=_summary(tip, assignee.username if assignee else None),
+        what=records.read_tip_field(tip, key, "what"),
+        where=records.read_tip_field(tip, key, "where"),
+        when=records.read_tip_field(tip, key, "when"),
+        thread=thread,
+        replies_blocked=REPLY_BLOCKERS.get(blocker, blocker) if blocker else None,
+        # This tip's own mute only: showing the sender's would tell which tips share a sender.
+        sender_muted=tip.sender_muted if contact is not None and contact.pseudonym is not None else None,
+    )
+
+
+def alias_of(ctx: ServiceContext, reference: str) -> str:
+    """The alias a tip's sender is shown under ("Tipster 4F2A"); no content, nothing to audit."""
+    with read_only(ctx.factory) as session:
+        return records.alias(_tip(session, reference))
+
+
 def read_tip(ctx: ServiceContext, reference: str, mark_read: bool = True, actor: str | None = None) -> TipDetail:
     """One tip and its whole thread, decrypted. With an `actor`, the view is audited in the same
     transaction, so content never leaves unless its "viewed" record committed."""
     with ctx.factory.begin() as session:
         tip = _tip(session, reference)
-        key = records.tip_dek(ctx.keyring, tip)
-        rows = session.execute(
-            select(Message, User.username)
-            .outerjoin(User, User.id == Message.author_id)
-            .where(Message.tip_id == tip.id)
-            .order_by(Message.seq)
-        ).all()
-        files = _attachment_views(session, tip)
-        thread = tuple(_entry(tip, key, m, author, files) for m, author in rows)
-        contact = session.get(Contact, tip.contact_id) if tip.contact_id else None
-        assignee = session.get(User, tip.assignee_id) if tip.assignee_id else None
-        blocker = _blocker(contact)
-        detail = TipDetail(
-            summary=_summary(tip, assignee.username if assignee else None),
-            what=records.read_tip_field(tip, key, "what"),
-            where=records.read_tip_field(tip, key, "where"),
-            when=records.read_tip_field(tip, key, "when"),
-            thread=thread,
-            replies_blocked=REPLY_BLOCKERS.get(blocker, blocker) if blocker else None,
-            # This tip's own mute only: showing the sender's would tell which tips share a sender.
-            sender_muted=tip.sender_muted if contact is not None and contact.pseudonym is not None else None,
-        )
+        detail = _detail(session, ctx.keyring, tip)
         if mark_read:
             tip.unread = 0
+            tip.alerted_unread = 0  # the next message from the tipster alerts the assignee again (alerts.py)
         if actor is not None:
+            if tip.opened_at is None:  # a detective opened it: no escalation (alerts.py)
+                tip.opened_at = to_minute(ctx.now())
             audit.record(session, ctx.keyring, "tip.view", actor=actor, object_type="tip", object_id=reference)
         return detail
 
@@ -349,6 +500,43 @@ def read_photo(ctx: ServiceContext, reference: str, attachment_id: str, *, actor
         )
         extension = "png" if attachment.content_type == "image/png" else "jpg"
         return Photo(data, attachment.content_type or "image/jpeg", f"{reference}-photo-{attachment.seq}.{extension}")
+
+
+@dataclass(frozen=True)
+class CaseContent:
+    """Everything a case file holds (casefile.py): read and audited together, decrypted in memory only."""
+
+    detail: TipDetail
+    photos: dict[int, bytes]  # thread seq of a stored photo -> its cleaned bytes
+    history: tuple[audit.AuditLine, ...]  # who viewed or changed the tip, this export last
+
+
+def read_for_export(ctx: ServiceContext, reference: str, *, actor: str) -> CaseContent:
+    """A tip, its thread, its cleaned photos and its audit history, for a case file. The export is
+    audited ("tip.export", naming the entries and photos covered) in the same transaction that reads
+    the content, so nothing leaves unless that record committed. The tip's unread count is left alone."""
+    with ctx.factory.begin() as session:
+        tip = _tip(session, reference)
+        detail = _detail(session, ctx.keyring, tip)
+        stored = session.scalars(
+            select(Attachment)
+            .where(Attachment.tip_id == tip.id, Attachment.status == AttachmentStatus.STORED)
+            .order_by(Attachment.seq)
+        ).all()
+        images = {a.seq: attachments.open_image(ctx.keyring, tip, a) for a in stored}
+        history = audit.for_object(session, "tip", reference)
+        seqs = [e.seq for e in detail.thread]
+        entry = audit.record(
+            session,
+            ctx.keyring,
+            "tip.export",
+            actor=actor,
+            object_type="tip",
+            object_id=reference,
+            detail={"entries": [seqs[0], seqs[-1]] if seqs else [], "photos": len(images), "history": len(history)},
+            now=ctx.now(),
+        )
+        return CaseContent(detail, images, (*history, audit.AuditLine.of(entry)))
 
 
 def detectives(ctx: ServiceContext) -> list[tuple[int, str]]:
@@ -421,6 +609,10 @@ def triage(
         raise ValueError("unknown category")
     with ctx.factory.begin() as session:
         tip = _tip(session, reference, lock=True)
+        if wanted_status is not None and wanted_status != tip.status and tip.status == TipStatus.DRAFT:
+            # The draft is still the tipster's: its status is the conversation's (submission sets it),
+            # so a detective's choice would be undone or would change what the tipster can still do.
+            raise ValueError(DRAFT_STATUS_REFUSED)
         changes = {
             **_set_status(tip, wanted_status),
             **_set_category(tip, category),
@@ -437,6 +629,30 @@ def triage(
                 detail={k: [str(old), str(new)] for k, (old, new) in changes.items()},
             )
         return changes
+
+
+def set_urgent(ctx: ServiceContext, reference: str, urgent: bool, *, actor: str) -> tuple[bool, bool]:
+    """Mark a tip urgent, or clear it, by hand; audited as "tip.urgent" with the old and new value in
+    the same transaction. Returns (whether anything changed, whether detectives still see the tip).
+
+    Urgent tips that are not closed are pinned to the top of the list. A draft is seen only while it
+    is urgent: cleared, it leaves the list until the tipster submits it (the page says so first).
+    """
+    with ctx.factory.begin() as session:
+        tip = _tip(session, reference, lock=True)
+        if tip.urgent == urgent:
+            return False, True
+        old, tip.urgent = tip.urgent, urgent
+        audit.record(
+            session,
+            ctx.keyring,
+            "tip.urgent",
+            actor=actor,
+            object_type="tip",
+            object_id=reference,
+            detail={"urgent": [str(old), str(urgent)]},
+        )
+        return True, urgent or tip.status != TipStatus.DRAFT
 
 
 def set_muted(ctx: ServiceContext, reference: str, muted: bool, *, actor: str) -> bool:
@@ -532,6 +748,7 @@ def reply(
             author_id=author_id,
             delivery=ReplyDelivery.QUEUED,
         )
+        tip.active_at = to_minute(now)
         session.flush()
         body = render(Text.of("agency_reply", text=text), language, ctx.settings.catalog_defaults)
         outbox.enqueue_send(session, contact, records.contact_dek(ctx.keyring, contact), body, now, message.id)
@@ -547,12 +764,15 @@ def add_note(
     author_id: int | None = None,
     actor: str | None = None,
 ) -> int:
-    """Add an internal note to a submitted tip's thread; never sent to the tipster."""
+    """Add an internal note to a tip's thread; never sent to the tipster."""
     text = _checked_text(text, "note")
+    now = ctx.now()
     with ctx.factory.begin() as session:
         tip = _tip(session, reference, lock=True)
         key = records.tip_dek(ctx.keyring, tip)
-        message = records.append_message(session, tip, key, MessageKind.NOTE, text, ctx.now(), author_id=author_id)
+        message = records.append_message(session, tip, key, MessageKind.NOTE, text, now, author_id=author_id)
+        search.index(session, ctx.keyring, [(tip.id, text)])
+        tip.active_at = to_minute(now)
         session.flush()
         if actor is not None:
             audit.record(session, ctx.keyring, "tip.note", actor=actor, object_type="tip", object_id=reference)

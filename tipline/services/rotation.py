@@ -13,7 +13,9 @@ What "moving a row" means per purpose:
 - pseudonym: recompute each sender's pseudonym from their encrypted return address; senders whose
   address was erased cannot be recomputed and lose their link, by design;
 - accounts: re-seal console users' TOTP secrets;
-- audit: nothing; older audit entries stay verifiable under the version that chained them.
+- audit: nothing; older audit entries stay verifiable under the version that chained them;
+- search: re-index each tip's words under the new version, then drop its rows under the old one;
+  searches look under every live version meanwhile (search.py), so they keep finding every tip.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tipline.config import Settings
 from tipline.core import crypto
 from tipline.core.vocabulary import KeyPurpose, RotationStatus
-from tipline.services import attachments, audit, processes
+from tipline.services import attachments, audit, processes, search
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import checkpoint, read_only
@@ -49,7 +51,14 @@ from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion,
 BATCH = 2000
 REENCRYPT_BATCH = 100
 _PG_KEYS_LOCK = 7_311_772
-ROTATABLE = (KeyPurpose.TIPS, KeyPurpose.CONTACTS, KeyPurpose.PSEUDONYM, KeyPurpose.ACCOUNTS, KeyPurpose.AUDIT)
+ROTATABLE = (
+    KeyPurpose.TIPS,
+    KeyPurpose.CONTACTS,
+    KeyPurpose.PSEUDONYM,
+    KeyPurpose.ACCOUNTS,
+    KeyPurpose.AUDIT,
+    KeyPurpose.SEARCH,
+)
 
 
 class RotationError(Exception):
@@ -71,6 +80,8 @@ def _pending(purpose: str, version: int):  # type: ignore[no-untyped-def]
         return Contact, and_(Contact.pseudonym.is_not(None), Contact.pseudonym_version != version)
     if purpose == KeyPurpose.ACCOUNTS:
         return User, and_(User.totp_secret_ct.is_not(None), User.totp_kek_version != version)
+    if purpose == KeyPurpose.SEARCH:
+        return Tip, search.stale(version)
     return None, None
 
 
@@ -173,9 +184,11 @@ def step(ctx: ServiceContext, rotation_id: int, cursor: object = None) -> Step:
             query = select(model).where(condition)
             if cursor is not None:
                 query = query.where(model.id > cursor)
-            limit = REENCRYPT_BATCH if rotation.reencrypt else BATCH
-            if rotation.reencrypt:
-                # Writers that seal under a tip's key (the media worker) lock the tip first; so do we.
+            # Both decrypt every text of a tip: small batches. Writers that seal under a tip's key (the
+            # media worker) or index its words (intake, notes) lock the tip first; so do we.
+            heavy = rotation.reencrypt or purpose == KeyPurpose.SEARCH
+            limit = REENCRYPT_BATCH if heavy else BATCH
+            if heavy:
                 query = query.with_for_update(of=model)
             rows = session.scalars(query.order_by(model.id).limit(limit)).all()
             moved = _move(session, keyring, rotation, rows)
@@ -248,6 +261,8 @@ def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows
             secret = keyring.open_with(KeyPurpose.ACCOUNTS, user.totp_kek_version, user.totp_secret_ct, associated)
             user.totp_kek_version, user.totp_secret_ct = keyring.seal_with(KeyPurpose.ACCOUNTS, secret, associated)
         return len(rows)
+    if rotation.purpose == KeyPurpose.SEARCH:
+        return sum(search.reindex(session, keyring, tip, version) for tip in rows)
     return 0
 
 

@@ -76,7 +76,9 @@ def ensure_keys(session: Session, master: bytes) -> list[str]:
     """Create version 1 of every purpose that has no key yet; returns the purposes created."""
     existing = set(session.scalars(select(KeyVersion.purpose)).all())
     if existing:
-        load_keyring(session, master)  # prove the master key opens what is there before adding
+        # Prove the master key opens what is there before adding; a purpose new in this release
+        # (e.g. `search` in 0.3) has no key yet, which is what this call is about to fix.
+        load_keyring(session, master, require_all=False)
     created = []
     for purpose in crypto.PURPOSES:
         if purpose not in existing:
@@ -90,7 +92,7 @@ def ensure_keys(session: Session, master: bytes) -> list[str]:
     return created
 
 
-def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
+def load_keyring(session: Session, master: bytes, require_all: bool = True) -> crypto.Keyring:
     keks: dict[tuple[str, int], bytes] = {}
     primary: dict[str, int] = {}
     for row in session.scalars(select(KeyVersion).where(KeyVersion.retired_at.is_(None))):
@@ -104,7 +106,7 @@ def load_keyring(session: Session, master: bytes) -> crypto.Keyring:
         if row.is_primary:
             primary[row.purpose] = row.version
     missing = [p for p in crypto.PURPOSES if p not in primary]
-    if missing:
+    if missing and require_all:
         raise KeyStoreError(f"no primary key for {', '.join(missing)}: run `tipline init`")
     return crypto.Keyring(keks=keks, primary=primary)
 
@@ -207,7 +209,7 @@ def _fingerprint(session: Session) -> tuple[tuple[object, ...], ...]:
 
 def row_counts(session: Session) -> dict[tuple[str, int], int]:
     """How many rows need each (purpose, version): what keeps a key version alive."""
-    from tipline.storage.models import AuditEntry, User
+    from tipline.storage.models import AuditEntry, SearchTerm, User
 
     counts: dict[tuple[str, int], int] = {}
     for purpose, column, where in (
@@ -216,6 +218,7 @@ def row_counts(session: Session) -> dict[tuple[str, int], int]:
         (KeyPurpose.PSEUDONYM, Contact.pseudonym_version, Contact.pseudonym.is_not(None)),
         (KeyPurpose.ACCOUNTS, User.totp_kek_version, User.totp_secret_ct.is_not(None)),
         (KeyPurpose.AUDIT, AuditEntry.key_version, None),
+        (KeyPurpose.SEARCH, SearchTerm.key_version, None),
     ):
         query = select(column, func.count()).group_by(column)
         if where is not None:

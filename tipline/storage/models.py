@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tipline.core.vocabulary import OutboxStatus, TipStatus
@@ -136,11 +138,20 @@ class Conversation(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True, comment="to the minute")
 
 
+def _last_update(context: DefaultExecutionContext) -> dt.datetime | None:
+    """A tip's latest activity when a bulk insert leaves it out: its last update (as 0013 filled it)."""
+    value = context.get_current_parameters().get("updated_at")  # type: ignore[no-untyped-call]
+    return value if isinstance(value, dt.datetime) else None
+
+
 class Tip(Base):
     __tablename__ = "tips"
     __table_args__ = (
         Index("ix_tips_status_id", "status", "id"),
         Index("ix_tips_assignee_id_id", "assignee_id", "id"),
+        # The console lists tips by latest activity; urgent and status in the index let a page skip the
+        # tips before it without reading their rows (see review._page_rows).
+        Index("ix_tips_activity", "active_at", "id", "urgent", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -172,6 +183,59 @@ class Tip(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
     submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, comment="to the minute")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+    active_at: Mapped[dt.datetime] = mapped_column(
+        DateTime,
+        default=_last_update,
+        comment="latest activity: tipster message, detective reply or note; to the minute",
+    )
+    language: Mapped[str | None] = mapped_column(
+        String(8), nullable=True, comment="the language the tipster writes in (catalog code); NULL before 0013"
+    )
+    # Alerts (services/alerts.py). Intake never writes these: the dispatcher derives what is due from
+    # the tip's own columns and marks here what it has queued, so a tip's transaction stays as it was.
+    opened_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, nullable=True, comment="to the minute: a detective first viewed the tip page"
+    )
+    alerted_new: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0", index=True, comment="the new-tip alerts are queued"
+    )
+    urgent_alerted_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, nullable=True, comment="to the minute: the urgent alerts were queued (escalation counts from here)"
+    )
+    escalated: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0", comment="the escalation alerts are queued"
+    )
+    alerted_unread: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", comment="the unread count the last follow-up alert covered"
+    )
+
+
+class Alert(Base):
+    """One alert to one recipient (a console account by email, or the on-call number by SMS).
+
+    A durable queue of its own rather than the tipsters' outbox: an alert has no contact and no
+    secret payload (its words are derived from the tip's reference when it is sent). See alerts.py.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_status_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, comment="random; also the email's Message-ID")
+    tip_id: Mapped[int] = mapped_column(ForeignKey("tips.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, comment="NULL: the on-call number"
+    )
+    kind: Mapped[str] = mapped_column(String(12), comment="AlertKind")
+    medium: Mapped[str] = mapped_column(String(8), comment="AlertMedium")
+    status: Mapped[str] = mapped_column(String(12), comment="OutboxStatus: pending, sending, sent or failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    attempt_started_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, nullable=True, comment="a send began and its result is not recorded yet"
+    )
+    last_error: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="error code only")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
 
 
 class Message(Base):
@@ -190,6 +254,31 @@ class Message(Base):
         String(12), nullable=True, comment="for texts sent to the tipster: queued, sent, delivered, read or failed"
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="to the minute")
+
+
+class SearchTerm(Base):
+    """One word of a tip as the blind search index knows it: a keyed hash, never the word (search.py).
+
+    A tip has one row per distinct searchable word of its text, thread and notes, under one version
+    of the search key; the key's rotation writes the tip's rows under the new version, then deletes
+    the old ones. Whoever has the database but not the key sees which tips share a word, not which.
+    """
+
+    __tablename__ = "search_terms"
+    __table_args__ = (Index("ix_search_terms_tip_id_key_version", "tip_id", "key_version"),)
+
+    token: Mapped[int] = mapped_column(
+        BigInteger,
+        primary_key=True,
+        autoincrement=False,
+        comment="HMAC-SHA256(search key, normalised word), first 8 bytes as a signed integer",
+    )
+    key_version: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False, comment="version of the search key"
+    )
+    tip_id: Mapped[int] = mapped_column(
+        ForeignKey("tips.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
 
 
 class Attachment(Base):
@@ -287,6 +376,9 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Alerts (services/alerts.py): where to, and which (AlertChoice). Admin-only accounts get none.
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    alerts: Mapped[str] = mapped_column(String(8), default="urgent", server_default="urgent", comment="AlertChoice")
 
     @property
     def role_set(self) -> frozenset[str]:
@@ -345,6 +437,7 @@ class AuditEntry(Base):
     """One event of the audit log. Entries are hash-chained under a secret key (see audit.py)."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_object", "object_type", "object_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, comment="UTC, microseconds")

@@ -10,7 +10,7 @@ import datetime as dt
 import secrets
 import uuid
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from tipline.core import crypto
@@ -38,7 +38,12 @@ def new_id() -> str:
 
 
 def new_tip(
-    keyring: Keyring, reference: str, channel: str, contact_id: str | None, now: dt.datetime
+    keyring: Keyring,
+    reference: str,
+    channel: str,
+    contact_id: str | None,
+    now: dt.datetime,
+    language: str | None = None,
 ) -> tuple[Tip, bytes]:
     """A new draft tip with a fresh data key; returns the tip and its (unwrapped) data key."""
     dek = crypto.new_key()
@@ -57,6 +62,8 @@ def new_tip(
         unread=0,
         created_at=minute,
         updated_at=minute,
+        active_at=minute,
+        language=language,
     )
     return tip, dek
 
@@ -182,6 +189,27 @@ def alias(tip: Tip) -> str:
     about the sender (and it survives key rotation).
     """
     return f"Tipster {tip.alias}"
+
+
+def visible_to_detectives() -> ColumnElement[bool]:
+    """Which tips detectives see: every submitted tip, and a draft once it is urgent.
+
+    A draft is still the tipster's (they may add to it, or DISCARD it), so it stays out of sight,
+    unless the conversation flagged danger now: then waiting for the draft to be submitted (up to
+    the idle timeout) could cost a life, and it is shown at once, marked as still being written.
+    """
+    return or_(Tip.status != TipStatus.DRAFT, Tip.urgent.is_(True))
+
+
+def visible_tip(session: Session, reference: str, *, lock: bool = False) -> Tip | None:
+    """The tip detectives know by `reference` (see `visible_to_detectives`), or None.
+
+    With `lock`, the row is locked (FOR UPDATE) until the caller's transaction ends.
+    """
+    query = select(Tip).where(Tip.reference == reference, visible_to_detectives())
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
 
 
 def submitted_tip(session: Session, reference: str, *, lock: bool = False) -> Tip | None:

@@ -27,8 +27,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from adapters.sandbox import CHANNEL as SANDBOX_CHANNEL
+from tipline.core.alerting import AlertChoice
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery, Role, TipStatus
-from tipline.services import accounts, audit, auth, review
+from tipline.services import accounts, alerts, audit, auth, casefile, review, search
 from tipline.services.auth import Stage
 from tipline.services.context import ServiceContext
 from tipline.web.context import current_runtime
@@ -37,6 +38,7 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 COOKIE = "tipline_console"
 LOGIN_CSRF_COOKIE = "tipline_login_csrf"
 PER_PAGE = 50
+SEARCH_CHARS = 200  # the search field: a few words or a reference (search.py reads at most 12 words)
 PHOTO_REASONS = {  # why a file from a tipster was not kept, as the console says it
     "type": "not a photo the tip line accepts (videos, audio and documents are refused)",
     "size": "larger than the tip line accepts",
@@ -299,13 +301,15 @@ def _filter_from_args() -> review.TipFilter:
     args = request.args
     status = args.get("status", "")
     assignee = args.get("assignee", "")
+    if args.get("mine") == "1":  # "Mine": the tips assigned to the signed-in detective
+        assignee = str(_visit().user_id)
     return review.TipFilter(
         status=TipStatus(status) if status in review.STATUSES else None,
         urgent={"yes": True, "no": False}.get(args.get("urgent", "")),
         channel=args.get("channel") or None,
         category=args.get("category") if args.get("category") in review.CATEGORIES else None,
         assignee_id=0 if assignee == "none" else _number(assignee),
-        reference=args.get("q", "").strip()[:12] or None,
+        text=args.get("q", "").strip()[:SEARCH_CHARS] or None,
     )
 
 
@@ -315,8 +319,9 @@ def tips() -> ResponseReturnValue:
     runtime = current_runtime()
     flt = _filter_from_args()
     page_number = max(_number(request.args.get("page", "1")) or 1, 1)
-    summaries, total = review.list_tips(runtime.ctx, page_number, PER_PAGE, flt)
-    if flt.reference and total == 1 and page_number == 1:
+    summaries, total = review.list_tips(runtime.ctx, page_number, PER_PAGE, flt, actor=_visit().username)
+    if flt.text and total == 1 and page_number == 1 and search.names(flt.text, summaries[0].reference):
+        # A reference typed in full or in part, and only one tip has it: open it.
         return redirect(url_for("console.tip", reference=summaries[0].reference))
     kept = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template(
@@ -332,6 +337,9 @@ def tips() -> ResponseReturnValue:
         detectives=review.detectives(runtime.ctx),
         channels=sorted(set(runtime.channels) | {"sms"}),
         fingerprint=review.latest_change(runtime.ctx),
+        mine=request.args.get("mine") == "1",
+        my_id=_visit().user_id,
+        notice=LIST_NOTICES.get(request.args.get("notice", "")),
     )
 
 
@@ -352,6 +360,7 @@ def tip(reference: str) -> ResponseReturnValue:
         notice=request.args.get("notice"),
         error=request.args.get("error"),
         last_seq=detail.thread[-1].seq if detail.thread else 0,
+        my_id=_visit().user_id,
     )
 
 
@@ -453,6 +462,76 @@ def tip_mute(reference: str, action: str) -> ResponseReturnValue:
     return _back_to_tip(reference, notice="Sender muted." if action == "mute" else "Sender unmuted.")
 
 
+# Case file (issue 13 part 4): a tip as PDF --------------------------------------------------------------
+
+
+@bp.get("/tips/<reference>/case-file.pdf")
+@page(role=Role.DETECTIVE)
+def tip_case_file(reference: str) -> ResponseReturnValue:
+    """The tip as a PDF to file or print; the export is audited before the bytes are made, and the
+    response is never cached (`no-store`, set for every console page)."""
+    try:
+        case = casefile.export(_ctx(), reference, actor=_visit().username)
+    except review.TipNotFound:
+        abort(404)
+    response = Response(case.data, content_type="application/pdf")
+    response.headers["Content-Disposition"] = f'attachment; filename="{case.filename}"'
+    # A PDF opened on its own may run nothing and load nothing.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
+# Urgent by hand and "Assign to me" (issue 13 parts 1 and 5) -----------------------------------------
+
+# Notices on the list page, chosen by key: never text taken from the URL.
+LIST_NOTICES = {
+    "draft-hidden": "The tip is no longer urgent. The tipster is still writing it, so it left the list "
+    "until they submit it.",
+}
+
+
+@bp.post("/tips/<reference>/urgent")
+@page(role=Role.DETECTIVE)
+def tip_urgent(reference: str) -> ResponseReturnValue:
+    """Set or clear "urgent" by hand (audited as tip.urgent). A draft cleared of it leaves the list."""
+    urgent = request.form.get("urgent") == "1"
+    try:
+        _, still_seen = review.set_urgent(_ctx(), reference, urgent, actor=_visit().username)
+    except review.TipNotFound:
+        abort(404)
+    if not still_seen:
+        return redirect(url_for("console.tips", notice="draft-hidden"))
+    return _back_to_tip(reference, notice="Marked urgent." if urgent else "No longer urgent.")
+
+
+@bp.post("/tips/<reference>/assign-to-me")
+@page(role=Role.DETECTIVE)
+def tip_assign_to_me(reference: str) -> ResponseReturnValue:
+    """One click for the most common assignment (audited as a triage, like the assignee field)."""
+    visit = _visit()
+    try:
+        review.triage(_ctx(), reference, assignee_id=visit.user_id, actor=visit.username)
+    except review.TipNotFound:
+        abort(404)
+    except ValueError as error:
+        return _back_to_tip(reference, error=f"Not changed: {error}.")
+    return _back_to_tip(reference, notice="Assigned to you.")
+
+
+def entry_who(entry: review.ThreadEntry, alias: str) -> str:
+    """Who wrote a thread entry, as the page and the live updates both show it."""
+    if entry.kind in (MessageKind.TIPSTER, MessageKind.MEDIA):
+        return alias
+    if entry.kind == MessageKind.BOT:
+        return "Bot"
+    if entry.kind == MessageKind.AGENCY:
+        return f"Reply by {entry.author or 'a detective'}"
+    return f"Internal note by {entry.author or 'a detective'}"
+
+
+bp.add_app_template_global(entry_who, "entry_who")
+
+
 # Live updates (polled by console.js; they do not extend an idle session) -----------------------------
 
 
@@ -475,8 +554,21 @@ def api_thread(reference: str) -> ResponseReturnValue:
         abort(404)
     except ValueError:
         abort(400, "after must be a number")
+    alias = review.alias_of(_ctx(), reference) if entries else ""
+    # What the page shows of an entry, so that one added live looks like the others.
     return jsonify(
-        entries=[{"seq": e.seq, "kind": e.kind, "text": e.text, "delivery": e.delivery} for e in entries],
+        entries=[
+            {
+                "seq": e.seq,
+                "kind": e.kind,
+                "who": entry_who(e, alias),
+                "text": e.text,
+                "delivery": e.delivery,
+                "age": _age(e.at),
+                "local": _local(e.at),
+            }
+            for e in entries
+        ],
         deliveries={str(seq): state for seq, state in deliveries.items()},
         photos={str(seq): state for seq, state in photos.items()},
     )
@@ -488,10 +580,12 @@ def api_thread(reference: str) -> ResponseReturnValue:
 @bp.get("/admin/users")
 @page(role=Role.ADMIN)
 def admin_users() -> ResponseReturnValue:
-    return _accounts_page(error=request.args.get("error"))
+    return _accounts_page(error=request.args.get("error"), notice=_user_action_done())
 
 
-def _accounts_page(*, created: str | None = None, password: str | None = None, error: str | None = None) -> str:
+def _accounts_page(
+    *, created: str | None = None, password: str | None = None, error: str | None = None, notice: str | None = None
+) -> str:
     return render_template(
         "console/admin_users.html",
         users=accounts.list_users(_ctx()),
@@ -499,6 +593,7 @@ def _accounts_page(*, created: str | None = None, password: str | None = None, e
         created=created,
         password=password,
         error=error,
+        notice=notice,
     )
 
 
@@ -527,6 +622,61 @@ USER_ACTIONS: dict[str, Callable[[ServiceContext, str, str], None]] = {
 }
 
 
+# What each account action will do (asked before it, on a page the server renders, so that it holds
+# without JavaScript) and what it did (said after it). The notice is built here from the action's
+# name and a username that exists, never taken from the URL as text, so a crafted link cannot make
+# the console say something else.
+USER_ACTION_QUESTIONS = {
+    "disable": (
+        "Disable {name}'s account?",
+        "{name} is signed out at once, everywhere, and cannot sign in until an administrator enables the account.",
+        "Disable the account",
+    ),
+    "enable": ("Enable {name}'s account?", "{name} can sign in again.", "Enable the account"),
+    "reset-2fa": (
+        "Reset {name}'s authenticator?",
+        "{name} is signed out at once and sets up a new authenticator app at the next sign-in.",
+        "Reset the authenticator",
+    ),
+    "unlock": (
+        "Unlock {name}'s account?",
+        "{name} can try to sign in again at once, instead of waiting for the lock to end.",
+        "Unlock the account",
+    ),
+}
+USER_ACTIONS_DONE = {
+    "disable": "{name}'s account is disabled; their sessions ended.",
+    "enable": "{name}'s account is enabled; they can sign in again.",
+    "reset-2fa": "{name}'s authenticator is reset; their sessions ended, and they set up a new one at next sign-in.",
+    "unlock": "{name}'s account is unlocked.",
+}
+
+
+def _user_action_done() -> str | None:
+    action, username = request.args.get("done", ""), request.args.get("user", "")
+    if action not in USER_ACTIONS_DONE or username not in {u.username for u in accounts.list_users(_ctx())}:
+        return None
+    return USER_ACTIONS_DONE[action].format(name=username)
+
+
+@bp.get("/admin/users/<username>/<action>")
+@page(role=Role.ADMIN)
+def admin_user_confirm(username: str, action: str) -> ResponseReturnValue:
+    """Ask before an account action; the form on this page is the one that acts."""
+    if action not in USER_ACTION_QUESTIONS or username not in {u.username for u in accounts.list_users(_ctx())}:
+        abort(404)
+    question, consequence, verb = USER_ACTION_QUESTIONS[action]
+    return render_template(
+        "console/admin_confirm.html",
+        title=question.format(name=username),
+        consequence=consequence.format(name=username),
+        verb=verb,
+        action_url=url_for("console.admin_user_action", username=username, action=action),
+        fields={},
+        back=url_for("console.admin_users"),
+    )
+
+
 @bp.post("/admin/users/<username>/<action>")
 @page(role=Role.ADMIN)
 def admin_user_action(username: str, action: str) -> ResponseReturnValue:
@@ -541,7 +691,7 @@ def admin_user_action(username: str, action: str) -> ResponseReturnValue:
         return _accounts_page(error=str(refused)), 403
     except accounts.UserError as error:
         return redirect(url_for("console.admin_users", error=str(error)))
-    return redirect(url_for("console.admin_users"))
+    return redirect(url_for("console.admin_users", done=action, user=username))
 
 
 @bp.get("/admin/keys")
@@ -558,6 +708,29 @@ def admin_keys() -> ResponseReturnValue:
         purposes=rotation.ROTATABLE,
         notice=request.args.get("notice"),
         error=request.args.get("error"),
+    )
+
+
+@bp.get("/admin/keys/rotate")
+@page(role=Role.ADMIN)
+def admin_keys_confirm() -> ResponseReturnValue:
+    """Ask before a rotation (the keys page's form comes here); the form on this page starts it."""
+    from tipline.services import rotation
+
+    purpose = request.args.get("purpose", "")
+    if purpose not in rotation.ROTATABLE:
+        return redirect(url_for("console.admin_keys", error="Choose a key purpose to rotate."))
+    reencrypt = request.args.get("reencrypt") == "1"
+    mode = "re-encrypt every row under a fresh data key" if reencrypt else "re-wrap existing rows in the background"
+    return render_template(
+        "console/admin_confirm.html",
+        title=f"Rotate the {purpose} key?",
+        consequence=f"A new {purpose} key version becomes primary at once; the tip line will {mode} while it "
+        "keeps working. This cannot be undone, but the old version stays until you retire it.",
+        verb="Rotate the key",
+        action_url=url_for("console.admin_keys_rotate"),
+        fields={"purpose": purpose, **({"reencrypt": "1"} if reencrypt else {})},
+        back=url_for("console.admin_keys"),
     )
 
 
@@ -592,13 +765,73 @@ def admin_activity() -> ResponseReturnValue:
     return render_template("console/admin_activity.html", activity=abuse.new_senders(_ctx()))
 
 
+def _zone() -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(current_runtime().settings.timezone)
+
+
 @bp.get("/admin/audit")
 @page(role=Role.ADMIN)
 def admin_audit() -> ResponseReturnValue:
+    """The chain's verification, then the entries 50 to a page, filtered by action, actor and dates."""
     ctx = _ctx()
     verification = audit.verify(ctx)
     audit.log_event(ctx, "audit.verify", actor=_visit().username, outcome="ok" if verification.intact else "tampered")
-    return render_template("console/admin_audit.html", verification=verification, entries=audit.recent(ctx))
+    query = audit.Query.from_args(request.args, _zone())
+    found = audit.search(ctx, query)
+    return render_template(
+        "console/admin_audit.html",
+        verification=verification,
+        found=found,
+        query=query,
+        choices=audit.choices(ctx),
+        page_url=lambda number: url_for("console.admin_audit") + "?" + urlencode(query.args(page=number)),
+    )
+
+
+# Alerts (issue 13 part 2): each person sets their own email and choice; the list's tab counts new tips ---
+
+
+@bp.get("/alerts")
+@page(role=Role.DETECTIVE)  # admin-only accounts read no tips, so get no tip alerts
+def alerts_page() -> ResponseReturnValue:
+    return _alerts_form(notice=request.args.get("notice"))
+
+
+def _alerts_form(*, notice: str | None = None, error: str | None = None, email: str | None = None) -> str:
+    ctx = _ctx()
+    mine = alerts.preferences(ctx, _visit().username)
+    return render_template(
+        "console/alerts.html",
+        prefs=mine,
+        email=mine.email if email is None else email,
+        choices=list(AlertChoice),
+        escalate_minutes=ctx.settings.escalate_minutes,
+        mail_on=ctx.settings.smtp is not None,
+        notice=notice,
+        error=error,
+    )
+
+
+@bp.post("/alerts")
+@page(role=Role.DETECTIVE)  # admin-only accounts read no tips, so get no tip alerts
+def alerts_save() -> ResponseReturnValue:
+    """A person changes their own alerts only (the username comes from the session, never the form)."""
+    me, email = _visit().username, request.form.get("email", "")
+    try:
+        alerts.set_preferences(_ctx(), me, email=email, choice=request.form.get("alerts"), actor=me)
+    except alerts.PreferenceError as error:
+        return _alerts_form(error=str(error), email=email), 400
+    return redirect(url_for("console.alerts_page", notice="Your alert settings are saved."))
+
+
+@bp.get("/api/alerts/fresh")
+@page(role=Role.DETECTIVE, touch=False)
+def api_fresh() -> ResponseReturnValue:
+    """Tips a detective can see above `since` (an id): references and urgency only, for the tab title
+    and desktop notifications. Polled, so it does not keep an idle session alive."""
+    since = _number(request.args.get("since", "0")) or 0
+    newest, fresh = alerts.fresh_since(_ctx(), since)
+    return jsonify(newest=newest, fresh=[{"id": f.id, "reference": f.reference, "urgent": f.urgent} for f in fresh])
 
 
 @bp.get("")

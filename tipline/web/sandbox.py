@@ -17,11 +17,13 @@ import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, make_response, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from adapters import sandbox as channel
 from adapters.sms import clean_text
 from tipline.config import Settings
-from tipline.core.channels import InboundMessage, MediaRef
+from tipline.core.channels import MediaRef
+from tipline.services.intake import Result
 from tipline.web import limits
 from tipline.web.context import current_runtime
 
@@ -70,7 +72,9 @@ def _token() -> str | None:
 @bp.get("")
 def page() -> Response:
     runtime = current_runtime()
-    response = make_response(render_template("sandbox.html", agency=runtime.settings.agency_name))
+    response = make_response(
+        render_template("sandbox.html", agency=runtime.settings.agency_name, max_bytes=runtime.settings.media_max_bytes)
+    )
     if _token() is None:
         response.set_cookie(
             COOKIE,
@@ -103,7 +107,21 @@ def send() -> Response:
     if not isinstance(delivery, str) or not DELIVERY.match(delivery):
         delivery = secrets.token_hex(16)
     result = runtime.intake.receive(channel.inbound(token, text, delivery))
-    return jsonify(replies=list(result.replies), duplicate=result.duplicate)
+    return _answer(token, [(channel.ME, text)], result)
+
+
+def _answer(token: str, sent: list[tuple[str, str]], result: Result) -> Response:
+    """The bot's replies, after keeping the exchange in this browser's transcript (so that a reload
+    shows it), or erasing that transcript when the tipster asked to be forgotten. `messages` carries
+    the ids of the entries kept, so that the page does not show them twice when it reads the transcript."""
+    sandbox = current_runtime().channels.get(channel.CHANNEL)
+    messages: list[dict[str, str]] = []
+    if isinstance(sandbox, channel.SandboxChannel) and result.forgotten:
+        sandbox.forget(token)
+    elif isinstance(sandbox, channel.SandboxChannel) and not result.duplicate:
+        entries = [*sent, *((channel.BOT, reply) for reply in result.replies)]
+        messages = [{"id": sandbox.note(token, who, text), "who": who, "text": text} for who, text in entries]
+    return jsonify(replies=list(result.replies), duplicate=result.duplicate, messages=messages)
 
 
 @bp.post("/photos")
@@ -118,27 +136,32 @@ def send_photo() -> Response:
     if not isinstance(sandbox, channel.SandboxChannel):
         abort(404)
     # A little over the limit is read, so that a file just over it is refused kindly by the tip
-    # line itself; `tipline serve` keeps a body this large in memory (web/limits.py).
+    # line itself; `tipline serve` keeps a body this large in memory (web/limits.py). A larger file
+    # is not sent at all: the page declares its size (X-Sandbox-Size), as a provider would.
     request.max_content_length = limits.photo_body(runtime.settings)
-    data = request.get_data(cache=False)
-    if not data:
+    try:
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        abort(413, "a file this large is not sent: declare its size in X-Sandbox-Size instead")
+    declared = request.headers.get("X-Sandbox-Size", "")
+    size = int(declared) if declared.isdigit() and len(declared) < 16 else len(data)
+    if not data and size <= runtime.settings.media_max_bytes:
         abort(400, "send the photo's bytes as the request body")
     delivery = request.headers.get("X-Sandbox-Id", "")
     if not DELIVERY.match(delivery):
         delivery = secrets.token_hex(16)
-    # A file over the limit is refused by the tip line from its size, as a provider would declare it.
-    too_large = len(data) > runtime.settings.media_max_bytes
-    ref = MediaRef("" if too_large else sandbox.hold(data), request.mimetype or "", len(data))
+    size = max(size, len(data))
+    refused = channel.media_of(data, size, runtime.settings.media_max_bytes)
+    ref = MediaRef("" if refused else sandbox.hold(data), request.mimetype or "", size)
     try:
-        result = runtime.intake.receive(
-            InboundMessage(channel=channel.CHANNEL, address=token, delivery_id=delivery, text="", media=(ref,))
-        )
+        result = runtime.intake.receive(channel.photo_message(token, delivery, ref, refused))
     except Exception:
         sandbox.release(ref.source)
         raise
     if result.duplicate:
         sandbox.release(ref.source)  # the first upload is the one being fetched
-    return jsonify(replies=list(result.replies), duplicate=result.duplicate)
+    what = "photo" if (request.mimetype or "").startswith("image/") else "file"  # as the page labels it
+    return _answer(token, [(channel.ME, f"[{what}: {max(1, round(size / 1024))} KB]")], result)
 
 
 @bp.get("/inbox")
@@ -149,3 +172,15 @@ def inbox() -> Response:
     if token is None or not isinstance(sandbox, channel.SandboxChannel):
         return jsonify(messages=[])
     return jsonify(messages=[{"id": id_, "text": text} for id_, text in sandbox.delivered(token)])
+
+
+@bp.get("/history")
+def history() -> Response:
+    """This browser's whole conversation, oldest first (the page shows it again after a reload).
+    Private as the inbox is: only the cookie's holder reads it, and it is not cached."""
+    token = _token()
+    sandbox = current_runtime().channels.get(channel.CHANNEL)
+    entries = sandbox.transcript(token) if token is not None and isinstance(sandbox, channel.SandboxChannel) else []
+    response = jsonify(messages=[{"id": id_, "who": who, "text": text} for id_, who, text in entries])
+    response.headers["Cache-Control"] = "no-store"
+    return response
