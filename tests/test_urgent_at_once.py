@@ -131,9 +131,7 @@ def test_detectives_work_an_urgent_draft_and_its_submission_keeps_their_work(
     assert rows(detective) == [newer, reference]
 
 
-def test_discard_keeps_an_urgent_draft_detectives_already_have_and_says_so(
-    tipline: Harness, detective: Person
-) -> None:
+def test_discard_keeps_an_urgent_draft_detectives_already_have_and_says_so(tipline: Harness, detective: Person) -> None:
     # Given an urgent first message, already in the console, with a detective's note on it
     tipline.say(BLEEDING)
     reference = the_draft(tipline).reference
