@@ -16,7 +16,8 @@ tipster gets one clear refusal rather than a thank-you for a photo that is refus
 
 The conversation (the visitor's messages, the bot's answers, agency replies) is kept in the same
 memory, per browser token, so that it survives a reload of the page (`transcript`): only the
-browser holding the token's cookie reads it, FORGET erases it (`forget`), and a restart loses it.
+browser holding the token's cookie reads it, FORGET and the page's "Start over" erase it (`forget`),
+half an hour without a message forgets it, and a restart loses it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ HOLD_SECONDS = 3600.0
 HOLD_MAX_FILES = 20  # the oldest waiting photo is dropped beyond this: a sandbox, not a store
 INBOX_MAX_ADDRESSES = 200  # browsers whose delivered messages are kept; the oldest is dropped beyond this
 INBOX_MAX_MESSAGES = 50  # per browser, as many as the page shows
+# A browser's conversation is forgotten after this long without a message: the sandbox is shown to
+# the public, often on a shared screen, and the next visitor must not find the last one's words.
+HISTORY_IDLE_SECONDS = 1800.0
 # Who said an entry of a browser's transcript (the page styles each differently).
 ME, BOT, AGENCY = "me", "bot", "agency"
 
@@ -76,6 +80,7 @@ class SandboxChannel:
     def __init__(self) -> None:
         self._held: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._delivered: OrderedDict[str, list[tuple[str, str, str]]] = OrderedDict()  # (id, who, text)
+        self._last: dict[str, float] = {}  # when each browser's conversation last grew (monotonic)
         self._lock = threading.Lock()
 
     def hold(self, data: bytes) -> str:
@@ -95,12 +100,18 @@ class SandboxChannel:
     def note(self, address: str, who: str, text: str) -> str:
         """Add an entry to a browser's transcript; returns its id (the page shows each id once)."""
         entry = (secrets.token_urlsafe(12), who, text)
+        now = time.monotonic()
         with self._lock:
-            box = self._delivered.pop(address, [])
+            box = self._delivered.pop(address, []) if not self._idle(address, now) else []
             self._delivered[address] = [*box, entry][-INBOX_MAX_MESSAGES:]  # the most recent browser goes last
-            while len(self._delivered) > INBOX_MAX_ADDRESSES:
-                self._delivered.popitem(last=False)
+            self._last[address] = now
+            while len(self._delivered) > INBOX_MAX_ADDRESSES or self._idle(next(iter(self._delivered)), now):
+                oldest, _ = self._delivered.popitem(last=False)
+                self._last.pop(oldest, None)
         return entry[0]
+
+    def _idle(self, address: str, now: float) -> bool:
+        return now - self._last.get(address, now) > HISTORY_IDLE_SECONDS
 
     def delivered(self, address: str) -> list[tuple[str, str]]:
         """(id, text) of the messages delivered to a browser (agency replies, later bot messages), oldest first."""
@@ -109,12 +120,16 @@ class SandboxChannel:
     def transcript(self, address: str) -> list[tuple[str, str, str]]:
         """(id, who, text) of a browser's whole conversation, oldest first."""
         with self._lock:
+            if self._idle(address, time.monotonic()):
+                self._delivered.pop(address, None)
+                self._last.pop(address, None)
             return list(self._delivered.get(address, ()))
 
     def forget(self, address: str) -> None:
-        """Erase a browser's transcript (the tipster sent FORGET)."""
+        """Erase a browser's transcript (the tipster sent FORGET, or the page's "Start over")."""
         with self._lock:
             self._delivered.pop(address, None)
+            self._last.pop(address, None)
 
     def delete(self, provider_message_id: str) -> None:  # pragma: no cover - nothing is kept elsewhere
         return None

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -39,7 +40,7 @@ from tipline.config import ConfigError, load_settings
 from tipline.core.alerting import AlertChoice
 from tipline.runtime import build_runtime
 from tipline.services import alerts, review
-from tipline.storage.models import Alert, AuditEntry, User, utcnow
+from tipline.storage.models import Alert, AuditEntry, Tip, User, utcnow
 
 MAIL_FROM = "tipline@police.example"
 URGENT_WORDS = "someone is bleeding behind the Elm St laundromat right now"
@@ -288,6 +289,31 @@ def test_smtp_down_is_retried_and_delivered_once_when_it_comes_back(
         harness.runtime.close()
 
 
+def test_a_mail_server_that_hangs_holds_up_one_alert_per_pass_not_every_one(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher also sends tipsters' messages: a hung mail server must not make it wait out a
+    timeout for each of many alerts."""
+    monkeypatch.setattr(alerts, "SMTP_TIMEOUT", 1.0)
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        harness = alerting(env, twilio_server, log_file, silent.getsockname()[1])
+        try:
+            for name in ("ana", "ben", "cat", "dan", "eve"):
+                detective(harness, name, "urgent")
+            harness.say(URGENT_WORDS)
+            started = time.monotonic()
+            harness.dispatch()
+            took = time.monotonic() - started
+            with harness.runtime.factory() as session:
+                rows = session.scalars(select(Alert)).all()
+            assert sorted((row.status, row.attempts) for row in rows) == [("pending", 0)] * 4 + [("pending", 1)]
+            assert took < 4, f"one pass took {took:.1f} s"
+        finally:
+            harness.runtime.close()
+
+
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA of our own and a server certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
     now = dt.datetime.now(dt.UTC)
@@ -373,7 +399,99 @@ def test_the_on_call_sms_is_content_free(
         assert len(to_on_call) == 1
         body = to_on_call[0]["Body"]
         reference = reference_of(body)
-        assert body == f"Example City Police: urgent tip {reference}. https://tips.example.org/console/tips/{reference}"
+        link = f"https://tips.example.org/console/tips/{reference}"
+        assert body == f"Example City Police: urgent tip {reference}. {link} (Do not reply to this text.)"
+
+        # An officer answering it anyway reaches the tip line's number: that is no tip, and their
+        # number is stored nowhere.
+        assert harness.say("on my way, ETA 5 min", sender="+15555550177") == []
+        assert scan_database(harness.runtime.engine, [*phone_formats("+15555550177"), "ETA 5 min"]) == []
+    finally:
+        harness.runtime.close()
+
+
+def test_sandbox_tips_alert_nobody(tipline_alerts: Harness, mailbox: Mailbox) -> None:
+    """The public demonstrating the sandbox must not page every detective: a content-free alert
+    could not even say it was a demonstration."""
+    detective(tipline_alerts, "ana", "new")
+    client = tipline_alerts.app.test_client()
+    page = client.get("/sandbox")
+    assert page.status_code == 200
+    sent = client.post("/sandbox/messages", json={"text": URGENT_WORDS})
+    assert sent.status_code == 200, sent.get_data(as_text=True)
+    tipline_alerts.dispatch()
+    later(tipline_alerts, 11)
+    tipline_alerts.dispatch()
+    assert mailbox.received == []
+    # while the same words by SMS do alert
+    tipline_alerts.say(URGENT_WORDS)
+    tipline_alerts.dispatch()
+    assert [r.message["Subject"].split(" T-")[0] for r in mailbox.received] == ["Urgent tip"]
+
+
+def test_the_tab_count_includes_a_draft_older_than_the_tips_listed_when_it_turns_urgent(
+    tipline_alerts: Harness,
+) -> None:
+    ctx = tipline_alerts.runtime.ctx
+    tipline_alerts.say("A neighbour grows cannabis in his shed")  # a draft, begun first
+    listed = tipline_alerts.submit_tip(PLAIN_WORDS, sender="+15555550143")  # submitted: in the list
+    seen, fresh = alerts.fresh_since(ctx, 0)
+    assert [f.reference for f in fresh] == [listed]
+    # The first tipster's draft now turns urgent: it must be counted, though its id is older
+    tipline_alerts.say(URGENT_WORDS)
+    newest, fresh = alerts.fresh_since(ctx, seen)
+    assert [(f.urgent, f.reference != listed) for f in fresh] == [(True, True)]
+    # A tip already listed and marked urgent by hand counts again, as urgent
+    review.set_urgent(ctx, listed, True, actor="ana")
+    _, fresh = alerts.fresh_since(ctx, newest)
+    assert [(f.reference, f.urgent) for f in fresh] == [(listed, True)]
+
+
+def test_a_muted_sender_pages_nobody(tipline_alerts: Harness, mailbox: Mailbox) -> None:
+    ana = detective(tipline_alerts, "ana", "urgent")
+    tipline_alerts.say(URGENT_WORDS)
+    tipline_alerts.dispatch()
+    assert len(mailbox.to(ana)) == 1
+    with tipline_alerts.runtime.factory() as session:
+        (reference,) = [t.reference for t in session.scalars(select(Tip))]
+    review.set_muted(tipline_alerts.runtime.ctx, reference, True, actor="ana")
+    for _ in range(3):  # the same sender floods the line with "urgent" tips
+        tipline_alerts.say("NEW")
+        tipline_alerts.say("he has a gun right now")
+    tipline_alerts.dispatch()
+    assert len(mailbox.to(ana)) == 1
+
+
+def test_an_alert_no_longer_true_when_mail_comes_back_is_not_sent(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path, mailbox: Mailbox
+) -> None:
+    port = free_port()  # mail is down while the escalation is queued
+    harness = alerting(env, twilio_server, log_file, port)
+    try:
+        ana = detective(harness, "ana", "urgent")
+        harness.say(URGENT_WORDS)
+        harness.dispatch()
+        later(harness, 11)
+        harness.dispatch()  # the urgent alert waits in backoff; the escalation is queued
+        with harness.runtime.factory() as session:
+            kinds = sorted(row.kind for row in session.scalars(select(Alert)))
+        assert kinds == ["escalation", "urgent"]
+
+        # A detective opens the tip before mail comes back
+        with harness.runtime.factory() as session:
+            (reference,) = [t.reference for t in session.scalars(select(Tip))]
+        review.read_tip(harness.runtime.ctx, reference, actor="ana")
+        controller = start_smtp(port, mailbox)
+        try:
+            later(harness, 120)
+            harness.dispatch()
+        finally:
+            controller.stop()
+        # The urgent alert still goes (it is true); "not yet opened" does not (it is not)
+        assert [(r.rcpt_tos, r.message["Subject"].split(" T-")[0]) for r in mailbox.received] == [([ana], "Urgent tip")]
+        with harness.runtime.factory() as session:
+            escalation = session.scalars(select(Alert).where(Alert.kind == "escalation")).one()
+            assert (escalation.status, escalation.last_error) == ("cancelled", "stale")
     finally:
         harness.runtime.close()
 

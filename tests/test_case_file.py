@@ -103,6 +103,7 @@ def worked_tip(tipline: Harness, detective: Person) -> str:
     assert detective.post(f"/console/tips/{reference}/note", {"text": NOTE}).status_code == 302
     triage = {"status": "in_review", "category": "drugs", "assignee": ""}
     assert detective.post(f"/console/tips/{reference}/triage", triage).status_code == 302
+    assert detective.post(f"/console/tips/{reference}/urgent", {"urgent": "1"}).status_code == 302
     return reference
 
 
@@ -139,6 +140,7 @@ def test_a_detective_downloads_the_whole_case_file_as_pdf(tipline: Harness, dete
     for action in ("viewed the tip (tip.view)", "replied to the tipster (tip.reply)", "added a note (tip.note)"):
         assert f"dana {action}" in flat, action
     assert "dana changed (tip.triage): category from none to drugs; status from new to in_review" in flat
+    assert "dana changed urgency (tip.urgent): marked urgent" in flat
     assert flat.endswith("dana exported the case file (tip.export)")
     # Each cleaned photo, embedded at the size it was stored
     stored = [(a.width, a.height) for a in photos(tipline)]

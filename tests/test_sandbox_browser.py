@@ -117,6 +117,35 @@ def test_the_conversation_survives_a_reload_for_this_browser_only_until_forget( 
     assert page.request.get(f"{base}/sandbox/history").json() == {"messages": []}
 
 
+def test_start_over_leaves_the_next_visitor_nothing(live: tuple[Harness, str], browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The sandbox is demonstrated on shared screens: one visitor's words must not greet the next."""
+    harness, base = live
+    page = browser.new_page()
+    page.goto(f"{base}/sandbox")
+    say(page, "My ex Carlos Ruiz at 12 Oak St sells pills")
+    page.get_by_role("button", name="Start over").click()
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(1_000)
+    assert chat(page) == []
+    assert page.request.get(f"{base}/sandbox/history").json() == {"messages": []}
+    # and this browser is a new sandbox tipster: a message starts afresh, not inside the old draft
+    say(page, "hi")
+    assert chat(page)[0] == ("me", "hi") and chat(page)[1][0] == "bot"
+
+
+def test_a_conversation_left_idle_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import sandbox
+
+    box = sandbox.SandboxChannel()
+    clock = [1000.0]
+    monkeypatch.setattr(sandbox.time, "monotonic", lambda: clock[0])
+    box.note("browser-a", sandbox.ME, "a witness statement")
+    clock[0] += sandbox.HISTORY_IDLE_SECONDS - 1
+    assert [who for _, who, _ in box.transcript("browser-a")] == ["me"]
+    clock[0] += 2
+    assert box.transcript("browser-a") == []
+
+
 @pytest.mark.parametrize(
     ("name", "mime", "data", "refusal"),
     [

@@ -16,6 +16,7 @@ from tests.support import fake_telegram
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.console import Person, person
 from tests.support.harness import TIPSTER, Harness
+from tests.support.processes import run
 from tests.support.samples import camera_jpeg
 from tests.support.telegram_updates import message_update
 from tipline.core import search as words
@@ -90,11 +91,13 @@ def test_references_are_found_with_or_without_t_and_by_prefix(tipline: Harness, 
     body = first.removeprefix("T-")
     for query in (first, first.lower(), body, body.lower(), f"T-{body[:3]}", f"t-{body[:1]}", body[:4]):
         prefix = words.reference_prefix(query)
-        assert prefix is not None, query
-        expected = sorted(r for r in (first, second) if r.startswith(prefix))
+        # Without "T-", only a run with a digit is taken for a reference ("bmw" is a word)
+        assert (prefix is None) == (not query.upper().startswith("T") and not any(c.isdigit() for c in query)), query
+        expected = sorted(r for r in (first, second) if prefix and r.startswith(prefix))
         # Found with or without "T-", in full or by its start; a unique match opens the tip at once.
         assert sorted(listed(detective, query)) == expected, query
-    assert detective.client.get("/console/", query_string={"q": body}).location.endswith(f"/console/tips/{first}")
+    opened = detective.client.get("/console/", query_string={"q": first})
+    assert opened.location.endswith(f"/console/tips/{first}")
     # Words that happen to be made of reference characters do not open a tip that merely says them.
     assert listed(detective, "garage") == [second]
 
@@ -202,8 +205,70 @@ def test_init_indexes_tips_written_before_the_index_existed(tipline: Harness, de
     assert listed(detective, "white van") == [van]
 
 
+def test_every_search_is_audited_with_blind_tokens_matches_or_not(
+    tipline: Harness, detective: Person, cli_env: dict[str, str]
+) -> None:
+    tips(tipline, VAN)
+    listed(detective, "Delgado", page="999")  # no match, and a page past the end
+    listed(detective, "white van")
+    with tipline.runtime.factory() as session:
+        entries = session.scalars(select(AuditEntry).where(AuditEntry.action == "tips.search")).all()
+        details = [json.loads(e.detail) for e in entries]
+    assert [(e.actor, d["results"]) for e, d in zip(entries, details, strict=True)] == [("dana", 0), ("dana", 1)]
+    # The words are not in the log; their tokens are, as `tipline audit search-token` prints them
+    assert "delgado" not in json.dumps(details).lower()
+    assert details[0]["tokens"] == search.query_tokens(tipline.runtime.ctx.keyring, "delgado")
+    assert details[1]["tokens"] == search.query_tokens(tipline.runtime.ctx.keyring, "van WHITE")
+    # An auditor who suspects a name asks the command line for its token
+    printed = run(cli_env, "audit", "search-token", "DELGADO")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == details[0]["tokens"]
+
+
+def test_plates_phone_and_house_numbers_are_found_however_they_are_typed(tipline: Harness, detective: Person) -> None:
+    plate, phone, house, flat = tips(
+        tipline,
+        "The getaway car had plate ABC-1234",
+        "They sell from a flip phone, number 555-867-5309",
+        "Stolen goods stored at 1,200 Oak Avenue",
+        "Drugs are sold out of apt 5 on the third floor",
+    )
+    for query in ("ABC1234", "abc-1234", "ABC 1234"):
+        assert listed(detective, query) == [plate], query
+    for query in ("5558675309", "555-867-5309", "555.867.5309"):
+        assert listed(detective, query) == [phone], query
+    assert listed(detective, "1200 oak") == [house]
+    assert listed(detective, "apt 5") == [flat]
+    assert listed(detective, "apt 4") == []
+
+
+def test_a_word_never_opens_a_tip_whose_reference_starts_with_it(
+    tipline: Harness, detective: Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tipline.storage import records
+
+    monkeypatch.setattr(records, "new_reference", lambda: "T-BMW7XY")
+    (bmw,) = tips(tipline, VAN)
+    # A detective searching for a car make finds no tip that says it, and is not taken to T-BMW7XY
+    response = detective.client.get("/console/", query_string={"q": "bmw"})
+    assert response.status_code == 200
+    assert ROW.findall(response.get_data(as_text=True)) == []
+    # while "T-BMW" still names it
+    assert listed(detective, "T-BMW") == [bmw]
+
+
 def test_normalisation_choices() -> None:
-    assert words.words("José's CAFÉ, AK-47 don’t O'Neil a 3") == ["jose", "cafe", "ak", "47", "dont", "oneil"]
+    assert words.words("José's CAFÉ, AK-47 don’t O'Neil a 3") == [
+        "jose",
+        "cafe",
+        "ak",
+        "47",
+        "dont",
+        "oneil",
+        "3",
+        "ak47",
+    ]
+    assert words.query_words("AK-47 van") == ["ak47", "van"]
     assert words.reference_prefix("t-7k3") == "T-7K3"
     assert words.reference_prefix("7K3Q9X") == "T-7K3Q9X"
     assert words.reference_prefix("T7K3Q9X") == "T-7K3Q9X"

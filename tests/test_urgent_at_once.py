@@ -141,14 +141,22 @@ def test_discard_keeps_an_urgent_draft_detectives_already_have_and_says_so(tipli
     answer = " ".join(tipline.say("DISCARD"))
 
     # Then the tip and the detective's work stay, submitted, and the tipster is not told "nothing was sent"
-    assert "already went to detectives" in answer
+    assert f"Your urgent message {reference} already went to detectives" in answer
     assert "Nothing was sent" not in answer
     detail = review.read_tip(tipline.runtime.ctx, reference)
     assert detail.summary.status == TipStatus.NEW
     assert [e.text for e in detail.thread if e.kind == "note"] == ["Patrol sent"]
     assert rows(detective)[0] == reference
 
+    # and the tipster's next words still reach that tip, not a new hidden draft
+    tipline.say("yes he is still there behind the car wash")
+    detail = review.read_tip(tipline.runtime.ctx, reference)
+    assert [e.text for e in detail.thread if e.kind == "tipster"][-1] == "yes he is still there behind the car wash"
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Tip).where(Tip.status == TipStatus.DRAFT)).all() == []
+
     # while a draft that is not urgent is still dropped as before
+    tipline.say("NEW")
     tipline.say("A man sells stolen bikes behind the library")
     assert "Nothing was sent" in " ".join(tipline.say("DISCARD"))
     with tipline.runtime.factory() as session:

@@ -688,6 +688,24 @@ def audit_verify(settings: Settings) -> None:
     sys.exit(1)
 
 
+@audit_group.command("search-token")
+@click.argument("words", nargs=-1, required=True)
+@with_settings
+def audit_search_token(settings: Settings, words: tuple[str, ...]) -> None:
+    """Print how `tips.search` audit entries record WORDS (their blind tokens), so that an auditor can
+    look for searches of a suspected name without the log holding any search in clear. The lookup
+    itself is audited."""
+    from tipline.services import audit, search
+
+    runtime = _runtime(settings)
+    try:
+        tokens = search.query_tokens(runtime.ctx.keyring, " ".join(words))
+        audit.log_event(runtime.ctx, "audit.search_token", detail={"words": len(words)})
+    finally:
+        runtime.close()
+    click.echo(tokens)
+
+
 def main() -> None:
     os.umask(0o077)  # keys, database and logs we create are readable by this account only
     cli(prog_name="tipline")

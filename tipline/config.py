@@ -284,7 +284,10 @@ def _smtp(env: Mapping[str, str]) -> SmtpSettings | None:
     if not raw:
         return None
     shape = "TIPLINE_SMTP_URL must look like smtp://[user:pass@]host:port or smtps://[user:pass@]host:port"
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. a stray "[" or a character a host name cannot hold; the text may hold the password
+        raise ConfigError(f"{shape} (it could not be read as a URL)") from None
     try:
         port = parts.port
     except ValueError:

@@ -95,4 +95,7 @@ def compose(kind: AlertKind, agency: str, reference: str, link: str) -> AlertTex
         f"Open it in the console (sign-in required):\n{link}\n\n"
         "This alert carries no tip content by design. Change your alerts on the console's Alerts page.\n"
     )
-    return AlertText(subject=subject, body=body, sms=f"{agency}: {headline.lower()} {reference}. {link}")
+    # The on-call text comes from the tip line's own number: a reply would reach the tip line (which
+    # ignores the on-call number, see intake), not a colleague.
+    sms = f"{agency}: {headline.lower()} {reference}. {link} (Do not reply to this text.)"
+    return AlertText(subject=subject, body=body, sms=sms)

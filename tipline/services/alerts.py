@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from adapters.sandbox import CHANNEL as SANDBOX_CHANNEL
 from tipline.config import Settings, SmtpSettings
 from tipline.core.alerting import WANTS, AlertChoice, AlertKind, AlertMedium, compose, valid_email
 from tipline.core.channels import Channel, ChannelError
@@ -43,7 +44,7 @@ from tipline.services import audit
 from tipline.services.context import ServiceContext
 from tipline.storage import records
 from tipline.storage.db import claim_due, read_only, rowcount
-from tipline.storage.models import Alert, Tip, User, table_of, to_minute
+from tipline.storage.models import Alert, Contact, Tip, User, table_of, to_minute
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,19 @@ MAX_ATTEMPTS = 12  # with the backoff below, about a day of trying
 BACKOFF_CAP = dt.timedelta(hours=1)
 BATCH = 50
 KEEP_SETTLED = dt.timedelta(days=30)
-SMTP_TIMEOUT = 20.0
+SMTP_TIMEOUT = 10.0  # per connection; a server that cannot be reached holds up one alert per pass, not all
+RELEASE_DELAY = dt.timedelta(minutes=1)  # alerts given back untried when the mail server was unreachable
 _INSERT = table_of(Alert).insert()
 
 
 class AlertError(Exception):
     """A send failed; `code` is safe to store and log (no address, no server text)."""
 
-    def __init__(self, code: str, permanent: bool = False):
+    def __init__(self, code: str, permanent: bool = False, unreachable: bool = False):
         super().__init__(code)
         self.code = code
         self.permanent = permanent
+        self.unreachable = unreachable  # the server could not be reached or did not answer in time
 
 
 # Preferences (the console's Alerts page and `tipline users add|set`) -----------------------------------
@@ -163,21 +166,22 @@ class Fresh:
     id: int
 
 
-def fresh_since(ctx: ServiceContext, since_id: int, limit: int = 20) -> tuple[int, list[Fresh]]:
-    """The newest tip id detectives can see, and the tips they can see above `since_id` (newest first).
-
-    Detectives see submitted tips and urgent ones, draft or not. Only references: the tab title
-    and the desktop notification say no more."""
+def fresh_since(ctx: ServiceContext, since: int, limit: int = 20) -> tuple[int, list[Fresh]]:
+    """The cursor of the tips detectives see (`Tip.shown_seq`), and the tips shown after `since`
+    (newest first): submitted, or urgent (a draft included, and a tip marked urgent again counts
+    again). `Fresh.id` is that cursor, not the tip's id: a draft begun before a newer tip was listed
+    becomes visible later, and must still be counted. Only references: the tab title and the
+    desktop notification say no more."""
     visible = records.visible_to_detectives()  # the same rule as the list's
     with read_only(ctx.factory) as session:
-        newest = session.scalar(select(Tip.id).where(visible).order_by(Tip.id.desc()).limit(1)) or 0
+        newest = session.scalar(select(func.max(Tip.shown_seq)).where(visible)) or 0
         rows = session.execute(
-            select(Tip.id, Tip.reference, Tip.urgent)
-            .where(visible, Tip.id > since_id)
-            .order_by(Tip.id.desc())
+            select(Tip.shown_seq, Tip.reference, Tip.urgent)
+            .where(visible, Tip.shown_seq > since)
+            .order_by(Tip.shown_seq.desc())
             .limit(limit)
         ).all()
-    return newest, [Fresh(reference, bool(urgent), tip_id) for tip_id, reference, urgent in rows]
+    return newest, [Fresh(reference, bool(urgent), int(seq or 0)) for seq, reference, urgent in rows]
 
 
 def prune(ctx: ServiceContext, keep: dt.timedelta = KEEP_SETTLED) -> int:
@@ -197,6 +201,17 @@ def prune(ctx: ServiceContext, keep: dt.timedelta = KEEP_SETTLED) -> int:
 class _Recipient:
     user_id: int
     choice: AlertChoice
+
+
+def still_holds(kind: AlertKind, tip: Tip, user_id: int | None) -> bool:
+    """Whether what an alert says is still true when it is about to be sent."""
+    if kind is AlertKind.ESCALATION:
+        return tip.urgent and tip.opened_at is None and tip.status != TipStatus.CLOSED
+    if kind is AlertKind.URGENT:
+        return tip.urgent and tip.status != TipStatus.CLOSED
+    if kind is AlertKind.FOLLOW_UP:
+        return user_id is not None and tip.assignee_id == user_id
+    return tip.status != TipStatus.DRAFT  # NEW: a submitted tip stays submitted
 
 
 def _recipients(session: Session) -> list[_Recipient]:
@@ -220,12 +235,29 @@ class AlertWorker:
         return media + ((AlertMedium.SMS,) if self.sms is not None else ())
 
     def run_once(self) -> int:
-        """Queue what became due, then send what is due; returns how many sends were attempted."""
+        """Queue what became due, then send what is due; returns how many sends were attempted.
+
+        The dispatcher also sends tipsters' messages: when the mail server cannot be reached (or hangs
+        until the timeout), the rest of the batch goes back to wait for the next retry rather than
+        each alert waiting out its own timeout while replies to tipsters queue behind them."""
         self.derive()
         ids = self._claim()
-        for alert_id in ids:
-            self._perform(alert_id)
+        for done, alert_id in enumerate(ids):
+            if not self._perform(alert_id):
+                self._release(ids[done + 1 :])
+                return done + 1
         return len(ids)
+
+    def _release(self, alert_ids: list[str]) -> None:
+        """Give claimed rows back untried, due again when the failed one is retried."""
+        if not alert_ids:
+            return
+        with self.ctx.factory.begin() as session:
+            session.execute(
+                update(Alert)
+                .where(Alert.id.in_(alert_ids), Alert.status == OutboxStatus.CLAIMED)
+                .values(status=OutboxStatus.PENDING, lease_until=None, next_attempt_at=self.clock() + RELEASE_DELAY)
+            )
 
     # Which events are due, found without the write lock (an idle tip line costs intake nothing).
     def _due(self) -> dict[AlertKind, list[int]]:
@@ -245,9 +277,14 @@ class AlertWorker:
                 Tip.assignee_id.is_not(None), Tip.unread > Tip.alerted_unread, Tip.status != TipStatus.DRAFT
             ),
         }
+        # Sandbox tips are the public playing tipster (the page is for demonstrations): they are
+        # labelled in the console, but an alert is content-free and could not say so, so none is sent.
+        # Nor for a sender a detective muted (abuse.py): a flood of "urgent" words must not page everyone.
+        muted = select(Contact.id).where(Contact.muted.is_(True))
+        real = and_(Tip.channel != SANDBOX_CHANNEL, or_(Tip.contact_id.is_(None), Tip.contact_id.not_in(muted)))
         with read_only(self.ctx.factory) as session:
             return {
-                kind: list(session.scalars(select(Tip.id).where(where).order_by(Tip.id).limit(BATCH)))
+                kind: list(session.scalars(select(Tip.id).where(where, real).order_by(Tip.id).limit(BATCH)))
                 for kind, where in finders.items()
             }
 
@@ -335,13 +372,16 @@ class AlertWorker:
             and_(Alert.status == OutboxStatus.PENDING, Alert.next_attempt_at <= now),
             and_(Alert.status == OutboxStatus.CLAIMED, Alert.lease_until < now),  # a dispatcher died
         )
-        query = select(Alert.id).where(due).order_by(Alert.next_attempt_at).limit(BATCH)
+        # The first alert about a tip before its escalation, whatever order their retries ended in.
+        first = case({AlertKind.URGENT: 0, AlertKind.NEW: 1, AlertKind.FOLLOW_UP: 2}, value=Alert.kind, else_=3)
+        query = select(Alert.id).where(due).order_by(first, Alert.next_attempt_at).limit(BATCH)
         return claim_due(self.ctx.factory, Alert, query, {"status": OutboxStatus.CLAIMED, "lease_until": now + LEASE})
 
-    def _perform(self, alert_id: str) -> None:
+    def _perform(self, alert_id: str) -> bool:
+        """Send one alert; False when the mail server could not be reached (stop this pass)."""
         job = self._load(alert_id)
         if job is None:
-            return
+            return True
         try:
             if job.medium is AlertMedium.EMAIL:
                 self._send_email(job)
@@ -349,8 +389,9 @@ class AlertWorker:
                 self._send_sms(job)
         except AlertError as error:
             self._failed(alert_id, error)
-            return
+            return error.permanent or job.medium is not AlertMedium.EMAIL or not error.unreachable
         self._settle(alert_id, OutboxStatus.SENT, None)
+        return True
 
     def _load(self, alert_id: str) -> _Job | None:
         """Open a claimed row (recording that an attempt begins); None if it has nowhere to go any more."""
@@ -358,12 +399,19 @@ class AlertWorker:
             alert = session.get(Alert, alert_id)
             if alert is None or alert.status != OutboxStatus.CLAIMED:
                 return None
-            reference = session.scalar(select(Tip.reference).where(Tip.id == alert.tip_id))
+            tip = session.get(Tip, alert.tip_id)
             user = session.get(User, alert.user_id) if alert.user_id is not None else None
             address = self._address(alert, user)
-            if reference is None or address is None:
+            if tip is None or address is None:
                 _settle(alert, OutboxStatus.CANCELLED, "no-recipient")
                 return None
+            if not still_holds(AlertKind(alert.kind), tip, alert.user_id):
+                # Queued while mail was down, say, and no longer true: an escalation for a tip opened
+                # since, an urgent alert for a tip cleared of it. A late alert that is wrong is worse
+                # than none: it sends a detective to a tip someone already has.
+                _settle(alert, OutboxStatus.CANCELLED, "stale")
+                return None
+            reference = tip.reference
             alert.attempt_started_at = to_minute(self.clock())
             return _Job(alert.id, AlertKind(alert.kind), AlertMedium(alert.medium), reference, address)
 
@@ -477,7 +525,9 @@ def send_mail(smtp: SmtpSettings, sender: str, recipient: str, message: EmailMes
     except ssl.SSLCertVerificationError:
         log.warning("alert mail: the SMTP server's certificate did not verify (see TIPLINE_SMTP_CA_FILE)")
         raise AlertError("smtp-tls-verify") from None
-    except (smtplib.SMTPException, OSError) as error:
+    except (smtplib.SMTPServerDisconnected, OSError) as error:  # refused, timed out, dropped: all alike
+        raise AlertError(f"smtp-{type(error).__name__}"[:64], unreachable=True) from None
+    except smtplib.SMTPException as error:
         raise AlertError(f"smtp-{type(error).__name__}"[:64]) from None
 
 

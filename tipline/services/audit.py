@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session
@@ -186,6 +186,9 @@ class Query:
     until: dt.date | None = None
     page: int = 1
     zone: dt.tzinfo = dt.UTC
+    # The newest entry when the first page was shown: later pages are counted from the same entries,
+    # so that what is logged meanwhile (this page's own view, other consoles) shifts no page.
+    upto: int | None = None
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], zone: dt.tzinfo) -> Query:
@@ -198,6 +201,7 @@ class Query:
             until=_day(args.get("until", "")),
             page=int(page) if page.isdigit() and 0 < int(page) < 1_000_000 else 1,
             zone=zone,
+            upto=int(upto) if (upto := args.get("upto", "")).isdigit() and len(upto) < 19 else None,
         )
 
     def args(self, **changes: object) -> dict[str, str]:
@@ -208,6 +212,7 @@ class Query:
             "since": self.since.isoformat() if self.since else "",
             "until": self.until.isoformat() if self.until else "",
             "page": str(self.page) if self.page > 1 else "",
+            "upto": str(self.upto) if self.upto is not None else "",
         }
         values.update({key: str(value) for key, value in changes.items()})
         return {key: value for key, value in values.items() if value and not (key == "page" and value == "1")}
@@ -229,14 +234,19 @@ class Query:
             found.append(AuditEntry.at >= self._utc(self.since))
         if self.until:
             found.append(AuditEntry.at < self._utc(self.until + dt.timedelta(days=1)))
+        if self.upto is not None:
+            found.append(AuditEntry.id <= self.upto)
         return found
 
 
 def _day(value: str) -> dt.date | None:
+    """A date from the filter form; None for anything else, or for a year no audit entry can carry
+    (9999-12-31 would overflow when its day's end is computed)."""
     try:
-        return dt.date.fromisoformat(value.strip())
+        day = dt.date.fromisoformat(value.strip())
     except ValueError:
         return None
+    return day if 2000 <= day.year <= 9000 else None
 
 
 @dataclass(frozen=True)
@@ -245,11 +255,14 @@ class Page:
     total: int  # entries that match the filters, on every page
     page: int
     pages: int
+    query: Query  # with `upto` set: the page links carry it
 
 
 def search(ctx: ServiceContext, query: Query) -> Page:
     """One page (newest first) of the entries that match the query; a page past the end shows the last."""
     with ctx.factory() as session:
+        if query.upto is None:
+            query = replace(query, upto=session.scalar(select(func.max(AuditEntry.id))) or 0)
         conditions = query.conditions()
         total = session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions)) or 0
         pages = max(1, -(-total // PAGE_SIZE))
@@ -261,7 +274,7 @@ def search(ctx: ServiceContext, query: Query) -> Page:
             .offset((number - 1) * PAGE_SIZE)
             .limit(PAGE_SIZE)
         )
-        return Page(list(entries), total, number, pages)
+        return Page(list(entries), total, number, pages, query)
 
 
 def choices(ctx: ServiceContext) -> tuple[list[str], list[str]]:

@@ -56,6 +56,7 @@ ACTIONS = {
     "tip.reply": "replied to the tipster",
     "tip.note": "added a note",
     "tip.triage": "changed",
+    "tip.urgent": "changed urgency",
     "tip.mute_sender": "muted the sender",
     "tip.unmute_sender": "unmuted the sender",
     "tip.export": "exported the case file",
@@ -191,6 +192,8 @@ def _change(line: AuditLine) -> str:
         elif isinstance(value, list) and len(value) == 2 and name in ("status", "category"):
             old, new = (str(v).replace("None", "none") for v in value)
             parts.append(f"{name} from {old} to {new}")
+        elif isinstance(value, list) and len(value) == 2 and name == "urgent":
+            parts.append("marked urgent" if str(value[1]) == "True" else "no longer urgent")
     return "; ".join(parts)
 
 
@@ -230,7 +233,7 @@ def _facts(content: CaseContent, frame: Frame, w: _Writer) -> Table:
         ("Assigned to", s.assignee or "nobody"),
         ("Tipster", f"{s.alias}, by {s.channel}"),
         ("Received", frame.local(s.submitted_at)),
-        ("Last activity", frame.local(s.updated_at)),
+        ("Last activity", frame.local(s.active_at or s.updated_at)),  # as the console's list orders tips
         ("What", content.detail.what or "—"),
         ("Where", content.detail.where or "not given"),
         ("When", content.detail.when or "not given"),

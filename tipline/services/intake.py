@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.exc import IntegrityError
@@ -190,6 +190,11 @@ class Intake:
 
     def receive(self, msg: InboundMessage) -> Result:
         """Process one inbound message exactly once; returns the texts to answer with."""
+        if msg.channel == "sms" and msg.address == self.ctx.settings.alert_sms_to:
+            # The on-call phone answering an alert the tip line sent it: an officer, not a tipster.
+            # Nothing is stored (their number would become a tipster's contact) and nothing answered.
+            log.info("a text from the on-call alert number was ignored")
+            return Result(())
         for _attempt in range(5):
             try:
                 return self._receive(msg)
@@ -331,12 +336,18 @@ class Intake:
             EFFECTS[type(effect)](self, unit, effect)
         if unit.tip is not None:
             unit.tip.updated_at = to_minute(unit.now)
-        self._save_state(unit, outcome.conversation)
+        state = outcome.conversation
+        if unit.kept_urgent and unit.tip is not None:
+            # The kept tip stays the tipster's conversation, as after any submission: their next words
+            # (an answer to a detective, most likely) join it rather than start a hidden draft.
+            state = replace(state, state=State.SUBMITTED, tip_ref=unit.tip.reference)
+        self._save_state(unit, state)
         if unit.contact.opted_out:
             return ()
         said = outcome.replies
-        if unit.kept_urgent:
-            said = tuple(Text.of("discard_kept_urgent") if text.key == "discarded" else text for text in said)
+        if unit.kept_urgent and unit.tip is not None:
+            kept = Text.of("discard_kept_urgent", ref=unit.tip.reference)
+            said = tuple(kept if text.key == "discarded" else text for text in said)
         return tuple(render(text, outcome.conversation.language, self.defaults) for text in said)
 
     @staticmethod
@@ -401,6 +412,8 @@ class Intake:
         if tip.status == TipStatus.DRAFT:
             tip.status = TipStatus.NEW
             tip.submitted_at = to_minute(unit.now)
+            if tip.shown_seq is None:  # not already shown as urgent
+                records.show(tip)
         return []
 
     def _attach_later(self, unit: Unit, effect: conv.Attach) -> list[Row]:
@@ -408,7 +421,9 @@ class Intake:
 
     def _flag_urgent(self, unit: Unit, effect: conv.FlagUrgent) -> list[Row]:
         tip, _ = unit.open_tip()
-        tip.urgent = True
+        if not tip.urgent:
+            tip.urgent = True
+            records.show(tip)
         return []
 
     def _discard_draft(self, unit: Unit, effect: conv.DiscardDraft) -> list[Row]:

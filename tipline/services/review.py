@@ -316,6 +316,8 @@ def list_tips(
             for tip, assignee in rows
         ]
     if actor is not None:
+        if flt.text and flt.text.strip():
+            _audit_search(ctx, actor, flt.text, total)
         _audit_excerpts(ctx, actor, summaries)
     return summaries, total
 
@@ -351,6 +353,19 @@ def _excerpts(keyring: Keyring, tips: list[Tip]) -> dict[int, str]:
             what = records.read_tip_field(tip, records.tip_dek(keyring, tip), "what")
             out[tip.id] = excerpt(what or "")
     return out
+
+
+def _audit_search(ctx: ServiceContext, actor: str, text: str, results: int) -> None:
+    """Every search is audited, matches or not: searching for a name (an ex-partner, a neighbour) is
+    the classic insider abuse. The words are recorded as their blind tokens under the search key,
+    never in clear (a query may be tip content): an auditor who suspects a name computes its token
+    (`tipline audit search-token WORD`) and looks for it."""
+    audit.log_event(
+        ctx,
+        "tips.search",
+        actor=actor,
+        detail={"results": results, "tokens": search.query_tokens(ctx.keyring, text)},
+    )
 
 
 def _audit_excerpts(ctx: ServiceContext, actor: str, summaries: list[TipSummary]) -> None:
@@ -643,6 +658,8 @@ def set_urgent(ctx: ServiceContext, reference: str, urgent: bool, *, actor: str)
         if tip.urgent == urgent:
             return False, True
         old, tip.urgent = tip.urgent, urgent
+        if urgent:
+            records.show(tip)  # notified as urgent in the consoles that are open
         audit.record(
             session,
             ctx.keyring,

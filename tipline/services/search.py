@@ -46,6 +46,16 @@ def token(keyring: Keyring, word: str, version: int) -> int:
     return int.from_bytes(bytes.fromhex(digest[: 2 * TOKEN_BYTES]), "big", signed=True)
 
 
+def query_tokens(keyring: Keyring, query: str) -> str:
+    """A query's words as the audit log records them: "v<version>:" and each word's blind token in
+    hex under the primary search key, sorted (the order words were typed in does not matter), and
+    "ref" when the query may name a reference."""
+    version = keyring.primary_version(KeyPurpose.SEARCH)
+    tokens = sorted(f"{token(keyring, w, version) & (2**64 - 1):016x}" for w in words.query_words(query))
+    marks = ["ref"] if words.reference_prefix(query) is not None else []
+    return f"v{version}:" + " ".join(tokens + marks)
+
+
 def live_versions(keyring: Keyring) -> list[int]:
     """Every search key version this process holds: the primary, and older ones a rotation has not
     finished with (their rows may still be the only ones of some tips)."""
@@ -145,4 +155,4 @@ def names(query: str, reference: str) -> bool:
     """Whether a query names this reference, in full or by its start ("7k3", "T-7K3Q9X"): the
     console then opens the tip at once when it is the only match."""
     prefix = words.reference_prefix(query)
-    return prefix is not None and reference.startswith(prefix)
+    return prefix is not None and words.names_one_tip(query) and reference.startswith(prefix)

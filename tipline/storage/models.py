@@ -191,8 +191,8 @@ class Tip(Base):
     language: Mapped[str | None] = mapped_column(
         String(8), nullable=True, comment="the language the tipster writes in (catalog code); NULL before 0013"
     )
-    # Alerts (services/alerts.py). Intake never writes these: the dispatcher derives what is due from
-    # the tip's own columns and marks here what it has queued, so a tip's transaction stays as it was.
+    # Alerts (services/alerts.py). Intake never writes these but `shown_seq`: the dispatcher derives
+    # what is due from the tip's own columns and marks here what it has queued.
     opened_at: Mapped[dt.datetime | None] = mapped_column(
         DateTime, nullable=True, comment="to the minute: a detective first viewed the tip page"
     )
@@ -207,6 +207,11 @@ class Tip(Base):
     )
     alerted_unread: Mapped[int] = mapped_column(
         Integer, default=0, server_default="0", comment="the unread count the last follow-up alert covered"
+    )
+    # The console's tab title and desktop notifications count tips by this, not by id: a draft begun
+    # before a newer tip becomes visible later (urgent, or submitted) and must still be counted.
+    shown_seq: Mapped[int | None] = mapped_column(
+        Integer, nullable=True, index=True, comment="order in which tips became visible or urgent; no time"
     )
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 import secrets
 import uuid
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tipline.core import crypto
@@ -199,6 +199,12 @@ def visible_to_detectives() -> ColumnElement[bool]:
     the idle timeout) could cost a life, and it is shown at once, marked as still being written.
     """
     return or_(Tip.status != TipStatus.DRAFT, Tip.urgent.is_(True))
+
+
+def show(tip: Tip) -> None:
+    """Number a tip as it becomes visible to detectives or urgent (`Tip.shown_seq`): the next in line,
+    so that the console's tab title counts it even when it is older than tips already listed."""
+    tip.shown_seq = select(func.coalesce(func.max(Tip.shown_seq), 0) + 1).scalar_subquery()
 
 
 def visible_tip(session: Session, reference: str, *, lock: bool = False) -> Tip | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import hmac
 import io
 import secrets
 import zoneinfo
@@ -357,8 +359,8 @@ def tip(reference: str) -> ResponseReturnValue:
         statuses=review.STATUSES,
         categories=review.CATEGORIES,
         detectives=review.detectives(_ctx()),
-        notice=request.args.get("notice"),
-        error=request.args.get("error"),
+        notice=_heard("notice"),
+        error=_heard("error"),
         last_seq=detail.thread[-1].seq if detail.thread else 0,
         my_id=_visit().user_id,
     )
@@ -381,6 +383,30 @@ def tip_photo(reference: str, attachment_id: str) -> ResponseReturnValue:
     return response
 
 
+def _said(**messages: str | None) -> dict[str, Any]:
+    """URL arguments carrying what an action tells the person on the page it redirects to, each with
+    a tag keyed by their session's CSRF token: `_heard` shows only what this console said to this
+    session, so that a crafted link cannot make the console say something else ("re-enter your
+    password at ...")."""
+    said: dict[str, Any] = {}
+    for name, text in messages.items():
+        if text:
+            said[name] = text
+            said[f"{name}_tag"] = _tag(name, text)
+    return said
+
+
+def _heard(name: str) -> str | None:
+    """The message `_said` put in this request's URL under `name`, or None if it was not ours."""
+    text, tag = request.args.get(name), request.args.get(f"{name}_tag", "")
+    return text if text and auth.same_token(tag, _tag(name, text)) else None
+
+
+def _tag(name: str, text: str) -> str:
+    key = _visit().csrf_token.encode()
+    return hmac.new(key, f"{name}\n{text}".encode(), hashlib.sha256).hexdigest()[:24]
+
+
 def _back_to_tip(
     reference: str,
     *,
@@ -389,7 +415,7 @@ def _back_to_tip(
     end: bool = False,
 ) -> BaseResponse:
     """Back to the tip's page with a notice or an error; `end` scrolls to the thread's newest entry."""
-    url = url_for("console.tip", reference=reference, notice=notice, error=error)
+    url = url_for("console.tip", reference=reference, **_said(notice=notice, error=error))
     return redirect(url + "#thread-end" if end else url)
 
 
@@ -580,7 +606,7 @@ def api_thread(reference: str) -> ResponseReturnValue:
 @bp.get("/admin/users")
 @page(role=Role.ADMIN)
 def admin_users() -> ResponseReturnValue:
-    return _accounts_page(error=request.args.get("error"), notice=_user_action_done())
+    return _accounts_page(error=_heard("error"), notice=_user_action_done())
 
 
 def _accounts_page(
@@ -609,7 +635,7 @@ def admin_users_create() -> ResponseReturnValue:
         return _accounts_page(error=str(refused)), 403
     except accounts.UserError as error:
         audit.log_event(ctx, "user.create", actor=actor, outcome="failed", detail={"reason": str(error)})
-        return redirect(url_for("console.admin_users", error=str(error)))
+        return redirect(url_for("console.admin_users", **_said(error=str(error))))
     # The one-time password is shown once, on this response only (never in a URL or the log).
     return _accounts_page(created=username, password=password)
 
@@ -653,10 +679,20 @@ USER_ACTIONS_DONE = {
 
 
 def _user_action_done() -> str | None:
+    """What the last action did, from the URL it redirected to; said only when the account is now in
+    that state, so that a crafted link cannot make the console claim something that did not happen."""
     action, username = request.args.get("done", ""), request.args.get("user", "")
-    if action not in USER_ACTIONS_DONE or username not in {u.username for u in accounts.list_users(_ctx())}:
+    user = next((u for u in accounts.list_users(_ctx()) if u.username == username), None)
+    if action not in USER_ACTIONS_DONE or user is None:
         return None
-    return USER_ACTIONS_DONE[action].format(name=username)
+    now = _ctx().now()
+    holds = {
+        "disable": user.disabled,
+        "enable": not user.disabled,
+        "reset-2fa": user.totp_secret_ct is None,
+        "unlock": user.locked_until is None or user.locked_until <= now,
+    }
+    return USER_ACTIONS_DONE[action].format(name=username) if holds[action] else None
 
 
 @bp.get("/admin/users/<username>/<action>")
@@ -684,13 +720,13 @@ def admin_user_action(username: str, action: str) -> ResponseReturnValue:
     if action not in USER_ACTIONS:
         abort(404)
     if action == "disable" and username == actor:
-        return redirect(url_for("console.admin_users", error="You cannot disable your own account."))
+        return redirect(url_for("console.admin_users", **_said(error="You cannot disable your own account.")))
     try:
         USER_ACTIONS[action](_ctx(), username, actor)
     except accounts.ShellOnly as refused:  # audited by the service
         return _accounts_page(error=str(refused)), 403
     except accounts.UserError as error:
-        return redirect(url_for("console.admin_users", error=str(error)))
+        return redirect(url_for("console.admin_users", **_said(error=str(error))))
     return redirect(url_for("console.admin_users", done=action, user=username))
 
 
@@ -706,8 +742,8 @@ def admin_keys() -> ResponseReturnValue:
         keys=rotation.key_versions(runtime.ctx),
         rotations=rotation.recent(runtime.ctx),
         purposes=rotation.ROTATABLE,
-        notice=request.args.get("notice"),
-        error=request.args.get("error"),
+        notice=_heard("notice"),
+        error=_heard("error"),
     )
 
 
@@ -719,7 +755,7 @@ def admin_keys_confirm() -> ResponseReturnValue:
 
     purpose = request.args.get("purpose", "")
     if purpose not in rotation.ROTATABLE:
-        return redirect(url_for("console.admin_keys", error="Choose a key purpose to rotate."))
+        return redirect(url_for("console.admin_keys", **_said(error="Choose a key purpose to rotate.")))
     reencrypt = request.args.get("reencrypt") == "1"
     mode = "re-encrypt every row under a fresh data key" if reencrypt else "re-wrap existing rows in the background"
     return render_template(
@@ -751,9 +787,11 @@ def admin_keys_rotate() -> ResponseReturnValue:
             actor=_visit().username,
         )
     except rotation.RotationError as error:
-        return redirect(url_for("console.admin_keys", error=str(error)))
+        return redirect(url_for("console.admin_keys", **_said(error=str(error))))
     runtime.wake_dispatcher()
-    return redirect(url_for("console.admin_keys", notice=f"Rotation of {purpose} started; progress shows below."))
+    return redirect(
+        url_for("console.admin_keys", **_said(notice=f"Rotation of {purpose} started; progress shows below."))
+    )
 
 
 @bp.get("/admin/activity")
@@ -784,7 +822,7 @@ def admin_audit() -> ResponseReturnValue:
         found=found,
         query=query,
         choices=audit.choices(ctx),
-        page_url=lambda number: url_for("console.admin_audit") + "?" + urlencode(query.args(page=number)),
+        page_url=lambda number: url_for("console.admin_audit") + "?" + urlencode(found.query.args(page=number)),
     )
 
 
@@ -794,7 +832,7 @@ def admin_audit() -> ResponseReturnValue:
 @bp.get("/alerts")
 @page(role=Role.DETECTIVE)  # admin-only accounts read no tips, so get no tip alerts
 def alerts_page() -> ResponseReturnValue:
-    return _alerts_form(notice=request.args.get("notice"))
+    return _alerts_form(notice=_heard("notice"))
 
 
 def _alerts_form(*, notice: str | None = None, error: str | None = None, email: str | None = None) -> str:
@@ -821,7 +859,7 @@ def alerts_save() -> ResponseReturnValue:
         alerts.set_preferences(_ctx(), me, email=email, choice=request.form.get("alerts"), actor=me)
     except alerts.PreferenceError as error:
         return _alerts_form(error=str(error), email=email), 400
-    return redirect(url_for("console.alerts_page", notice="Your alert settings are saved."))
+    return redirect(url_for("console.alerts_page", **_said(notice="Your alert settings are saved.")))
 
 
 @bp.get("/api/alerts/fresh")

@@ -174,6 +174,28 @@ def inbox() -> Response:
     return jsonify(messages=[{"id": id_, "text": text} for id_, text in sandbox.delivered(token)])
 
 
+@bp.post("/restart")
+def restart() -> Response:
+    """ "Start over" (for a shared screen): this browser's conversation is erased and it becomes a new
+    sandbox tipster, so the next visitor finds nothing of the last one's. What reached the tip line
+    stays there, as a sandbox tip, like any tip sent."""
+    runtime = current_runtime()
+    token = _token()
+    sandbox = runtime.channels.get(channel.CHANNEL)
+    if token is not None and isinstance(sandbox, channel.SandboxChannel):
+        sandbox.forget(token)
+    response = jsonify(restarted=True)
+    response.set_cookie(
+        COOKIE,
+        channel.new_address(),
+        httponly=True,
+        samesite="Strict",
+        path="/sandbox",
+        secure=runtime.settings.public_url.startswith("https://"),
+    )
+    return response
+
+
 @bp.get("/history")
 def history() -> Response:
     """This browser's whole conversation, oldest first (the page shows it again after a reload).

@@ -88,6 +88,16 @@
     setTimeout(poll, 3000);
   }
 
+  // "Start over": the server forgets this conversation and gives this browser a new identity.
+  document.getElementById("restart").addEventListener("submit", async function (event) {
+    event.preventDefault();
+    try {
+      await fetch("/sandbox/restart", { method: "POST", credentials: "same-origin" });
+    } finally {
+      window.location.reload();
+    }
+  });
+
   // The conversation so far (after a reload), then the detectives' replies as they come.
   async function start() {
     try {

@@ -71,7 +71,16 @@ def upgrade() -> None:
                 comment="the unread count the last follow-up alert covered",
             )
         )
+        batch.add_column(
+            sa.Column(
+                "shown_seq",
+                sa.Integer(),
+                nullable=True,
+                comment="order in which tips became visible or urgent; no time",
+            )
+        )
         batch.create_index(batch.f("ix_tips_alerted_new"), ["alerted_new"], unique=False)
+        batch.create_index(batch.f("ix_tips_shown_seq"), ["shown_seq"], unique=False)
     tips = sa.table(
         "tips",
         sa.column("alerted_new", sa.Boolean()),
@@ -118,7 +127,9 @@ def downgrade() -> None:
     op.drop_index("ix_alerts_status_due", table_name="alerts")
     op.drop_table("alerts")
     with op.batch_alter_table("tips") as batch:
+        batch.drop_index(batch.f("ix_tips_shown_seq"))
         batch.drop_index(batch.f("ix_tips_alerted_new"))
+        batch.drop_column("shown_seq")
         batch.drop_column("alerted_unread")
         batch.drop_column("escalated")
         batch.drop_column("urgent_alerted_at")
