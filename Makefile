@@ -38,6 +38,7 @@ lint: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/console_list.py
+	$(BIN)/python bench/search.py
 	$(BIN)/python bench/media.py
 
 clean:
