@@ -168,3 +168,39 @@ def test_the_list_and_a_tip_fit_a_phone_screen(live, browser) -> None:  # type: 
         page.goto(f"{base}{path}")
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 390, (path, width)
+
+
+@needs_chromium
+def test_an_urgent_message_reaches_an_open_list_at_once_and_is_worked_from_the_browser(live, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The finding that opened issue 13, in the browser: an urgent first message was invisible for
+    31 minutes. A detective with the list open sees it arrive on top, opens it while the tipster is
+    still writing, answers, and downloads the case file."""
+    harness, base = live
+    accounts.add_user(harness.runtime.ctx, "dana", ["detective"], PASSWORD)
+    older = harness.submit_tip("Two men unload boxes from a grey van behind the pharmacy")
+    page = browser.new_context(accept_downloads=True).new_page()
+    sign_in_first_time(page, base, "dana")
+    page.goto(f"{base}/console/")
+    assert page.locator("tbody tr").first.get_attribute("data-reference") == older
+
+    witness = "+15555550188"
+    harness.say("Someone is bleeding in the parking lot of the Shell station on 5th right now", sender=witness)
+    first = page.locator("tbody tr").first
+    first.locator(".badge.urgent").wait_for(timeout=15_000)  # the list reloads itself when tips arrive
+    reference = first.get_attribute("data-reference")
+    assert reference != older
+
+    first.locator("a").first.click()
+    assert page.locator("#draft-note").is_visible()  # still being written, shown because urgent
+    page.fill("form[action$='/reply'] textarea", "Help is on the way. Are you safe?")
+    page.click("form[action$='/reply'] button")
+    page.locator(".entry.agency").last.wait_for(timeout=10_000)
+    harness.dispatch()
+    assert harness.twilio.sent[-1]["Body"].endswith("Help is on the way. Are you safe?")
+
+    harness.say("yes, I am inside the station shop", sender=witness)  # the thread grows live
+    page.locator(".entry.tipster.fresh", has_text="inside the station shop").wait_for(timeout=15_000)
+
+    with page.expect_download() as download:
+        page.get_by_text("Download the case file (PDF)").click()
+    assert download.value.suggested_filename == f"{reference}-case-file.pdf"
