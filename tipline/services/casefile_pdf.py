@@ -36,9 +36,10 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from tipline.core.times import local_time
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery
 from tipline.services.audit import AuditLine
-from tipline.services.review import STATUS_LABELS, CaseContent, ThreadEntry
+from tipline.services.review import STATUS_LABELS, CaseContent, ThreadEntry, who_wrote
 
 FONT, BOLD = "TiplineVera", "TiplineVera-Bold"
 PHOTO_BOX = (12 * cm, 9 * cm)  # the largest a photo is drawn; the embedded image keeps its own pixels
@@ -75,10 +76,7 @@ class Frame:
 
     def local(self, moment: dt.datetime | None) -> str:
         """A stored UTC time as the console shows it absolute: "2026-12-03 07:45 CST"."""
-        if moment is None:
-            return "—"
-        aware = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-        return aware.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
+        return local_time(moment, self.zone)
 
 
 @cache
@@ -128,13 +126,15 @@ class _Writer:
 
 
 def _who(entry: ThreadEntry, alias: str) -> str:
-    if entry.kind in (MessageKind.TIPSTER, MessageKind.MEDIA):
-        return alias
+    """Who wrote an entry as the console says it, and on paper what the console shows beside it."""
+    who = who_wrote(entry, alias)
     if entry.kind == MessageKind.BOT:
-        return "Bot (automatic answer)"
+        return f"{who} (automatic answer)"
     if entry.kind == MessageKind.AGENCY:
-        return f"Reply by {entry.author or 'a detective'}, {entry.delivery or ReplyDelivery.QUEUED}"
-    return f"Internal note by {entry.author or 'a detective'} (never sent)"
+        return f"{who}, {entry.delivery or ReplyDelivery.QUEUED}"
+    if entry.kind == MessageKind.NOTE:
+        return f"{who} (never sent)"
+    return who
 
 
 def _photo(data: bytes, width: int, height: int) -> Image:

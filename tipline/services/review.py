@@ -87,6 +87,17 @@ class ThreadEntry:
     attachment: AttachmentView | None = None  # for kind MessageKind.MEDIA
 
 
+def who_wrote(entry: ThreadEntry, alias: str) -> str:
+    """Who wrote a thread entry, as detectives read it: the tip's alias, the bot, or the author."""
+    if entry.kind in (MessageKind.TIPSTER, MessageKind.MEDIA):
+        return alias
+    if entry.kind == MessageKind.BOT:
+        return "Bot"
+    if entry.kind == MessageKind.AGENCY:
+        return f"Reply by {entry.author or 'a detective'}"
+    return f"Internal note by {entry.author or 'a detective'}"
+
+
 @dataclass(frozen=True)
 class TipSummary:
     reference: str

@@ -30,6 +30,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from adapters.sandbox import CHANNEL as SANDBOX_CHANNEL
 from tipline.core.alerting import AlertChoice
+from tipline.core.times import local_time
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, ReplyDelivery, Role, TipStatus
 from tipline.services import accounts, alerts, audit, auth, casefile, review, search
 from tipline.services.auth import Stage
@@ -159,10 +160,7 @@ def _age(moment: dt.datetime | None) -> str:
 def _local(moment: dt.datetime | None) -> str:
     """A stored UTC time as an absolute date and time in the agency's time zone (TIPLINE_TIMEZONE),
     with the zone's abbreviation, e.g. "2026-12-03 07:45 CST"."""
-    if moment is None:
-        return "—"
-    zone = zoneinfo.ZoneInfo(current_runtime().settings.timezone)
-    return moment.replace(tzinfo=dt.UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    return local_time(moment, _zone())
 
 
 @bp.app_context_processor
@@ -544,18 +542,7 @@ def tip_assign_to_me(reference: str) -> ResponseReturnValue:
     return _back_to_tip(reference, notice="Assigned to you.")
 
 
-def entry_who(entry: review.ThreadEntry, alias: str) -> str:
-    """Who wrote a thread entry, as the page and the live updates both show it."""
-    if entry.kind in (MessageKind.TIPSTER, MessageKind.MEDIA):
-        return alias
-    if entry.kind == MessageKind.BOT:
-        return "Bot"
-    if entry.kind == MessageKind.AGENCY:
-        return f"Reply by {entry.author or 'a detective'}"
-    return f"Internal note by {entry.author or 'a detective'}"
-
-
-bp.add_app_template_global(entry_who, "entry_who")
+bp.add_app_template_global(review.who_wrote, "entry_who")  # the page and the live updates say it alike
 
 
 # Live updates (polled by console.js; they do not extend an idle session) -----------------------------
@@ -587,7 +574,7 @@ def api_thread(reference: str) -> ResponseReturnValue:
             {
                 "seq": e.seq,
                 "kind": e.kind,
-                "who": entry_who(e, alias),
+                "who": review.who_wrote(e, alias),
                 "text": e.text,
                 "delivery": e.delivery,
                 "age": _age(e.at),
