@@ -107,7 +107,8 @@ def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
                 if requests.get(base + "/healthz", timeout=1).status_code == 200:
                     break
             except requests.ConnectionError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         yield base, cli_env
     finally:
         process.terminate()
@@ -117,7 +118,8 @@ def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
 def test_serve_runs_the_sandbox_end_to_end_with_the_in_process_dispatcher(served: tuple[str, dict[str, str]]) -> None:
     base, env = served
     health = requests.get(base + "/healthz", timeout=5)
-    assert health.json() == {"status": "ok", "database": "ok", "channels": ["sandbox"]}
+    assert health.status_code == 200, health.text
+    assert (health.json()["status"], health.json()["database"], health.json()["channels"]) == ("ok", "ok", ["sandbox"])
     browser = requests.Session()
     page = browser.get(base + "/sandbox", timeout=5)
     assert page.status_code == 200

@@ -139,7 +139,7 @@ def test_the_sms_channel_is_off_without_credentials(env: dict[str, str], twilio_
     try:
         form = inbound_form("a tip")
         assert harness.post_signed(PATH, form).status_code == 404
-        assert harness.client.get("/healthz").get_json() == {"status": "ok", "database": "ok", "channels": ["sandbox"]}
+        assert harness.client.get("/healthz").get_json()["channels"] == ["sandbox"]
     finally:
         harness.runtime.close()
 
@@ -166,7 +166,7 @@ def test_every_twilio_status_is_accepted(tipline: Harness) -> None:
 
 def test_healthz(tipline: Harness) -> None:
     response = tipline.client.get("/healthz")
-    assert response.status_code == 200
+    assert response.status_code == 503  # no dispatcher runs beside this app: tests/test_health.py
     assert response.get_json()["database"] == "ok"
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -27,11 +28,18 @@ if TYPE_CHECKING:
     from adapters.telegram import TelegramChannel
     from adapters.telegram_profile import WebhookStatus
     from tipline.runtime import Runtime
+    from tipline.setup import InitReport
 
 
-def _fail(message: str) -> NoReturn:
+# Exit statuses: 2, a refusal a person must act on (systemd's units do not restart on it:
+# RestartPreventExitStatus=2); 75 (EX_TEMPFAIL), a database that could not be reached at start,
+# which may come back by itself (the units try again).
+REFUSED, TRY_AGAIN_LATER = 2, 75
+
+
+def _fail(message: str, status: int = REFUSED) -> NoReturn:
     click.echo(f"tipline: {message}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def with_settings(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,25 +47,47 @@ def with_settings(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             settings = load_settings(environment())
+            logs.setup(settings.log_level, settings.audit_log_format, settings.audit_log_file)
         except ConfigError as error:
             _fail(str(error))
-        logs.setup(settings.log_level)
         return command(settings, *args, **kwargs)
 
     return wrapper
 
 
-def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
-    from tipline.runtime import NotInitialised, build_runtime
+def _runtime(settings: Settings, *, older_schema: bool = False):  # type: ignore[no-untyped-def]
+    from tipline.runtime import DatabaseUnreachable, NotInitialised, build_runtime
     from tipline.storage.keystore import KeyStoreError
 
     try:
-        return build_runtime(settings)
+        return build_runtime(settings, older_schema=older_schema)
+    except DatabaseUnreachable as error:
+        _fail(str(error), TRY_AGAIN_LATER)
     except (NotInitialised, KeyStoreError) as error:
         _fail(str(error))
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`tipline --version`: the release, and the schema revision it needs (what `init` upgrades to)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from tipline.storage.db import head_revision
+
+    click.echo(f"tipline {version('tipline')} (schema {head_revision()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and the database schema revision it needs, then exit.",
+)
 def cli() -> None:
     """tipline: an anonymous tip line (SMS, Telegram, sandbox) with an encrypted store.
 
@@ -72,17 +102,24 @@ def init(settings: Settings) -> None:
     from sqlalchemy.exc import OperationalError
 
     from tipline.setup import FIRST_ADMIN, initialise
-    from tipline.storage.keystore import KeyStoreError
+    from tipline.storage import db
+    from tipline.storage.keystore import KeyStoreError, master_key_source
 
     try:
         report = initialise(settings)
-    except KeyStoreError as error:
+    except (KeyStoreError, db.SchemaError) as error:
         _fail(str(error))
-    except OperationalError as error:
-        _fail(f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL")
+    except db.Unreachable as error:
+        _fail(f"cannot reach the database: {error}; check TIPLINE_DATABASE_URL", TRY_AGAIN_LATER)
+    except OperationalError as error:  # reached, then failed: a full disk, a lock held too long...
+        _fail(f"the upgrade stopped: {db.error_line(error, settings.database_url)}; fix it, run `tipline init` again")
     click.echo(f"data directory: {settings.data_dir}")
-    click.echo(f"schema: up to date ({settings.database_url.split('://', 1)[0]})")
+    click.echo(f"schema: {_schema_line(report)} ({settings.database_url.split('://', 1)[0]})")
     click.echo(f"keys: {'created ' + ', '.join(report.keys_created) if report.keys_created else 'present'}")
+    click.echo(
+        f"master key: {master_key_source(settings)} (keep a copy OFFLINE, apart from the database and its backups: "
+        "without it nothing opens, not even a backup)"
+    )
     if report.messages_resealed:
         click.echo(f"thread entries bound to their kind and author: {report.messages_resealed}")
     if report.messages_unreadable:
@@ -92,18 +129,34 @@ def init(settings: Settings) -> None:
         click.echo(f"one-time password: {report.admin_password}   (shown once; you set your own at first sign-in)")
 
 
+def _schema_line(report: InitReport) -> str:
+    """What `init` did to the schema: an operator upgrading wants to see the step it took."""
+    if report.schema_before is None:
+        return f"created at {report.schema}"
+    if report.schema_before != report.schema:
+        return f"upgraded from {report.schema_before} to {report.schema}"
+    return f"{report.schema}, up to date"
+
+
+NO_CHANNELS = "none (set TWILIO_*, TELEGRAM_BOT_TOKEN or TIPLINE_SANDBOX=1)"
+STOP_HELP = "On SIGTERM or Ctrl-C, seconds to finish the work in flight before exiting anyway (below TimeoutStopSec)."
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Worker threads of the WSGI server.")
 @click.option("--no-dispatcher", is_flag=True, help="Do not send outbound messages from this process.")
+@click.option("--stop-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0), help=STOP_HELP)
 @with_settings
-def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher: bool) -> None:
-    """Serve webhooks, sandbox and /healthz with a production WSGI server (waitress)."""
-    import waitress
+def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher: bool, stop_timeout: float) -> None:
+    """Serve webhooks, console, sandbox and /healthz with a production WSGI server (waitress).
 
+    On SIGTERM (systemd's stop) or Ctrl-C, new connections are refused at once, the requests in
+    flight are answered, the dispatcher finishes its pass, and the command exits 0.
+    """
+    from tipline.web import server
     from tipline.web.app import create_app
-    from tipline.web.limits import server_limits
     from tipline.web.sandbox import exposure
 
     if problem := exposure(settings, host):
@@ -114,38 +167,44 @@ def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher:
             "and anyone who reaches it can post tips, urgent ones too, into the detectives' queue",
             err=True,
         )
+    for warning in server.startup_warnings(settings):
+        click.echo(f"WARNING: {warning}", err=True)
+    try:
+        sockets = server.bind(host, port)  # before anything starts: a busy port stops here, in one line
+    except server.PortUnavailable as error:
+        _fail(str(error))
 
     runtime = _runtime(settings)
-    runtime.announce("serve")
-    app = create_app(runtime)
-    stop = None
-    if not no_dispatcher:
-        _, stop = runtime.start_dispatcher()
-    channels = ", ".join(sorted(runtime.channels)) or "none (set TWILIO_* or TIPLINE_SANDBOX=1)"
-    click.echo(f"tipline serving on http://{host}:{port}  channels: {channels}")
-    if settings.sandbox:
-        click.echo(f"sandbox: http://{host}:{port}/sandbox")
+    click.echo(f"data directory: {settings.data_dir}")  # keys and, on SQLite, the database: never the cwd's by accident
     try:
-        waitress.serve(
-            app,
-            host=host,
-            port=port,
-            threads=threads,
-            ident="tipline",
-            clear_untrusted_proxy_headers=True,
-            **server_limits(settings),  # no body over what a route accepts; none spooled to disk
-        )
+        http = server.Server(create_app(runtime), sockets, settings, threads=threads, grace=stop_timeout)
+        with server.StopSignals() as signals:
+            runtime.announce("serve")
+            background = None
+            if not no_dispatcher:
+                thread, stop = runtime.start_dispatcher()
+                background = server.Background(thread, stop, runtime.wake_dispatcher)
+            channels = ", ".join(sorted(runtime.channels)) or NO_CHANNELS
+            where = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address in brackets
+            click.echo(f"tipline serving on {where}  channels: {channels}")
+            if settings.sandbox:
+                click.echo(f"sandbox: {where}/sandbox")
+            http.serve(signals, background)
     finally:
-        if stop is not None:
-            stop.set()
         runtime.close()
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Perform what is due now, then exit.")
+@click.option("--stop-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0), help=STOP_HELP)
 @with_settings
-def dispatch(settings: Settings, once: bool) -> None:
-    """Run the outbound dispatcher alone (for several app servers on PostgreSQL)."""
+def dispatch(settings: Settings, once: bool, stop_timeout: float) -> None:
+    """Run the outbound dispatcher alone (for several app servers on PostgreSQL).
+
+    On SIGTERM (systemd's stop) or Ctrl-C it finishes the send under way, then exits 0.
+    """
+    from tipline.web import server
+
     runtime = _runtime(settings)
     try:
         if once:
@@ -153,14 +212,12 @@ def dispatch(settings: Settings, once: bool) -> None:
             count = runtime.dispatcher.run_until_idle()  # what is due, waiting out per-chat pacing
             click.echo(f"outbox rows attempted: {count}")
             return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        runtime.announce("dispatch")
-        click.echo(f"dispatching for channels: {', '.join(sorted(runtime.channels)) or 'none'}")
-        try:
-            runtime.dispatcher.run_forever(stop)
-        except KeyboardInterrupt:
-            pass
+        with server.StopSignals() as signals:
+            runtime.announce("dispatch")
+            thread, stop = runtime.start_dispatcher()
+            click.echo(f"data directory: {settings.data_dir}")
+            click.echo(f"dispatching for channels: {', '.join(sorted(runtime.channels)) or 'none'}")
+            server.run_until_stopped(signals, server.Background(thread, stop, runtime.wake_dispatcher), stop_timeout)
     finally:
         runtime.close()
 
@@ -189,8 +246,9 @@ ALERTS_HELP = (
 def users() -> None:
     """Manage console accounts.
 
-    Detective accounts are created, and their authenticator reset, only here (never in the
-    console), so that no single console account can give itself access to tips.
+    Detective accounts are created, the detective role granted, and a detective's password or
+    authenticator reset, only here (never in the console), so that no single console account can
+    give itself access to tips.
     """
 
 
@@ -242,23 +300,55 @@ def users_add(
 @click.argument("username")
 @click.option("--email", default=None, help='Where alerts go; "" removes the address (no email alerts).')
 @click.option("--alerts", "choice", type=click.Choice(ALERT_CHOICES), default=None, help=ALERTS_HELP)
+@click.option(
+    "--role",
+    "roles",
+    type=click.Choice([role.value for role in Role]),
+    multiple=True,
+    help="The account's roles from now on (replacing its roles; repeat for both). Its sessions end. "
+    "Granting detective to an account without it also resets its password and authenticator.",
+)
 @with_settings
-def users_set(settings: Settings, username: str, email: str | None, choice: str | None) -> None:
-    """Change an account's alert address or choice (audited)."""
-    from tipline.services import alerts
+def users_set(settings: Settings, username: str, email: str | None, choice: str | None, roles: tuple[str, ...]) -> None:
+    """Change an account's roles, alert address or alert choice (audited).
 
-    if email is None and choice is None:
-        _fail("nothing to change: give --email and/or --alerts")
+    Granting the detective role to an account that did not hold it renews its credentials at once:
+    a new one-time password is printed (hand it to the person) and the authenticator is reset (they
+    enrol again), so nobody who knew or reset them before, such as a console admin, reads tips."""
+    from tipline.services import accounts, alerts
+
+    if email is None and choice is None and not roles:
+        _fail("nothing to change: give --role, --email and/or --alerts")
+    try:
+        alerts.check_preferences(email, choice)  # before the roles change, so a typo changes nothing
+    except alerts.PreferenceError as error:
+        _fail(str(error))
     runtime = _runtime(settings)
     try:
+        if roles:
+            change = accounts.set_roles(runtime.ctx, username, roles, actor=CLI_ACTOR)
+            _say_roles(change.user.username, change.user.roles, change.one_time_password)
+        if email is None and choice is None:
+            return
         now = alerts.set_preferences(runtime.ctx, username, email=email, choice=choice, actor=CLI_ACTOR)
-    except alerts.PreferenceError as error:
+    except (accounts.UserError, alerts.PreferenceError) as error:
         _fail(str(error))
     finally:
         runtime.close()
     where = "an email address" if now.email else "no email address"
     note = "" if now.detective else " (not a detective: no tip alerts)"
     click.echo(f"{now.username}: alerts {now.choice}, {where}{note}")
+
+
+def _say_roles(username: str, roles: str, one_time_password: str | None) -> None:
+    """`users set`'s lines for a role change, and the renewed credentials if the role was detective."""
+    click.echo(f"{username}: roles {roles.replace(' ', ', ')}; any session of theirs has ended")
+    if one_time_password is not None:
+        click.echo(
+            f"{username} now holds detective: their password and authenticator were reset, so nobody who knew "
+            f"them keeps access; one-time password: {one_time_password} (they enrol a new authenticator at "
+            "next sign-in)"
+        )
 
 
 @users.command("list")
@@ -285,6 +375,7 @@ def _account_action(settings: Settings, username: str, action: str, done: str) -
 
     perform: Callable[[ServiceContext], None] = {
         "disable": lambda ctx: accounts.set_disabled(ctx, username, actor=CLI_ACTOR),
+        "enable": lambda ctx: accounts.set_disabled(ctx, username, False, actor=CLI_ACTOR),
         "reset-2fa": lambda ctx: accounts.reset_2fa(ctx, username, actor=CLI_ACTOR),
         "unlock": lambda ctx: accounts.unlock(ctx, username, actor=CLI_ACTOR),
     }[action]
@@ -304,6 +395,41 @@ def _account_action(settings: Settings, username: str, action: str, done: str) -
 def users_disable(settings: Settings, username: str) -> None:
     """Disable an account at once (its sessions end too)."""
     _account_action(settings, username, "disable", "disabled")
+
+
+@users.command("enable")
+@click.argument("username")
+@with_settings
+def users_enable(settings: Settings, username: str) -> None:
+    """Enable a disabled account again; it signs in as before."""
+    _account_action(settings, username, "enable", "enabled")
+
+
+@users.command("reset-password")
+@click.argument("username")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the new password from standard input instead of generating one."
+)
+@with_settings
+def users_reset_password(settings: Settings, username: str, password_stdin: bool) -> None:
+    """Give an account a new password; its sessions end at once and a lock from failed sign-ins is
+    released. Prints a one-time password, which the person replaces at the next sign-in, unless
+    --password-stdin. The authenticator stays (reset-2fa for a lost one)."""
+    from tipline.services import accounts
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else accounts.generate_password()
+    runtime = _runtime(settings)
+    try:
+        user = accounts.reset_password(runtime.ctx, username, password, must_change=not password_stdin, actor=CLI_ACTOR)
+    except accounts.UserError as error:
+        _fail(str(error))
+    finally:
+        runtime.close()
+    click.echo(f"password reset for {user.username}; any session of theirs has ended")
+    if not password_stdin:
+        click.echo(f"one-time password: {password}")
+    if user.disabled:
+        click.echo(f"the account is disabled: tipline users enable {user.username}")
 
 
 @users.command("reset-2fa")
@@ -662,6 +788,96 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
         click.echo("note: the last reconciliation is older than the deduplication memory; older messages were not read")
     if report.failed:
         sys.exit(1)
+
+
+RESTORE_HELP = """Bring the backup FILE into an EMPTY installation that has the same master key.
+
+\b
+Empty means: the database (for PostgreSQL, the schema first on the search path) holds no
+tipline keys, accounts, senders, tips or audit entries: it has no tables, or only tables a
+migration or a failed restore left without those rows. An installation where `tipline init` ran
+is NOT empty (it holds keys and an admin): start from a new database (PostgreSQL: `createdb`)
+or, for SQLite, a new TIPLINE_DATA_DIR, and do not run `tipline init` before restoring.
+
+\b
+The master key (TIPLINE_MASTER_KEY or <data dir>/master.key) must be the one the backup was taken
+under, put back from its offline copy: it is checked before anything is written, and so is the
+backup's authentication (an altered backup, or one made under another master key, is refused).
+The schema is built at the backup's revision, the rows are copied, and the schema is upgraded to
+this release. Console sessions are not restored: everyone signs in again; the accounts restored
+are listed. A backup may come from SQLite or PostgreSQL and go to either."""
+
+
+@cli.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@with_settings
+def backup_command(settings: Settings, file: Path, force: bool) -> None:
+    """Write a consistent copy of the database to FILE while the tip line keeps running.
+
+    FILE is one SQLite file (0600), written whole or not at all, whatever the database. It holds
+    ciphertext and wrapped keys only, never the master key: keep the master key's offline copy
+    apart from the backups. Restore it with `tipline restore FILE`.
+    """
+    from tipline.services import backup as backups
+
+    try:
+        backups.check_target(file, force=force)
+    except backups.BackupError as error:
+        _fail(str(error))
+    runtime = _runtime(settings, older_schema=True)  # a backup before an upgrade, on the old schema
+    try:
+        info = backups.create(runtime.ctx, file, force=force, actor=CLI_ACTOR)
+    except backups.BackupError as error:
+        _fail(str(error))
+    except backups.FAILURES as error:  # the backup is written; recording it in the audit log failed
+        _fail(f"backup written to {file}, but not recorded in the audit log ({backups.cause(error)})")
+    finally:
+        runtime.close()
+    click.echo(f"backup written: {file}")
+    click.echo(f"tips: {info.tips}, schema: {info.revision}, size: {_size(info.size)}, from {info.source}")
+    click.echo("it holds no master key: keep the master key's offline copy, apart from the backups")
+
+
+@cli.command("restore", help=RESTORE_HELP)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@with_settings
+def restore_command(settings: Settings, file: Path) -> None:
+    from tipline.services import backup as backups
+    from tipline.setup import initialise
+
+    try:
+        report = backups.restore(settings, file, actor=CLI_ACTOR)
+        init = initialise(settings)  # the data upgrades of `tipline init`, and the cookie key if this machine has none
+    except backups.BackupError as error:
+        _fail(str(error))
+    except backups.FAILURES as error:
+        _fail(
+            f"restore failed ({backups.cause(error)}); once the cause is fixed run it again "
+            "(an empty schema it may have left counts as empty)"
+        )
+    click.echo(f"restored {file}: {report.tips} tips, {report.rows} rows")
+    upgraded = f", upgraded to {report.head}" if report.head != report.revision else ""
+    click.echo(f"schema: {report.revision}{upgraded}")
+    click.echo("console sessions were not restored: everyone signs in again")
+    click.echo(f"accounts restored (who can sign in): {len(report.accounts)}")
+    for account in report.accounts:
+        totp = "2fa enrolled" if account.enrolled else "2fa not enrolled"
+        disabled = " (disabled)" if account.disabled else ""
+        click.echo(f"  {account.username:24} {account.roles.replace(' ', ','):16} {totp}{disabled}")
+    if init.admin_password:  # a backup without any account: the first admin, as `tipline init` makes it
+        click.echo(f"one-time password of the new admin account: {init.admin_password}")
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    scaled = size / 1024
+    for unit in ("kB", "MB"):
+        if scaled < 1024:
+            return f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled:.1f} GB"
 
 
 @cli.group("audit")

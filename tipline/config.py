@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -89,6 +90,14 @@ class Settings:
     # Twilio refuses to delete a message that is not final yet (error 20009); wait this long first.
     provider_delete_delay_seconds: int = 60
     log_level: str = "INFO"
+    # Audit entries also go to the `tipline.audit` logger, one line each, as text or JSON
+    # (TIPLINE_AUDIT_LOG_FORMAT), and optionally as JSON lines to a file an agent ships to syslog
+    # or a SIEM (TIPLINE_AUDIT_LOG_FILE). The database's hash chain stays the record of truth.
+    audit_log_format: str = "text"
+    audit_log_file: Path | None = None
+    # `tipline serve` answers content-free Prometheus metrics on this separate address
+    # (TIPLINE_METRICS_ADDRESS, host:port), never on the public one; None: off.
+    metrics_address: tuple[str, int] | None = None
     # Console sessions end after this much inactivity (CJIS asks for 30 at most) ...
     console_idle_minutes: int = 15
     # ... and after this many hours in any case.
@@ -118,6 +127,10 @@ class Settings:
     # The agency's time zone (TIPLINE_TIMEZONE, an IANA name such as America/Chicago): the console and
     # case files show absolute times in it, and say which zone they are in. Times are stored in UTC.
     timezone: str = "UTC"
+
+    # Reverse proxies (TIPLINE_TRUSTED_PROXY, IP addresses) whose X-Forwarded-For/-Proto/-Host are
+    # believed (web/server.py); from any other peer those headers are dropped, as anyone can forge them.
+    trusted_proxies: tuple[str, ...] = ()
 
     # The agency's own texts (TIPLINE_TEXTS_FILE), checked at load: ("<language>.<key>", text) pairs.
     texts: tuple[tuple[str, str], ...] = ()
@@ -278,6 +291,18 @@ def _timezone(env: Mapping[str, str]) -> str:
     return name
 
 
+def _trusted_proxies(env: Mapping[str, str]) -> tuple[str, ...]:
+    """TIPLINE_TRUSTED_PROXY: addresses only (not "*", not networks): each one is believed about its clients."""
+    raw = env.get("TIPLINE_TRUSTED_PROXY", "").strip()
+    addresses = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            addresses.append(ipaddress.ip_address(item).compressed)  # as waitress writes REMOTE_ADDR
+        except ValueError:
+            raise ConfigError(f"TIPLINE_TRUSTED_PROXY must be IP addresses, comma-separated (got {item!r})") from None
+    return tuple(dict.fromkeys(addresses))
+
+
 def _smtp(env: Mapping[str, str]) -> SmtpSettings | None:
     """TIPLINE_SMTP_URL (and TIPLINE_SMTP_CA_FILE). Errors never repeat the URL: it may hold a password."""
     raw = env.get("TIPLINE_SMTP_URL", "").strip()
@@ -338,9 +363,51 @@ def _alerts(env: Mapping[str, str], settings: Settings) -> Settings:
     )
 
 
+def _data_dir(env: Mapping[str, str]) -> Path:
+    """TIPLINE_DATA_DIR; else systemd's StateDirectory= (`$STATE_DIRECTORY`, its first path); else ./var.
+
+    Under systemd the working directory is `/` unless a unit says otherwise: `./var` would then
+    put the keys and the database in `/var` or fail, depending on the day. The unit's state
+    directory is where they belong, and `serve`, `dispatch` and `init` print the one they use.
+    """
+    chosen = env.get("TIPLINE_DATA_DIR", "").strip() or env.get("STATE_DIRECTORY", "").split(":")[0].strip()
+    return Path(chosen or "./var").expanduser().resolve()
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default), case-insensitive."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}")
+    return value
+
+
+def _audit_log_file(env: Mapping[str, str]) -> Path | None:
+    """TIPLINE_AUDIT_LOG_FILE: a file in an existing directory (created 0600 when first written)."""
+    value = env.get("TIPLINE_AUDIT_LOG_FILE", "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser().absolute()  # not resolve(): a symlink must reach logs.py, which refuses it
+    if not path.parent.is_dir() or path.is_dir():
+        raise ConfigError(f"TIPLINE_AUDIT_LOG_FILE must be a file in an existing directory: {path}")
+    return path
+
+
+def _metrics_address(env: Mapping[str, str]) -> tuple[str, int] | None:
+    """TIPLINE_METRICS_ADDRESS as (host, port): `127.0.0.1:9100`, `[::1]:9100`."""
+    value = env.get("TIPLINE_METRICS_ADDRESS", "").strip()
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("TIPLINE_METRICS_ADDRESS must be HOST:PORT, e.g. 127.0.0.1:9100")
+    return host, int(port)
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping; raise ConfigError naming the first bad value."""
-    data_dir = Path(env.get("TIPLINE_DATA_DIR", "").strip() or "./var").expanduser().resolve()
+    data_dir = _data_dir(env)
     database_url = env.get("TIPLINE_DATABASE_URL", "").strip()
     if not database_url:
         database_url = f"sqlite:///{data_dir / 'tipline.db'}"
@@ -374,6 +441,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         provider_delete=_flag(env, "TIPLINE_PROVIDER_DELETE", True),
         provider_delete_delay_seconds=_int(env, "TIPLINE_PROVIDER_DELETE_DELAY_SECONDS", 60, 0),
         log_level=log_level,
+        audit_log_format=_choice(env, "TIPLINE_AUDIT_LOG_FORMAT", ("text", "json")),
+        audit_log_file=_audit_log_file(env),
+        metrics_address=_metrics_address(env),
         console_idle_minutes=_int(env, "TIPLINE_CONSOLE_IDLE_MINUTES", 15, 1),
         console_session_hours=_int(env, "TIPLINE_CONSOLE_SESSION_HOURS", 12, 1),
         console_lock_minutes=_int(env, "TIPLINE_CONSOLE_LOCK_MINUTES", 30, 1),
@@ -384,6 +454,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sender_window_minutes=_int(env, "TIPLINE_SENDER_WINDOW_MINUTES", 10, 1),
         new_sender_alert_per_hour=_int(env, "TIPLINE_NEW_SENDER_ALERT_PER_HOUR", 30, 1),
         timezone=_timezone(env),
+        trusted_proxies=_trusted_proxies(env),
     )
     settings = _alerts(env, settings)
     return replace(settings, texts=_texts(env, settings))

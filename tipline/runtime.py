@@ -11,8 +11,9 @@ import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,7 +22,7 @@ from adapters.sms import TwilioSms
 from tipline import logs
 from tipline.config import Settings
 from tipline.core.channels import Channel
-from tipline.services import alerts
+from tipline.services import alerts, health, metrics
 from tipline.services.alerts import AlertWorker
 from tipline.services.attachments import MediaWorker
 from tipline.services.context import ServiceContext
@@ -34,7 +35,12 @@ from tipline.storage.keystore import KeyStore, KeyStoreError, load_master_key, s
 
 
 class NotInitialised(Exception):
-    pass
+    """The database is missing, unreachable, or not at the schema this code needs; the message says what to do."""
+
+
+class DatabaseUnreachable(NotInitialised):
+    """The database did not answer at start: unlike the other refusals it may pass by itself (a
+    database server still booting), so `tipline` exits 75 and systemd tries again."""
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Runtime:
         )
         self._rotation_cursors: dict[int, object] = {}
         self._heartbeat: Heartbeat | None = None
+        self._metrics: metrics.MetricsServer | None = None
         self._next_reconcile = 0.0  # monotonic: the first dispatcher pass catches up after a restart
 
     @property
@@ -119,33 +126,42 @@ class Runtime:
             session_lifetime=dt.timedelta(hours=self.settings.console_session_hours),
         )
 
-    def database_answers(self) -> bool:
-        """Whether the database answers a query now (for /healthz)."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"
-            return False
-        return True
+    @cached_property
+    def health_probe(self) -> health.Probe:
+        return health.Probe(self.ctx)
+
+    def health(self) -> health.Report:
+        """What /healthz says: the database can be written, a dispatcher passes, the queues (services/health.py)."""
+        return health.report(self.ctx, self.health_probe)
 
     def cookie_secret(self) -> str:
         """The key that signs console and sandbox cookies (TIPLINE_SECRET_KEY or the data directory's file)."""
         return secret_key(self.settings)
 
     def announce(self, kind: str) -> Heartbeat:
-        """Record this long-running process (serve, dispatch, poll) until `close()`."""
-        self._heartbeat = Heartbeat(self.ctx, kind).start()
+        """Record this long-running process (serve, dispatch, poll) until `close()`; `serve` also
+        answers metrics on TIPLINE_METRICS_ADDRESS when set (services/metrics.py)."""
+        self._heartbeat = Heartbeat(self.ctx, kind, dispatched=lambda: self.dispatcher.passed_at).start()
+        if kind == "serve" and self.settings.metrics_address is not None:
+            self._metrics = metrics.serve(self.settings.metrics_address, self.health)
         return self._heartbeat
 
     def start_dispatcher(self) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
+        # Started counts as alive for /healthz (until SILENT passes without a pass), recorded now
+        # rather than at the next heartbeat: a server is healthy as soon as it answers.
+        self.dispatcher.passed_at = self.dispatcher.clock()
         thread = threading.Thread(target=self.dispatcher.run_forever, args=(stop,), name="dispatcher", daemon=True)
         thread.start()
+        if self._heartbeat is not None:
+            self._heartbeat.beat()
         return thread, stop
 
     def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         for channel in self.channels.values():
             close = getattr(channel, "close", None)
             if close is not None:
@@ -170,22 +186,33 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     return channels
 
 
-def build_runtime(settings: Settings, channels: dict[str, Channel] | None = None) -> Runtime:
-    """Connect to an initialised database and load the keys; NotInitialised or KeyStoreError otherwise."""
+def build_runtime(
+    settings: Settings, channels: dict[str, Channel] | None = None, *, older_schema: bool = False
+) -> Runtime:
+    """Connect to an initialised database and load the keys; NotInitialised or KeyStoreError otherwise.
+
+    `older_schema` lets a command that only copies the database (`tipline backup`, taken before an
+    upgrade) run on a schema behind the code's; nothing else may, since the code reads what the
+    migrations add."""
     logs.quiet_third_parties()
     if settings.sqlite_path is not None and not settings.sqlite_path.exists():
         raise NotInitialised(f"no database at {settings.sqlite_path}: run `tipline init`")
     engine = db.make_engine(settings.database_url)
     try:
         initialised = inspect(engine).has_table("key_versions")
+        state = db.schema_state(engine) if initialised else None
+        problem = state.problem() if state is not None and not (older_schema and state.known) else None
     except OperationalError as error:
         engine.dispose()
-        raise NotInitialised(
-            f"cannot reach the database ({type(error.orig).__name__}): check TIPLINE_DATABASE_URL"
+        raise DatabaseUnreachable(
+            f"cannot reach the database: {db.error_line(error, settings.database_url)}; check TIPLINE_DATABASE_URL"
         ) from None
     if not initialised:
         engine.dispose()
         raise NotInitialised("the database has no tipline schema: run `tipline init`")
+    if problem is not None:
+        engine.dispose()
+        raise NotInitialised(problem)
     factory = db.make_sessionmaker(engine)
     try:
         from tipline.services.rotation import recover_master

@@ -136,7 +136,7 @@ def test_the_default_log_has_no_line_that_times_a_message(served: tuple[str, Pat
         time.sleep(0.1)
     assert len(twilio_server.deleted) >= 5
     lines = log.read_text().splitlines()
-    assert any("Serving on" in line for line in lines)  # the log is the server's
+    assert any("tipline serving on" in line for line in lines)  # the log is the server's
     assert [line for line in lines if PRECISE_TIME.search(line)] == []
     per_message = re.compile(r"message processed|delivery already processed|outbox \w+ |attachment \w+ ")
     assert [line for line in lines if per_message.search(line)] == []

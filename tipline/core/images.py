@@ -51,6 +51,17 @@ class Refused(Exception):
         self.reason = reason
 
 
+class Interrupted(Exception):
+    """The cleaner was stopped from outside (the service stopping, the OOM killer), not by the image:
+    the photo is not judged, and is cleaned again later."""
+
+
+# Signals that stop a child from outside. Its own limits kill it otherwise: the CPU limit by
+# SIGXCPU (its hard limit, which would send SIGKILL, is set above the soft one), the memory limit
+# by a failed allocation (MemoryError, or SIGSEGV/SIGABRT in a decoder), and never by these.
+_STOPPED_FROM_OUTSIDE = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL})
+
+
 @dataclass(frozen=True)
 class CleanImage:
     data: bytes
@@ -112,9 +123,14 @@ def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:
             check=False,
             env=child_environment(),
             cwd="/",
+            # Its own session: a signal to the service's process group (Ctrl-C, `kill -- -PGID`)
+            # stops the service gracefully, and lets the child finish the photo under way.
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired:
         raise Refused(UNREADABLE) from None
+    if done.returncode < 0 and -done.returncode in _STOPPED_FROM_OUTSIDE:
+        raise Interrupted(signal.Signals(-done.returncode).name)  # e.g. systemd stopping the whole cgroup
     if done.returncode != 0:
         raise Refused(UNREADABLE)  # killed by a limit, or crashed in a decoder
     header, _, body = done.stdout.partition(b"\n")
@@ -180,7 +196,9 @@ def _limit_child() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write to a file fails instead of killing us
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
-    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS))
+    # SIGXCPU at the soft limit (its default action ends the child); SIGKILL at the hard one is kept
+    # for signals from outside (_STOPPED_FROM_OUTSIDE), so the two are told apart.
+    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS + 5))
 
 
 def _child_main(argv: list[str]) -> int:

@@ -242,6 +242,9 @@ class MediaWorker:
             image = images.clean(data, self.settings.media_max_pixels, isolate=self.isolate)
         except images.Refused as refused:
             self._settle(job.attachment_id, REFUSED, refused.reason, None, job)
+        except images.Interrupted as stopped:  # stopped from outside, not by the photo: try it again
+            log.warning("attachment %s cleaning interrupted by %s; it will be tried again", attachment_id[:8], stopped)
+            self._retry(job, ChannelError("interrupted", permanent=False))
         except ChannelError as error:
             self._retry(job, error)
         except Exception as error:  # noqa: BLE001 - a network fault or a bug must not lose the photo

@@ -5,18 +5,25 @@ key, of the previous entry's hash and this entry's fields. Editing or deleting a
 the chain at that point, and without the key nobody can rebuild a consistent chain, so
 `tipline audit verify` (and the admin page) detect it. Entries never hold tip content or anything
 about a tipster: only console usernames, tip references and actions.
+
+Each entry is also logged by the `tipline.audit` logger once its transaction has committed (an
+entry rolled back is not logged: it never happened), so that it can be shipped to syslog or a SIEM
+(tipline/logs.py: text or JSON lines). The log line holds the entry's fields and its id, with the
+time to the minute like every line of ours; the chain in the database stays the record of truth.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from sqlalchemy import ColumnElement, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, event, func, inspect, select, text
+from sqlalchemy.orm import Session, SessionTransaction
 
+from tipline import logs
 from tipline.core import crypto
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import KeyPurpose
@@ -25,6 +32,8 @@ from tipline.storage.models import AuditEntry, utcnow
 
 GENESIS = "0" * 64
 _PG_CHAIN_LOCK = 7_311_771  # advisory lock id: one appender at a time on PostgreSQL
+_UNLOGGED = "tipline_audit_unlogged"  # Session.info key: entries of the open transaction, not yet logged
+stream = logging.getLogger(logs.AUDIT)
 
 
 def _digest_input(prev_hash: str, entry: AuditEntry) -> bytes:
@@ -71,7 +80,47 @@ def record(
     entry.key_version, entry.hash = keyring.mac(KeyPurpose.AUDIT, _digest_input(prev_hash, entry))
     session.add(entry)
     session.flush()
+    session.info.setdefault(_UNLOGGED, []).append(entry)
     return entry
+
+
+@event.listens_for(Session, "after_commit")
+def _log_committed(session: Session) -> None:
+    """Log the entries this transaction committed (not those of a savepoint rolled back)."""
+    for entry in session.info.pop(_UNLOGGED, []):
+        if inspect(entry).persistent:
+            _log(entry)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_rolled_back(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_UNLOGGED, None)
+
+
+def _log(entry: AuditEntry) -> None:
+    """One line per entry: the text form here, a JSON object from `record.audit` (tipline/logs.py)."""
+    fields: dict[str, object] = {
+        "id": entry.id,
+        "at": entry.at.strftime("%Y-%m-%dT%H:%MZ"),  # to the minute, like every log line of ours
+        "action": entry.action,
+        "actor": entry.actor or SYSTEM_ACTOR,
+        "object_type": entry.object_type,
+        "object_id": entry.object_id,
+        "outcome": entry.outcome,
+        "detail": AuditLine.of(entry).detail,
+    }
+    target = f" on {entry.object_type} {entry.object_id or '-'}" if entry.object_type else ""
+    stream.info(
+        "audit %s: %s by %s%s: %s %s",
+        entry.id,
+        entry.action,
+        fields["actor"],
+        target,
+        entry.outcome,
+        entry.detail or "{}",
+        extra={"audit": fields},
+    )
 
 
 def log_event(

@@ -14,7 +14,8 @@ gets `Policy.per_address` attempts a minute, each username `Policy.per_username`
 after `MAX_FAILURES` failures. They are counted before any hashing. A refusal costs one read; the
 first refusal of each budget is recorded (so the count passes the limit) and audited, later ones
 are not, so that a flood of refused attempts writes nothing. Counts are kept under keyed hashes of
-the username and the address, never the address itself.
+the username and the address, never the address itself. An IPv6 client counts as its /64
+(`address_budget_key`): it may use any address of it.
 
 Every refusal says the same thing, whichever factor was wrong. The console calls the functions
 that take a `ctx` (sign_in, resume, enrol, change_password, sign_out); the others are their
@@ -26,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import ipaddress
 import secrets
 import time
 from collections.abc import Sequence
@@ -162,8 +164,28 @@ class Budget:
 def budgets(keyring: Keyring, policy: Policy, username: str, client: str) -> tuple[Budget, Budget]:
     """The budgets an attempt for `username` from the address `client` counts against."""
     _, by_name = keyring.keyed_hash("console-sign-in-username", username)
-    _, by_address = keyring.keyed_hash("console-sign-in-address", client)
+    _, by_address = keyring.keyed_hash("console-sign-in-address", address_budget_key(client))
     return Budget("username", by_name, policy.per_username), Budget("address", by_address, policy.per_address)
+
+
+def address_budget_key(client: str) -> str:
+    """What the per-address budget counts for the address `client`.
+
+    An IPv6 address counts as its /64: a subscriber is given a whole /64 and a machine picks any
+    address in it at will (privacy addresses change by themselves), so counting each address would
+    give one client millions of budgets. An IPv4 address counts as itself, also when written as
+    IPv4-mapped IPv6 (::ffff:203.0.113.5, as a dual-stack socket reports it). Anything else (no
+    address known) counts as the text it is.
+    """
+    try:
+        address = ipaddress.ip_address(client.strip())
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"  # without any %zone: the same network
 
 
 def _counts(session: Session, spent: Sequence[Budget], since: dt.datetime) -> dict[str, int]:

@@ -44,7 +44,7 @@ from tipline.core.channels import Channel, ChannelError, SentLog
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import DeliveryStatus, ErasedReason, OutboxKind, OutboxStatus, ReplyDelivery
 from tipline.services.context import ServiceContext
-from tipline.storage import records
+from tipline.storage import faults, records
 from tipline.storage.db import checkpoint, claim_due, read_only
 from tipline.storage.models import Contact, Message, OutboxItem, table_of, to_minute, utcnow
 
@@ -282,6 +282,9 @@ class Dispatcher:
         self._paced: dict[str, dt.datetime] = {}  # rows put back for pacing -> when they are due
         # Sends the provider took whose id is not yet recorded (the database failed): row -> provider_ref.
         self._unrecorded: dict[str, str] = {}
+        # Liveness for /healthz: when this dispatcher last finished a pass or a row (the heartbeat
+        # of processes.py copies it into the database); None until it has.
+        self.passed_at: dt.datetime | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -305,6 +308,7 @@ class Dispatcher:
         self._claimed = set(ids)
         for item_id in ids:
             self._perform(item_id)
+            self.passed_at = self.clock()
         self._claimed = set()
         done = len(ids) + (self.media() if self.media is not None else 0)
         return done + (self.alerts() if self.alerts is not None else 0)
@@ -607,6 +611,8 @@ class Dispatcher:
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
         """The dispatcher loop: work while there is work, otherwise wait for a wake-up or the interval."""
         next_maintenance = 0.0
+        self.passed_at = self.clock()  # started: alive for /healthz from now on
+        failures = _FailedPasses()
         while not stop.is_set():
             try:
                 if self.maintenance is not None and time.monotonic() >= next_maintenance:
@@ -615,12 +621,45 @@ class Dispatcher:
                 worked = self.run_once()
                 if self.background is not None:
                     worked += self.background()
+                self.passed_at = self.clock()
             except Exception as error:  # noqa: BLE001 - keep the loop alive; the rows stay durable
-                log.error("dispatcher pass failed: %s", type(error).__name__)
+                failures.failed(error)
                 worked = 0
+            else:
+                failures.passed()
             if not worked:
                 paced = self.pacing_wait()
                 self._wake.wait(interval if paced is None else min(interval, paced))
+
+
+class _FailedPasses:
+    """The log of failing passes: an outage is logged when it starts, then at most once a minute
+    while it lasts, and when it ends. A pass a second would otherwise log an error a second."""
+
+    EVERY = 60.0  # seconds between "still failing" lines
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cause = ""
+        self._next_line = 0.0  # monotonic
+
+    def failed(self, error: Exception) -> None:
+        self.count += 1
+        cause = faults.describe(error) if isinstance(error, faults.ERRORS) else ""
+        self.cause = self.cause or cause
+        if self.count == 1:
+            log.error("dispatcher pass failed: %s%s", type(error).__name__, f": {cause}" if cause else "")
+        elif time.monotonic() >= self._next_line:
+            log.error("dispatcher still failing: %s, %d passes", cause or type(error).__name__, self.count)
+        else:
+            return
+        self._next_line = time.monotonic() + self.EVERY
+
+    def passed(self) -> None:
+        if self.count:
+            again = "database reachable again" if self.cause else "passes again"
+            log.info("dispatcher %s after %d failed passes", again, self.count)
+        self.count, self.cause = 0, ""
 
 
 @dataclass(frozen=True)

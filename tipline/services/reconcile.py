@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,7 @@ from tipline.core.channels import ChannelError, InboundMessage, LoggedInbound
 from tipline.core.conversation import guess_language
 from tipline.services.context import ServiceContext
 from tipline.services.intake import DELIVERY_MEMORY, Intake, Result
+from tipline.storage.faults import describe
 from tipline.storage.models import ReconcileMark, to_minute
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,9 @@ LOOKBACK_LIMIT = DELIVERY_MEMORY - dt.timedelta(hours=1)
 FIRST_LOOKBACK = dt.timedelta(days=1)  # a first run (no mark yet) looks back this far
 PERIODIC_GRACE = dt.timedelta(seconds=60)  # the dispatcher leaves messages this young to the webhook
 # The database cannot take a message now (stopped, unreachable, locked past its timeout, disk full,
-# read-only): not a fault of the message, which Twilio keeps in its log for reconciliation.
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+# read-only): not a fault of the message, which Twilio keeps in its log for reconciliation. On SQLite
+# a COMMIT that fails (a full disk) raises the sqlite3 module's own error: db.make_engine commits itself.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, sqlite3.OperationalError)
 
 
 def check_windows() -> None:
@@ -180,7 +183,8 @@ class _Run:
             try:
                 result = self.intake.receive(message)
             except DATABASE_DOWN as error:
-                log.warning("twilio reconcile stopped: database unavailable (%s)", type(error).__name__)
+                name, cause = type(error).__name__, describe(error)
+                log.warning("twilio reconcile stopped: database unavailable (%s): %s", name, cause)
                 self.failed += 1
                 self.blocked = True
                 return False
@@ -210,7 +214,7 @@ def periodic(ctx: ServiceContext, source: MessageLog | None, intake: Intake) -> 
         log.warning("twilio reconcile: Twilio could not be listed (%s)", error.code)
         return None
     except DATABASE_DOWN as error:
-        log.warning("twilio reconcile: database unavailable (%s); next time", type(error).__name__)
+        log.warning("twilio reconcile: database unavailable (%s): %s; next time", type(error).__name__, describe(error))
         return None
 
 
@@ -223,7 +227,11 @@ def receive_or_defer(intake: Intake, message: InboundMessage) -> Result | None:
     try:
         return intake.receive(message)
     except DATABASE_DOWN as error:
-        log.error("sms webhook: database unavailable (%s); the message waits in Twilio's log", type(error).__name__)
+        log.error(
+            "sms webhook: database unavailable (%s): %s; the message waits in Twilio's log",
+            type(error).__name__,
+            describe(error),
+        )
         return None
 
 

@@ -18,11 +18,15 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from alembic.config import Config
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, update
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url, update
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -168,11 +172,86 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str) -> None:
-    """Create or upgrade the schema to the newest migration."""
+def upgrade(url: str, target: str = "head") -> None:
+    """Create or upgrade the schema to the newest migration (or to `target`, for upgrade tests)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), target)
+
+
+class Unreachable(Exception):
+    """The database did not answer; the message is `error_line()`."""
+
+
+class SchemaError(Exception):
+    """The database's schema is not one this code can run on or upgrade; the message says why."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where the database's schema stands against the migrations this code ships."""
+
+    current: str | None  # the database's Alembic revision; None before the first migration
+    head: str  # the newest migration of this code: the revision it needs
+    known: bool  # False when a newer tipline migrated the database past what this code knows
+
+    @property
+    def behind(self) -> bool:
+        return self.known and self.current != self.head
+
+    def problem(self) -> str | None:
+        """Why code at `head` must not run on this database, or None when the revisions agree.
+
+        Checked once at start: code that reads a column a migration has not added yet fails request
+        by request (a webhook answered 500, a tip the provider retries), so it refuses whole instead.
+        """
+        if not self.known:
+            return (
+                f"the database schema is at {self.current}, which this tipline does not know (it needs {self.head}): "
+                "this tipline is older than the database; run the newer release that upgraded it"
+            )
+        if self.behind:
+            return (
+                f"the database schema is at {self.current or 'no revision'} but this tipline needs {self.head}: "
+                "run `tipline init` to upgrade"
+            )
+        return None
+
+
+def head_revision() -> str:
+    """The schema revision this code needs (its newest migration), for `tipline --version`."""
+    return schema_scripts().get_current_head() or ""
+
+
+def schema_scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(""))
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """Read the database's revision (one query on `alembic_version`) and compare it with the code's."""
+    scripts = schema_scripts()
+    with engine.connect() as connection:
+        connection = connection.execution_options(tipline_read_only=True)  # SQLite: no write lock
+        current = MigrationContext.configure(connection).get_current_revision()
+    known = current is None or current in {script.revision for script in scripts.walk_revisions()}
+    return SchemaState(current, scripts.get_current_head() or "", known)
+
+
+def error_line(error: BaseException, url: str) -> str:
+    """Why the database did not answer, in one line an operator can act on.
+
+    The driver's own first line says it (connection refused at host:port, password authentication
+    failed, database "x" does not exist, timeout expired), where the exception's type alone said
+    nothing. The password of the URL is never repeated, however the driver quotes it.
+    """
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    line = lines[0].strip() if lines else type(cause).__name__
+    line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
+    password = make_url(url).password if "://" in url else None
+    for secret in {str(password), quote(str(password), safe="")} if password else ():
+        line = line.replace(secret, "***")
+    return line
 
 
 class GroupCommitter:

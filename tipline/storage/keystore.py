@@ -55,13 +55,27 @@ def write_secret_file(path: Path, content: bytes) -> None:
         os.close(dir_fd)
 
 
+def master_key_source(settings: Settings) -> str:
+    """Where the master key comes from, for operators: the variable, or the file's path."""
+    return "from TIPLINE_MASTER_KEY" if settings.master_key is not None else str(master_key_path(settings))
+
+
 def load_master_key(settings: Settings, create: bool = False) -> bytes:
+    """The master key; `create` only for a database that has no keys yet (`tipline init`).
+
+    Without `create` the database's keys exist and are wrapped under some master key: a new one
+    would open none of them, so a missing key is an error that points at the offline backup.
+    """
     if settings.master_key is not None:
         return settings.master_key
     path = master_key_path(settings)
     if not path.exists():
         if not create:
-            raise KeyStoreError(f"no master key: set TIPLINE_MASTER_KEY or run `tipline init` to create {path}")
+            raise KeyStoreError(
+                f"the master key is missing (no TIPLINE_MASTER_KEY, no {path}) and the database's keys are wrapped "
+                "under it: restore master.key (or TIPLINE_MASTER_KEY) from the OFFLINE backup; "
+                "`tipline init` will not make a new one, which would open nothing"
+            )
         write_secret_file(path, base64.b64encode(crypto.new_key()) + b"\n")
     try:
         key = base64.b64decode(path.read_bytes().strip(), validate=True)
@@ -100,8 +114,9 @@ def load_keyring(session: Session, master: bytes, require_all: bool = True) -> c
             keks[(row.purpose, row.version)] = crypto.unwrap_kek(master, row.purpose, row.version, row.wrapped_key)
         except crypto.IntegrityError:
             raise KeyStoreError(
-                f"the master key does not open the {row.purpose} key v{row.version}: "
-                "wrong TIPLINE_MASTER_KEY or master.key"
+                f"the master key does not open the {row.purpose} key v{row.version}: it is not the key this "
+                "database's keys are wrapped under, so nothing would open; put back the right master.key "
+                "(or TIPLINE_MASTER_KEY) from the OFFLINE backup"
             ) from None
         if row.is_primary:
             primary[row.purpose] = row.version

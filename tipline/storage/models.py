@@ -474,7 +474,8 @@ class ProcessBeat(Base):
     """A running `tipline serve`, `dispatch` or `telegram poll` process, seen recently.
 
     Lets a command refuse what would break running processes (a master key rotation they cannot
-    follow) and will tell /healthz whether a dispatcher is alive. Nothing here concerns tipsters.
+    follow) and tells /healthz whether a dispatcher is alive (`dispatched_at`, copied from the
+    process's dispatcher loop by its heartbeat). Nothing here concerns tipsters.
     """
 
     __tablename__ = "process_beats"
@@ -484,6 +485,21 @@ class ProcessBeat(Base):
     follows_master_file: Mapped[bool] = mapped_column(Boolean, comment="re-reads master.key when it changes")
     started_at: Mapped[dt.datetime] = mapped_column(DateTime)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, nullable=True, comment="when this process's dispatcher last completed a pass; NULL: it runs none"
+    )
+
+
+class HealthProbe(Base):
+    """The one row /healthz updates to prove the database can be written, not only read.
+
+    A full disk or a read-only database still answers reads, while every webhook's write fails.
+    """
+
+    __tablename__ = "health_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, comment="always 1: a single row")
+    probed_at: Mapped[dt.datetime] = mapped_column(DateTime, comment="the last write /healthz made")
 
 
 class ReconcileMark(Base):

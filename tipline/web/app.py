@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from tipline.runtime import Runtime
+from tipline.services import health
 from tipline.web import limits
 
 
@@ -42,9 +43,14 @@ def create_app(runtime: Runtime) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        if not runtime.database_answers():
-            return jsonify(status="unavailable", database="down"), 503
-        return jsonify(status="ok", database="ok", channels=sorted(runtime.channels)), 200
+        # Content-free: states, counts and ages (services/health.py). 503 when the database cannot
+        # be written or no dispatcher has passed lately: tipsters are being failed. The counts time
+        # tipsters' messages, so only a client on this machine sees them; others get the status.
+        report = runtime.health()
+        code = 200 if report.healthy else 503
+        if not health.is_local(request.remote_addr):
+            return jsonify(status=report.status), code
+        return jsonify(**report.as_json(), channels=sorted(runtime.channels)), code
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
@@ -60,7 +66,8 @@ def create_app(runtime: Runtime) -> Flask:
         # The exception's text may quote input; log only its type and where it was raised.
         frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
         where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
-        app.logger.error("request failed: %s at %s", type(error).__name__, where)
+        cause = health.database_cause(error)  # "database or disk is full", not only "OperationalError"
+        app.logger.error("request failed: %s at %s%s", type(error).__name__, where, f" ({cause})" if cause else "")
         return Response(
             "500 Internal Server Error: nothing was acknowledged; the provider will retry.\n",
             content_type="text/plain; charset=utf-8",

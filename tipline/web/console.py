@@ -80,6 +80,17 @@ def _set_cookie(response: BaseResponse, name: str, value: str) -> None:
     )
 
 
+def _delete_cookie(response: BaseResponse, name: str) -> None:
+    """Expire a cookie with the attributes it was set with (a bare deletion would travel without Secure)."""
+    response.delete_cookie(
+        name,
+        httponly=True,
+        samesite="Strict",
+        path="/console",
+        secure=current_runtime().settings.public_url.startswith("https://"),
+    )
+
+
 def _wants_json() -> bool:
     return request.path.startswith("/console/api/")
 
@@ -196,7 +207,7 @@ def login() -> ResponseReturnValue:
     notice = "Your session ended after a period of inactivity. Sign in again." if request.args.get("expired") else None
     response = make_response(render_template("console/login.html", login_csrf=token, notice=notice, error=None))
     _set_cookie(response, LOGIN_CSRF_COOKIE, token)
-    response.delete_cookie(COOKIE, path="/console")
+    _delete_cookie(response, COOKIE)
     return response
 
 
@@ -222,7 +233,7 @@ def login_submit() -> ResponseReturnValue:
         return _login_failed(auth.SIGN_IN_FAILED, 401)
     response = redirect(_next_page(signed_in.visit.stage, signed_in.visit.roles))
     _set_cookie(response, COOKIE, signed_in.token)  # a fresh token at every sign-in: no session fixation
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/console")
+    _delete_cookie(response, LOGIN_CSRF_COOKIE)
     return response
 
 
@@ -284,7 +295,7 @@ def logout() -> ResponseReturnValue:
     if not auth.sign_out(_ctx(), request.cookies.get(COOKIE), request.form.get("csrf_token", "")):
         abort(400, "The form expired. Reload and try again.")
     response = redirect(url_for("console.login"))
-    response.delete_cookie(COOKIE, path="/console")
+    _delete_cookie(response, COOKIE)
     return response
 
 
@@ -597,13 +608,19 @@ def admin_users() -> ResponseReturnValue:
 
 
 def _accounts_page(
-    *, created: str | None = None, password: str | None = None, error: str | None = None, notice: str | None = None
+    *,
+    created: str | None = None,
+    reset: str | None = None,
+    password: str | None = None,
+    error: str | None = None,
+    notice: str | None = None,
 ) -> str:
     return render_template(
         "console/admin_users.html",
         users=accounts.list_users(_ctx()),
         now=_ctx().now(),
         created=created,
+        reset=reset,
         password=password,
         error=error,
         notice=notice,
@@ -632,6 +649,28 @@ USER_ACTIONS: dict[str, Callable[[ServiceContext, str, str], None]] = {
     "enable": lambda ctx, username, actor: accounts.set_disabled(ctx, username, False, actor=actor),
     "reset-2fa": lambda ctx, username, actor: accounts.reset_2fa_from_console(ctx, username, actor=actor),
     "unlock": lambda ctx, username, actor: accounts.unlock(ctx, username, actor=actor),
+    "grant-admin": lambda ctx, username, actor: accounts.grant_role_from_console(
+        ctx, username, Role.ADMIN, actor=actor
+    ),
+    "remove-admin": lambda ctx, username, actor: accounts.remove_role_from_console(
+        ctx, username, Role.ADMIN, actor=actor
+    ),
+    # Refused with ShellOnly, and the refusal audited: no console form offers it, but a forged POST is logged.
+    "grant-detective": lambda ctx, username, actor: accounts.grant_role_from_console(
+        ctx, username, Role.DETECTIVE, actor=actor
+    ),
+    "remove-detective": lambda ctx, username, actor: accounts.remove_role_from_console(
+        ctx, username, Role.DETECTIVE, actor=actor
+    ),
+}
+# Actions an admin may not take on their own account in the console (another admin, or the shell, can).
+NOT_ON_ONESELF = {
+    "disable": "You cannot disable your own account.",
+    "grant-admin": "You cannot change your own roles.",
+    "remove-admin": "You cannot change your own roles.",
+    "grant-detective": "You cannot change your own roles.",
+    "remove-detective": "You cannot change your own roles.",
+    "reset-password": "You cannot reset your own password in the console.",
 }
 
 
@@ -656,12 +695,37 @@ USER_ACTION_QUESTIONS = {
         "{name} can try to sign in again at once, instead of waiting for the lock to end.",
         "Unlock the account",
     ),
+    "grant-admin": (
+        "Make {name} an administrator?",
+        "{name} is signed out at once and, at the next sign-in, manages accounts and keys and reads the audit log.",
+        "Grant the admin role",
+    ),
+    "remove-admin": (
+        "Remove {name}'s admin role?",
+        "{name} is signed out at once and no longer manages accounts, keys or the audit log.",
+        "Remove the admin role",
+    ),
+    "reset-password": (
+        "Reset {name}'s password?",
+        "{name} is signed out at once. The next page shows a one-time password, once: give it to {name}, who "
+        "signs in with it and their authenticator app, then chooses a password of their own.",
+        "Reset the password",
+    ),
+    "remove-detective": (
+        "Remove {name}'s detective role?",
+        "{name} is signed out at once and no longer reads or answers tips. Only the server's command line "
+        "can give the role back.",
+        "Remove the detective role",
+    ),
 }
 USER_ACTIONS_DONE = {
     "disable": "{name}'s account is disabled; their sessions ended.",
     "enable": "{name}'s account is enabled; they can sign in again.",
     "reset-2fa": "{name}'s authenticator is reset; their sessions ended, and they set up a new one at next sign-in.",
     "unlock": "{name}'s account is unlocked.",
+    "grant-admin": "{name} is now an administrator; their sessions ended.",
+    "remove-admin": "{name} is no longer an administrator; their sessions ended.",
+    "remove-detective": "{name} is no longer a detective; their sessions ended.",
 }
 
 
@@ -678,6 +742,9 @@ def _user_action_done() -> str | None:
         "enable": not user.disabled,
         "reset-2fa": user.totp_secret_ct is None,
         "unlock": user.locked_until is None or user.locked_until <= now,
+        "grant-admin": Role.ADMIN in user.role_set,
+        "remove-admin": Role.ADMIN not in user.role_set,
+        "remove-detective": Role.DETECTIVE not in user.role_set,
     }
     return USER_ACTIONS_DONE[action].format(name=username) if holds[action] else None
 
@@ -706,8 +773,8 @@ def admin_user_action(username: str, action: str) -> ResponseReturnValue:
     actor = _visit().username
     if action not in USER_ACTIONS:
         abort(404)
-    if action == "disable" and username == actor:
-        return redirect(url_for("console.admin_users", **_said(error="You cannot disable your own account.")))
+    if action in NOT_ON_ONESELF and accounts.normalise_username(username) == actor:
+        return redirect(url_for("console.admin_users", **_said(error=NOT_ON_ONESELF[action])))
     try:
         USER_ACTIONS[action](_ctx(), username, actor)
     except accounts.ShellOnly as refused:  # audited by the service
@@ -715,6 +782,24 @@ def admin_user_action(username: str, action: str) -> ResponseReturnValue:
     except accounts.UserError as error:
         return redirect(url_for("console.admin_users", **_said(error=str(error))))
     return redirect(url_for("console.admin_users", done=action, user=username))
+
+
+@bp.post("/admin/users/<username>/reset-password")
+@page(role=Role.ADMIN)
+def admin_user_reset_password(username: str) -> ResponseReturnValue:
+    """A new one-time password for an admin-only account, shown once on this response (never in a
+    URL or the log); a detective's is refused (ShellOnly): the admin would read the password."""
+    ctx, actor = _ctx(), _visit().username
+    if accounts.normalise_username(username) == actor:  # as the service finds the account: ALEX is alex
+        return redirect(url_for("console.admin_users", **_said(error=NOT_ON_ONESELF["reset-password"])))
+    password = accounts.generate_password()
+    try:
+        user = accounts.reset_password_from_console(ctx, username, password, actor=actor)
+    except accounts.ShellOnly as refused:  # audited by the service
+        return _accounts_page(error=str(refused)), 403
+    except accounts.UserError as error:
+        return redirect(url_for("console.admin_users", **_said(error=str(error))))
+    return _accounts_page(reset=user.username, password=password)
 
 
 @bp.get("/admin/keys")
