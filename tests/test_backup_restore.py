@@ -30,7 +30,7 @@ from sqlalchemy import func, inspect, select
 from tests.support.anonymity import phone_formats, scan_files
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import CARRIER_CITY, REPLY, inbound_form, make_harness, reference_of, sign
-from tests.support.processes import TIPLINE, environment, free_port, run, spawn, workdir
+from tests.support.processes import TIPLINE, environment, free_port, run, spawn, wait_until_serving, workdir
 from tests.support.scratch import PG_URL, scratch_database
 from tipline.config import load_settings
 from tipline.core.vocabulary import TipStatus
@@ -172,13 +172,7 @@ def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     with (workdir(env) / "serve.log").open("w") as out:
         process = spawn(env, "serve", "--port", str(port), output=out)
     try:
-        for _ in range(200):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
+        wait_until_serving(base, seconds=20)
         yield base, env
     finally:
         process.terminate()

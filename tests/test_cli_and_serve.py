@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from tests.support import samples
 from tests.support.anonymity import scan_files
 from tests.support.harness import reference_of
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tipline.config import load_settings
 from tipline.core.vocabulary import AttachmentStatus
 from tipline.runtime import build_runtime
@@ -102,13 +102,7 @@ def served(cli_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     with (workdir(cli_env) / "serve.log").open("w") as out:
         process = spawn({**cli_env, "TIPLINE_LOG_LEVEL": "DEBUG"}, "serve", "--port", str(port), output=out)
     try:
-        for _ in range(100):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
+        wait_until_serving(base)
         yield base, cli_env
     finally:
         process.terminate()

@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, Harness, make_harness, reference_of, replies, sign
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tests.support.scratch import PG_URL
 from tipline.config import load_settings
 from tipline.runtime import build_runtime
@@ -249,17 +249,6 @@ def test_messages_delivered_while_the_database_is_down_are_recovered_exactly_onc
         assert scan_database(tipline.runtime.engine, needles) == []
 
 
-def _wait_healthy(base: str) -> None:
-    for _ in range(150):
-        try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("tipline serve did not start")
-
-
 def _post(base: str, path: str, form: dict[str, str], public_url: str) -> requests.Response:
     return requests.post(
         base + path, data=form, headers={"X-Twilio-Signature": sign(path, form, base=public_url)}, timeout=30
@@ -279,7 +268,7 @@ def test_a_full_disk_loses_nothing_once_space_returns(env: dict[str, str], twili
     # Its log goes to a pipe (a file would hit the same size limit), saved for the scan afterwards.
     process = spawn(env, "serve", "--port", str(port), output=subprocess.PIPE)
     try:
-        _wait_healthy(base)
+        wait_until_serving(base)
         senders = SENDERS[:2]
         # When the disk is full (no file of the process can grow by a byte)
         soft, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from tests.support import fake_telegram, samples
 from tests.support.harness import reference_of
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tipline.config import load_settings
 from tipline.core.vocabulary import AttachmentStatus
 from tipline.runtime import build_runtime
@@ -115,12 +115,7 @@ def served(env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
         process = spawn(settings, "serve", "--port", str(port), output=out)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        wait_until_serving(base)
         yield Served(base, port, process.pid, tmp, settings)
         assert list(tmp.iterdir()) == [], "the server left a file in TMPDIR"
     finally:

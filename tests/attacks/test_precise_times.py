@@ -24,7 +24,7 @@ from sqlalchemy import DateTime, Engine, MetaData, Table, select
 from tests.support import samples
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import TIPSTER, Harness, inbound_form, new_sid, reference_of, sign
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tipline.core.vocabulary import AttachmentStatus, OutboxStatus
 from tipline.services import review
 from tipline.storage.models import Attachment, OutboxItem
@@ -100,12 +100,7 @@ def served(env: dict[str, str]) -> Iterator[tuple[str, Path]]:
         process = spawn(settings, "serve", "--port", str(port), output=out)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        wait_until_serving(base)
         yield base, log
     finally:
         process.terminate()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 BUDGET = 20  # auth.Policy.per_address
@@ -88,14 +87,7 @@ def served(env: dict[str, str], trusted: str | None) -> Iterator[tuple[str, str]
     with (workdir(env) / "serve.log").open("w") as out:
         process = spawn(env, "serve", "--host", "127.0.0.1", "--port", str(port), output=out)
     try:
-        for _ in range(150):
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError((workdir(env) / "serve.log").read_text())
+        wait_until_serving(base, log=workdir(env) / "serve.log")
         yield base, password.group(1)
     finally:
         process.terminate()

@@ -43,8 +43,13 @@ class Person:
         """A code the server has not seen from us yet (each code is accepted once)."""
         assert self.secret
         while True:
-            current = int(time.time() // TOTP_PERIOD)
-            step = max(current - 1, self.last_step + 1)
+            now = time.time()
+            current = int(now // TOTP_PERIOD)
+            # The server accepts the step before its own: the previous step's code only early in a
+            # step, so that it is still good when a slow request (argon2 on a loaded machine) lands
+            # in the next one.
+            earliest = current - 1 if now % TOTP_PERIOD < TOTP_PERIOD / 2 else current
+            step = max(earliest, self.last_step + 1)
             if step <= current + 1:
                 self.last_step = step
                 return pyotp.TOTP(self.secret).at(step * TOTP_PERIOD)

@@ -6,8 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO
+
+import requests
 
 TIPLINE = [sys.executable, "-m", "tipline.cli"]
 
@@ -52,3 +55,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_until_serving(base: str, seconds: float = 15, log: Path | None = None) -> None:
+    """Wait until the `tipline serve` at `base` answers /healthz with 200 (it is listening and its
+    dispatcher has passed); AssertionError, with the server's log if given, when it does not in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    said = f":\n{log.read_text()}" if log else ""
+    raise AssertionError(f"tipline serve at {base} was not serving after {seconds:g} s{said}")
