@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import fake_telegram, fake_twilio
+from tests.support.console import Person, person
 from tests.support.harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -104,6 +105,23 @@ def tipline(env: dict[str, str], twilio_server: fake_twilio.FakeTwilio, log_file
     harness = make_harness(env, twilio_server, log_file)
     yield harness
     harness.runtime.close()
+
+
+@pytest.fixture
+def dana(tipline: Harness) -> Person:
+    """A detective, signed in in her own browser (her authenticator enrolled)."""
+    detective = person(tipline.app, tipline.runtime.ctx, "dana")
+    assert detective.sign_in().location.endswith("/console/")
+    return detective
+
+
+@pytest.fixture
+def alex(tipline: Harness) -> Person:
+    """An administrator who is not a detective, signed in on the accounts page."""
+    admin = person(tipline.app, tipline.runtime.ctx, "alex", roles=("admin",))
+    assert admin.sign_in().location.endswith("/console/admin/users")
+    admin.get("/console/admin/users")
+    return admin
 
 
 @pytest.fixture(autouse=True)

@@ -40,23 +40,6 @@ def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     use_hasher(monkeypatch, CHEAP)
 
 
-@pytest.fixture
-def dana(tipline: Harness) -> Person:
-    """A detective, signed in (her authenticator enrolled)."""
-    detective = person(tipline.app, tipline.runtime.ctx, "dana")
-    assert detective.sign_in().location.endswith("/console/")
-    return detective
-
-
-@pytest.fixture
-def alex(tipline: Harness) -> Person:
-    """An administrator (not a detective), signed in on the accounts page."""
-    admin = person(tipline.app, tipline.runtime.ctx, "alex", roles=("admin",))
-    assert admin.sign_in().location.endswith("/console/admin/users")
-    admin.get("/console/admin/users")
-    return admin
-
-
 def another_browser(tipline: Harness, someone: Person, password: str, address: str = "192.0.2.80") -> Person:
     """`someone` in a browser of their own, with their authenticator and `password`."""
     return Person(client_at(tipline.app, address), someone.username, password, someone.secret, someone.last_step)

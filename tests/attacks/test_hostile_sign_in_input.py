@@ -45,14 +45,6 @@ def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     use_hasher(monkeypatch, CHEAP)
 
 
-@pytest.fixture
-def dana(tipline: Harness) -> Person:
-    """An enrolled detective, signed in in her own browser."""
-    dana = person(tipline.app, tipline.runtime.ctx, "dana")
-    assert dana.sign_in().location.endswith("/console/")
-    return dana
-
-
 def at_stage(tipline: Harness, username: str, stage: str, must_change: bool = False) -> Person:
     """A new account signed in up to `stage` ("enrol" or "password"), its page loaded."""
     someone = person(tipline.app, tipline.runtime.ctx, username, must_change=must_change)

@@ -33,21 +33,6 @@ ONE_TIME_PASSWORD = re.compile(r'class="one-time-password">([^<]+)<')
 PRINTED_PASSWORD = re.compile(r"one-time password: (\S+)")
 
 
-@pytest.fixture
-def alex(tipline: Harness) -> Person:
-    admin = person(tipline.app, tipline.runtime.ctx, "alex", roles=("admin",))
-    assert admin.sign_in().location.endswith("/console/admin/users")
-    admin.get("/console/admin/users")
-    return admin
-
-
-@pytest.fixture
-def dana(tipline: Harness) -> Person:
-    detective = person(tipline.app, tipline.runtime.ctx, "dana")
-    assert detective.sign_in().location.endswith("/console/")
-    return detective
-
-
 def audited(tipline: Harness, actor: str) -> list[tuple[str, str | None, str, dict[str, object]]]:
     with tipline.runtime.factory() as session:
         entries = session.scalars(

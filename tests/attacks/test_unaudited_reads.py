@@ -14,7 +14,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from tests.support.console import Person, person
+from tests.support.console import Person
 from tests.support.harness import Harness, photos
 from tests.support.samples import camera_jpeg
 from tipline.core.vocabulary import AttachmentStatus
@@ -23,13 +23,6 @@ from tipline.storage.models import AuditEntry, Tip
 
 SECRET_WORDS = "CANARY-READ a red van parks behind the school at night"
 FOLLOW_UP = "CANARY-FOLLOWUP the van has a dented left door"
-
-
-@pytest.fixture
-def dana(tipline: Harness) -> Person:
-    detective = person(tipline.app, tipline.runtime.ctx, "dana")
-    assert detective.sign_in().location.endswith("/console/")
-    return detective
 
 
 def reads_of(tipline: Harness, reference: str) -> list[AuditEntry]:
