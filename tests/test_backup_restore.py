@@ -172,7 +172,7 @@ def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     with (workdir(env) / "serve.log").open("w") as out:
         process = spawn(env, "serve", "--port", str(port), output=out)
     try:
-        wait_until_serving(base, seconds=20)
+        wait_until_serving(base)
         yield base, env
     finally:
         process.terminate()

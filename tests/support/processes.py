@@ -57,7 +57,7 @@ def free_port() -> int:
         return port
 
 
-def wait_until_serving(base: str, seconds: float = 15, log: Path | None = None) -> None:
+def wait_until_serving(base: str, seconds: float = 60, log: Path | None = None) -> None:
     """Wait until the `tipline serve` at `base` answers /healthz with 200 (it is listening and its
     dispatcher has passed); AssertionError, with the server's log if given, when it does not in time."""
     deadline = time.monotonic() + seconds
@@ -65,7 +65,7 @@ def wait_until_serving(base: str, seconds: float = 15, log: Path | None = None) 
         try:
             if requests.get(base + "/healthz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow on a loaded machine
             pass
         time.sleep(0.1)
     said = f":\n{log.read_text()}" if log else ""
