@@ -40,6 +40,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/console_list.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/media.py
+	$(BIN)/python bench/isolation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,12 +1,23 @@
 """Intake throughput and latency: `tipline serve` against a bare Flask app on the same WSGI server.
 
-Both servers run as separate processes on waitress with the same thread count. Each gets the
-same number of signed inbound-SMS webhooks from realistic conversations (greeting, description,
-place, SKIP, follow-up) from many senders with unique MessageSids, over 16 keep-alive
-connections. Printed: requests/s, p50 and p99 latency for each, and tipline's share of the
-baseline's throughput (the product's target: at least 0.5, with p99 under 50 ms on 2 cores).
+Both servers run as separate processes on waitress with the same thread count and the same
+number of processes (`--workers`: `tipline serve --workers N`, and the bare app in N forked
+processes accepting on one socket). Each gets the same number of signed inbound-SMS webhooks from
+realistic conversations (greeting, description, place, SKIP, follow-up) from many senders with
+unique MessageSids, over 16 keep-alive connections. Printed: requests/s, p50 and p99 latency for
+each, and tipline's share of the baseline's throughput (the product's target: at least 0.5, with
+p99 under 50 ms on 2 cores).
 
-    python bench/intake.py [--senders 400] [--connections 16] [--threads 8]
+Then a per-stage profile of one webhook: the real app of a real runtime on an in-process waitress,
+one message at a time, with clocks put around each stage by this script (nothing in tipline is
+instrumented): HTTP (waitress, Flask routing, parsing, TwiML, the client's share), signature
+(Twilio's), crypto (AES-GCM seal/open, HMAC pseudonyms and keyed hashes, data-key wrap/unwrap),
+database (statements as the driver runs them, commit excluded), commit (the durable one), and the
+rest (conversation logic, SQLAlchemy's own work). The per-message figures are steadier than
+requests/s on a shared machine.
+
+    python bench/intake.py [--senders 400] [--connections 16] [--threads 8] [--workers CORES]
+                           [--profile-senders 100] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import http.client
 import os
 import queue
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -23,7 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +57,9 @@ CONVERSATION = [
 ]
 
 
-def serve_baseline(port: int, threads: int) -> None:
-    """The floor: a Flask app that answers every webhook with fixed TwiML and does nothing else."""
+def serve_baseline(port: int, threads: int, workers: int) -> None:
+    """The floor: a Flask app that answers every webhook with fixed TwiML and does nothing else,
+    served by `workers` processes (forked after binding) accepting on one socket."""
     import waitress
     from flask import Flask, Response
 
@@ -54,7 +69,14 @@ def serve_baseline(port: int, threads: int) -> None:
     def sms() -> Response:
         return Response(FIXED_TWIML, content_type="text/xml; charset=utf-8")
 
-    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break  # a child serves; the parent forks the next one (measure() ends the whole group)
+    waitress.serve(app, sockets=[sock], threads=threads, _quiet=True)
 
 
 def free_port() -> int:
@@ -162,6 +184,137 @@ def load(port: int, work: list[list[tuple[bytes, str]]], connections: int) -> tu
     return time.perf_counter() - start, latencies, errors[0]
 
 
+STAGES = ("HTTP", "signature", "crypto", "database", "commit", "rest")
+
+
+class StageClock:
+    """Time spent per stage, summed over every thread; a stage entered inside another is not counted
+    twice (the outer one owns the time)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.view = 0.0  # inside the webhook's view function
+        self.unit = 0.0  # inside intake's unit of work (Intake._process)
+        self.in_unit = dict.fromkeys(STAGES, 0.0)  # the stages' share of it
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+            if getattr(self._local, "unit", False):
+                self.in_unit[stage] += seconds
+
+    def watch_unit(self, process: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._local.unit = True
+            start = time.perf_counter()
+            try:
+                return process(*args, **kwargs)
+            finally:
+                self.unit += time.perf_counter() - start
+                self._local.unit = False
+
+        return timed
+
+    def wrap(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if getattr(self._local, "inside", False):
+                return function(*args, **kwargs)
+            self._local.inside = True
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(stage, time.perf_counter() - start)
+                self._local.inside = False
+
+        return timed
+
+    def watch_engine(self, engine: Any) -> None:
+        """Statements (cursor execute) and the durable commit: SQLite commits in tipline's listener of
+        the engine's commit event (db.make_engine), PostgreSQL in the dialect's do_commit after it."""
+        from sqlalchemy import event
+
+        def before_statement(conn: Any, *_: Any) -> None:
+            conn.info["bench_statement"] = time.perf_counter()
+
+        def after_statement(conn: Any, *_: Any) -> None:
+            self.add("database", time.perf_counter() - conn.info.pop("bench_statement"))
+
+        event.listen(engine, "before_cursor_execute", before_statement)
+        event.listen(engine, "after_cursor_execute", after_statement)
+        for listener in list(engine.dispatch.commit):
+            event.remove(engine, "commit", listener)
+            event.listen(engine, "commit", self.wrap("commit", listener))
+        engine.dialect.do_commit = self.wrap("commit", engine.dialect.do_commit)
+
+
+def profile(env: dict[str, str], senders: int, threads: int) -> None:
+    """Where one webhook's time goes: the real app of a real runtime on an in-process waitress, one
+    keep-alive connection, one message at a time, with clocks around each stage."""
+    import waitress
+
+    from tipline.config import load_settings
+    from tipline.core import crypto
+    from tipline.runtime import build_runtime
+    from tipline.web.app import create_app
+
+    runtime = build_runtime(load_settings(env))
+    app = create_app(runtime)
+    clock = StageClock()
+    sms = runtime.sms
+    assert sms is not None
+    sms.authenticate = clock.wrap("signature", sms.authenticate)  # type: ignore[method-assign]
+    for name in ("seal", "open_sealed", "new_key"):
+        setattr(crypto, name, clock.wrap("crypto", getattr(crypto, name)))
+    for name in ("keyed_hash", "mac"):
+        setattr(crypto.Keyring, name, clock.wrap("crypto", getattr(crypto.Keyring, name)))
+    clock.watch_engine(runtime.engine)
+    intake = runtime.intake
+    intake._process = clock.watch_unit(intake._process)  # type: ignore[method-assign]
+    view = app.view_functions["twilio.inbound_sms"]
+
+    def timed_view() -> Any:
+        start = time.perf_counter()
+        try:
+            return view()
+        finally:
+            clock.view += time.perf_counter() - start
+
+    app.view_functions["twilio.inbound_sms"] = timed_view
+    port = free_port()
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=threads)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        load(port, conversations(4), connections=1)  # warm up
+        clock.reset()
+        seconds, latencies, errors = load(port, conversations(senders), connections=1)
+    finally:
+        server.close()
+        runtime.close()
+    if errors:
+        print(f"profile: {errors} webhooks not answered 200", flush=True)
+    n = len(latencies)
+    per = {stage: clock.seconds[stage] / n for stage in STAGES}
+    total = seconds / n
+    per["HTTP"] = total - per["signature"] - clock.view / n
+    per["rest"] = clock.view / n - per["crypto"] - per["database"] - per["commit"]
+    print(f"profile of {n} webhooks, one at a time: {total * 1000:.3f} ms per message", flush=True)
+    for stage in STAGES:
+        print(f"  {stage:10} {per[stage] * 1000:7.3f} ms  {per[stage] / total:6.1%}", flush=True)
+    inside = (clock.unit - sum(clock.in_unit.values())) / n
+    print(
+        f"  rest: {inside * 1000:.3f} ms in intake's unit of work (conversation, effects, SQLAlchemy), "
+        f"{(per['rest'] - inside) * 1000:.3f} ms around it (session, transaction, group-commit hand-off, view)",
+        flush=True,
+    )
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -170,7 +323,9 @@ def percentile(values: list[float], p: float) -> float:
 def measure(
     name: str, command: list[str], env: dict[str, str], port: int, work: list, connections: int
 ) -> dict[str, float]:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_ready(port, process)
         load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
@@ -178,6 +333,10 @@ def measure(
     finally:
         process.terminate()
         process.wait(timeout=30)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)  # worker processes left behind, if any
+        except ProcessLookupError:
+            pass
     figures = {
         "requests": len(latencies),
         "errors": errors,
@@ -194,16 +353,59 @@ def measure(
     return figures
 
 
+def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Both servers under the same load, one after the other; the ratio and tipline's p99."""
+    work = conversations(args.senders)
+    print(
+        f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "
+        f"{args.workers} process(es) of waitress with {args.threads} threads each, "
+        f"database {'SQLite (WAL, synchronous=FULL)' if not args.database_url else args.database_url}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
+    base_port, tip_port = free_port(), free_port()
+    baseline = measure(
+        "baseline",
+        [sys.executable, __file__, "--serve-baseline", str(base_port)]
+        + ["--threads", str(args.threads), "--workers", str(args.workers)],
+        env,
+        base_port,
+        work,
+        args.connections,
+    )
+    tipline = measure(
+        "tipline",
+        [sys.executable, "-m", "tipline.cli", "serve", "--port", str(tip_port), "--threads", str(args.threads)]
+        + ["--workers", str(args.workers)],
+        env,
+        tip_port,
+        work,
+        args.connections,
+    )
+    print(
+        f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
+        f"tipline p99: {tipline['p99_ms']:.1f} ms (targets: ratio >= 0.5, p99 < 50 ms)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--senders", type=int, default=400, help="conversations per server (5 messages each)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=8, help="waitress threads, the same for both servers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="server processes, the same for both servers (default: the machine's cores, as `tipline serve`)",
+    )
+    parser.add_argument("--profile-senders", type=int, default=100, help="conversations of the per-stage profile")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temporary data directory")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
-        serve_baseline(args.serve_baseline, args.threads)
+        serve_baseline(args.serve_baseline, args.threads, args.workers)
         return
 
     from tests.support.scratch import scratch_database
@@ -228,35 +430,10 @@ def main() -> None:
         if database_url:
             env["TIPLINE_DATABASE_URL"] = database_url
         subprocess.run([sys.executable, "-m", "tipline.cli", "init"], env=env, check=True, capture_output=True, cwd=tmp)
-        work = conversations(args.senders)
-        print(
-            f"{args.senders} conversations x {len(CONVERSATION)} messages, {args.connections} connections, "
-            f"waitress with {args.threads} threads, "
-            f"database {'SQLite (WAL, synchronous=FULL)' if not args.database_url else args.database_url}, "
-            f"{os.cpu_count()} CPUs",
-            flush=True,
-        )
-        base_port, tip_port = free_port(), free_port()
-        baseline = measure(
-            "baseline",
-            [sys.executable, __file__, "--serve-baseline", str(base_port), "--threads", str(args.threads)],
-            env,
-            base_port,
-            work,
-            args.connections,
-        )
-        tipline = measure(
-            "tipline",
-            [sys.executable, "-m", "tipline.cli", "serve", "--port", str(tip_port), "--threads", str(args.threads)],
-            env,
-            tip_port,
-            work,
-            args.connections,
-        )
-        print(
-            f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
-            f"tipline p99: {tipline['p99_ms']:.1f} ms (targets: ratio >= 0.5, p99 < 50 ms)"
-        )
+        if args.senders:
+            throughput(args, env)
+        if args.profile_senders:
+            profile(env, args.profile_senders, args.threads)
 
 
 if __name__ == "__main__":

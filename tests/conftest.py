@@ -23,7 +23,10 @@ from tests.support.harness import (
     telegram_harness,
 )
 from tests.support.scratch import PG_URL, scratch_database
+from tests.support.sign_in import CHEAP, use_hasher
+from tests.support.template import Templates, templates
 from tipline.services import rotation
+from tipline.storage import db
 
 
 def pytest_report_header() -> str:
@@ -122,6 +125,29 @@ def alex(tipline: Harness) -> Person:
     assert admin.sign_in().location.endswith("/console/admin/users")
     admin.get("/console/admin/users")
     return admin
+
+
+@pytest.fixture(scope="session")
+def migrated_template() -> Iterator[Templates]:
+    with templates(db.upgrade) as made:
+        yield made
+
+
+@pytest.fixture(autouse=True)
+def quick_init(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, migrated_template: Templates) -> None:
+    """A test's `tipline init` copies a database the real migrations built once this session
+    (tests/support/template.py) instead of running them again; `real_migrations` tests run them.
+    Processes started by tests (`tipline init`) always run the migrations."""
+    if request.node.get_closest_marker("real_migrations") is None:
+        monkeypatch.setattr(db, "upgrade", migrated_template.upgrade)
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Console passwords are hashed in-process with argon2id at its smallest cost: what the tests
+    check is which code runs, not how long it takes (tests that need another hasher set their own;
+    processes started by tests keep the real parameters)."""
+    use_hasher(monkeypatch, CHEAP)
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import requests
 
 from tests.support.anonymity import phone_formats, scan_files
 from tests.support.harness import TIPSTER, Harness, inbound_form, reference_of, sign
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tipline import logs
 from tipline.logs import redact
 from tipline.services import audit
@@ -77,12 +77,7 @@ def audited(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, dict[str
     with log.open("w") as out:
         process = spawn(env, "serve", "--port", str(port), output=out)
     try:
-        for _ in range(150):
-            try:
-                requests.get(base + "/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        wait_until_serving(base, log=log, healthy=False, process=process)
         yield base, env, stream, log
     finally:
         process.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,6 +219,43 @@ def test_polling_does_not_keep_an_idle_session_alive(tipline: Harness, detective
     assert detective.get("/console/api/changes").status_code == 200
     idle(tipline, minutes=6)
     assert detective.get("/console/").status_code == 302
+
+
+def test_a_session_records_activity_at_most_once_a_minute(tipline: Harness, detective: Person) -> None:
+    # Each write would hold every writer on SQLite, intake included; a console makes many requests a minute
+    def age(seconds: int) -> dt.datetime:
+        with tipline.runtime.factory.begin() as session:
+            record = session.scalars(select(ConsoleSession)).one()
+            record.last_seen_at -= dt.timedelta(seconds=seconds)
+            return record.last_seen_at
+
+    assert detective.get("/console/").status_code == 200
+    seen = age(30)
+    assert detective.get("/console/").status_code == 200
+    assert age(0) == seen  # nothing written within the minute
+    age(40)
+    assert detective.get("/console/").status_code == 200
+    assert age(0) > seen  # recorded again once a minute has passed
+
+
+def test_polls_go_through_while_another_writer_holds_the_database(tipline: Harness, detective: Person) -> None:
+    assert detective.get("/console/").status_code == 200
+    answers: list[int] = []
+
+    def poll() -> None:
+        answers.extend(
+            detective.client.get(path).status_code for path in ("/console/api/changes", "/console/api/alerts/fresh")
+        )
+
+    with tipline.runtime.factory.begin() as session:
+        session.execute(update(User).values(failed_logins=User.failed_logins))  # a write, held open meanwhile
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        poller.join(5)
+        waited = poller.is_alive()
+    poller.join(60)
+    assert not waited, "a poll waited for the write lock"
+    assert answers == [200, 200]
 
 
 def test_sessions_end_after_their_lifetime_even_when_busy(tipline: Harness, detective: Person) -> None:

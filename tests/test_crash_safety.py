@@ -13,7 +13,7 @@ import requests
 from sqlalchemy import select
 
 from tests.support.harness import PUBLIC_URL, inbound_form, sign
-from tests.support.processes import free_port, run, spawn
+from tests.support.processes import free_port, run, spawn, wait_until_serving
 from tipline.config import load_settings
 from tipline.core.vocabulary import MessageKind
 from tipline.runtime import build_runtime
@@ -27,13 +27,8 @@ def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("a") as out:
         # Webhooks only: the sandbox is not served on a public address (tests/attacks/test_exposed_sandbox.py)
         process = spawn({**env, "TIPLINE_SANDBOX": "0"}, "serve", "--port", str(port), "--no-dispatcher", output=out)
-    for _ in range(150):
-        try:
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
+    wait_until_serving(f"http://127.0.0.1:{port}", log=log, healthy=False, process=process)
+    return process
 
 
 def deliver(port: int, form: dict[str, str]) -> bool:

@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -19,6 +20,7 @@ from tests.support.harness import Harness, new_sid
 from tests.support.processes import run, spawn
 from tipline.config import load_settings
 from tipline.core import crypto
+from tipline.core.channels import InboundMessage
 from tipline.core.vocabulary import KeyPurpose, MessageKind, RotationStatus, TipStatus
 from tipline.runtime import Runtime, build_runtime
 from tipline.services import review, rotation
@@ -155,6 +157,49 @@ def test_a_message_arriving_while_its_tip_is_reencrypted_stays_readable(tipline:
     assert answer == [[f"Added to tip {reference}. Thank you."]]
     detail = review.read_tip(tipline.runtime.ctx, reference)
     assert [e.text for e in detail.thread if e.kind == MessageKind.TIPSTER][-1] == "a detail sent meanwhile"
+
+
+def test_an_erasure_between_reading_and_writing_a_batch_is_not_undone(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two tipsters, and another process that has not yet seen the new contacts key
+    tipline.submit_tip("a tip from a tipster who stays", "+15555550131")
+    tipline.submit_tip("a tip from a tipster who opts out", "+15555550132")
+    other = build_runtime(tipline.runtime.settings)
+    other.keys._check_interval = 3600.0
+    keyring = tipline.runtime.keys.keyring
+    pseudonym = keyring.pseudonym("sms", "+15555550132")[1]
+    with tipline.runtime.factory() as session:
+        contact = session.scalars(select(Contact).where(Contact.pseudonym == pseudonym)).one()
+        shredded = records.contact_dek(keyring, contact)
+    # When the tipster texts STOP through that process after the rotation read its batch and
+    # re-wrapped the old data key, before it writes it (the cryptography runs outside the write lock)
+    read_batch = rotation._rewrap_batch
+    erased: list[bool] = []
+
+    def read_then_erase(*args: Any) -> rotation.Rewrapped:
+        batch = read_batch(*args)
+        if batch.updates and not erased:
+            other.intake.receive(InboundMessage("sms", "+15555550132", new_sid(), "STOP"))
+            erased.append(True)
+        return batch
+
+    monkeypatch.setattr(rotation, "_rewrap_batch", read_then_erase)
+    try:
+        rotation_id = start(tipline, KeyPurpose.CONTACTS)
+        assert finish(tipline, rotation_id)
+    finally:
+        other.close()
+    # Then the erasure's fresh data key survives, re-wrapped by a later pass: the shredded one is not back
+    assert erased
+    with tipline.runtime.factory() as session:
+        contact = session.get_one(Contact, contact.id)
+        assert contact.kek_version == 2
+        assert records.contact_dek(keyring, contact) != shredded
+        assert records.read_address(contact, records.contact_dek(keyring, contact)) is None
+        record = session.get_one(KeyRotation, rotation_id)
+        assert (record.status, record.rows_done) == (RotationStatus.DONE, 2)
+    assert "Added to tip" in tipline.say("still here", sender="+15555550131")[0]
 
 
 def test_pepper_rotation_unlinks_senders_whose_address_was_erased(tipline: Harness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -9,6 +10,8 @@ from tests.support.harness import Harness
 from tipline.config import load_settings
 from tipline.setup import initialise
 from tipline.storage.models import Base
+
+pytestmark = pytest.mark.real_migrations  # every other test copies a database these migrations built once
 
 
 def test_migrations_match_the_models(tipline: Harness) -> None:

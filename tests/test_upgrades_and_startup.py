@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sqlalchemy import text
 
-from tests.support.processes import TIPLINE, environment, free_port, run, spawn, workdir
+from tests.support.processes import TIPLINE, environment, free_port, run, spawn, wait_until_serving, workdir
 from tests.support.scratch import PG_URL
 from tipline.config import load_settings
 from tipline.storage import db
@@ -78,16 +78,12 @@ def start_serve(env: dict[str, str], out: Path, cwd: Path | None = None) -> tupl
         else:
             command = [*TIPLINE, "serve", "--port", str(port)]
             process = subprocess.Popen(command, env=environment(env), cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, out.read_text()
-        try:
-            requests.get(base + "/healthz", timeout=1)
-            return process, base
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.terminate()
-    raise AssertionError("serve did not answer: " + out.read_text())
+    try:
+        wait_until_serving(base, log=out, healthy=False, process=process)
+    except AssertionError:
+        process.terminate()
+        raise
+    return process, base
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

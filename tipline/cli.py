@@ -24,11 +24,13 @@ from tipline.core.vocabulary import Role
 
 if TYPE_CHECKING:
     import datetime as dt
+    import socket
 
     from adapters.telegram import TelegramChannel
     from adapters.telegram_profile import WebhookStatus
     from tipline.runtime import Runtime
     from tipline.setup import InitReport
+    from tipline.web.server import StopSignals, Worker
 
 
 # Exit statuses: 2, a refusal a person must act on (systemd's units do not restart on it:
@@ -140,27 +142,44 @@ def _schema_line(report: InitReport) -> str:
 
 NO_CHANNELS = "none (set TWILIO_*, TELEGRAM_BOT_TOKEN or TIPLINE_SANDBOX=1)"
 STOP_HELP = "On SIGTERM or Ctrl-C, seconds to finish the work in flight before exiting anyway (below TimeoutStopSec)."
+WORKERS_HELP = (
+    "Processes serving the same port [default: the machine's cores; 1 with the sandbox, whose "
+    "conversations live in one process's memory]. One of them runs the dispatcher."
+)
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
-@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads of the WSGI server.")
-@click.option("--no-dispatcher", is_flag=True, help="Do not send outbound messages from this process.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help=WORKERS_HELP)
+@click.option("--threads", default=8, show_default=True, type=int, help="Threads of the WSGI server in each process.")
+@click.option("--no-dispatcher", is_flag=True, help="Do not send outbound messages from this command's processes.")
 @click.option("--stop-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0), help=STOP_HELP)
 @with_settings
-def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher: bool, stop_timeout: float) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int | None,
+    threads: int,
+    no_dispatcher: bool,
+    stop_timeout: float,
+) -> None:
     """Serve webhooks, console, sandbox and /healthz with a production WSGI server (waitress).
 
-    On SIGTERM (systemd's stop) or Ctrl-C, new connections are refused at once, the requests in
-    flight are answered, the dispatcher finishes its pass, and the command exits 0.
+    With --workers N, N processes serve the same port; one of them runs the dispatcher. On SIGTERM
+    (systemd's stop) or Ctrl-C, new connections are refused at once, the requests in flight are
+    answered, the dispatcher finishes its pass, and the command exits 0.
     """
     from tipline.web import server
-    from tipline.web.app import create_app
     from tipline.web.sandbox import exposure
 
     if problem := exposure(settings, host):
         _fail(problem)
+    if workers is None:
+        workers = 1 if settings.sandbox else server.default_workers()
+    elif workers > 1 and settings.sandbox:
+        _fail("the sandbox keeps its conversations in one process's memory: serve it with --workers 1")
     if settings.sandbox and settings.sandbox_public:
         click.echo(
             f"WARNING: TIPLINE_SANDBOX_PUBLIC=i-understand: the sandbox at {settings.public_url}/sandbox is open, "
@@ -173,25 +192,75 @@ def serve(settings: Settings, host: str, port: int, threads: int, no_dispatcher:
         sockets = server.bind(host, port)  # before anything starts: a busy port stops here, in one line
     except server.PortUnavailable as error:
         _fail(str(error))
-
-    runtime = _runtime(settings)
-    click.echo(f"data directory: {settings.data_dir}")  # keys and, on SQLite, the database: never the cwd's by accident
-    try:
-        http = server.Server(create_app(runtime), sockets, settings, threads=threads, grace=stop_timeout)
+    where = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address in brackets
+    options = _Serving(settings, sockets, threads, not no_dispatcher, stop_timeout)
+    if workers == 1:
+        runtime = _runtime(settings)
+        # keys and, on SQLite, the database: never the cwd's by accident
+        click.echo(f"data directory: {settings.data_dir}")
         with server.StopSignals() as signals:
-            runtime.announce("serve")
+            options.serve(runtime, signals, lambda: _say_serving(settings, where, runtime.channels, ""))
+        return
+    # The database and the keys, checked once here, so that a refusal is one line and one status;
+    # then closed: no engine, thread or connection may cross the fork (server.Supervisor).
+    checked = _runtime(settings)
+    channels = dict(checked.channels)
+    checked.close()
+    click.echo(f"data directory: {settings.data_dir}")
+    supervisor = server.Supervisor(sockets, workers, options.worker, fatal=(REFUSED, TRY_AGAIN_LATER))
+    sys.exit(supervisor.run(lambda: _say_serving(settings, where, channels, f"  workers: {workers}")))
+
+
+def _say_serving(settings: Settings, where: str, channels: dict[str, Any], workers: str) -> None:
+    click.echo(f"tipline serving on {where}  channels: {', '.join(sorted(channels)) or NO_CHANNELS}{workers}")
+    if settings.sandbox:
+        click.echo(f"sandbox: {where}/sandbox")
+
+
+class _Serving:
+    """What each serving process does, alone (`--workers 1`) or as one of the supervisor's workers."""
+
+    def __init__(
+        self, settings: Settings, sockets: list[socket.socket], threads: int, dispatcher: bool, stop_timeout: float
+    ) -> None:
+        self.settings = settings
+        self.sockets = sockets
+        self.threads = threads
+        self.dispatcher = dispatcher
+        self.stop_timeout = stop_timeout
+
+    def serve(
+        self, runtime: Runtime, signals: StopSignals, serving: Callable[[], None], worker: Worker | None = None
+    ) -> None:
+        """Serve until a signal, then stop gracefully; the runtime is closed on the way out."""
+        from tipline.web import server
+        from tipline.web.app import create_app
+
+        leads = worker is None or worker.leads
+        try:
+            app = create_app(runtime)
+            if worker is not None and not worker.begin_serving():
+                return  # stopped before it started: nothing to finish
+            http = server.Server(app, self.sockets, self.settings, threads=self.threads, grace=self.stop_timeout)
+            runtime.announce("serve", serve_metrics=leads)
             background = None
-            if not no_dispatcher:
+            if self.dispatcher and leads:
                 thread, stop = runtime.start_dispatcher()
                 background = server.Background(thread, stop, runtime.wake_dispatcher)
-            channels = ", ".join(sorted(runtime.channels)) or NO_CHANNELS
-            where = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address in brackets
-            click.echo(f"tipline serving on {where}  channels: {channels}")
-            if settings.sandbox:
-                click.echo(f"sandbox: {where}/sandbox")
+            serving()
             http.serve(signals, background)
-    finally:
-        runtime.close()
+        finally:
+            runtime.close()
+
+    def worker(self, worker: Worker) -> int:
+        """One worker of `serve --workers N`: its own runtime, on the supervisor's sockets."""
+        runtime = _runtime(self.settings)
+        if self.dispatcher and worker.leads:
+            worker.relay_wakeups(runtime.dispatcher.wake)
+        elif self.dispatcher:
+            runtime.wake_elsewhere = worker.wake_dispatcher
+        self.serve(runtime, worker.signals, worker.serving, worker)
+        return 0
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -77,6 +78,9 @@ class Runtime:
         self._heartbeat: Heartbeat | None = None
         self._metrics: metrics.MetricsServer | None = None
         self._next_reconcile = 0.0  # monotonic: the first dispatcher pass catches up after a restart
+        # Where outbox work is also announced: under `serve --workers N`, the worker that runs the
+        # dispatcher, when it is not this process (tipline/web/server.py, Worker).
+        self.wake_elsewhere: Callable[[], None] = lambda: None
 
     @property
     def sms(self) -> TwilioSms | None:
@@ -85,6 +89,7 @@ class Runtime:
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake()
+        self.wake_elsewhere()
 
     def rotate_some(self) -> int:
         """One batch of each key rotation an administrator started from the console.
@@ -138,11 +143,12 @@ class Runtime:
         """The key that signs console and sandbox cookies (TIPLINE_SECRET_KEY or the data directory's file)."""
         return secret_key(self.settings)
 
-    def announce(self, kind: str) -> Heartbeat:
+    def announce(self, kind: str, *, serve_metrics: bool = True) -> Heartbeat:
         """Record this long-running process (serve, dispatch, poll) until `close()`; `serve` also
-        answers metrics on TIPLINE_METRICS_ADDRESS when set (services/metrics.py)."""
+        answers metrics on TIPLINE_METRICS_ADDRESS when set (services/metrics.py), unless `serve_metrics`
+        is False (the workers of `serve --workers N` but the first: one address, one server)."""
         self._heartbeat = Heartbeat(self.ctx, kind, dispatched=lambda: self.dispatcher.passed_at).start()
-        if kind == "serve" and self.settings.metrics_address is not None:
+        if kind == "serve" and serve_metrics and self.settings.metrics_address is not None:
             self._metrics = metrics.serve(self.settings.metrics_address, self.health)
         return self._heartbeat
 

@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, Harness, make_harness, reference_of, replies, sign
-from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
+from tests.support.processes import free_port, process_tree, run, spawn, wait_until_serving, workdir
 from tests.support.scratch import PG_URL
 from tipline.config import load_settings
 from tipline.runtime import build_runtime
@@ -271,8 +271,10 @@ def test_a_full_disk_loses_nothing_once_space_returns(env: dict[str, str], twili
         wait_until_serving(base)
         senders = SENDERS[:2]
         # When the disk is full (no file of the process can grow by a byte)
+        serving = process_tree(process.pid)  # the server and its worker processes
         soft, hard = resource.prlimit(process.pid, resource.RLIMIT_FSIZE)
-        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        for pid in serving:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
         answers = []
         try:
             for n, sender in enumerate(senders):
@@ -283,7 +285,8 @@ def test_a_full_disk_loses_nothing_once_space_returns(env: dict[str, str], twili
                     answers.append(response.text)
         finally:
             # Then space returns
-            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (soft, hard))
+            for pid in serving:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
         assert all(ACK in answer for answer in answers), answers
         # The line works again at once
         _, form = twilio.receive(SENDERS[2], LINE_NUMBER, story(2)[0])

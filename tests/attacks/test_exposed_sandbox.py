@@ -11,7 +11,6 @@ labelled "Sandbox" in the console, and the sandbox's cookie is `Secure` under ht
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import requests
 from tests.support.console import person
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import PUBLIC_URL, Harness, make_harness
-from tests.support.processes import free_port, run, spawn
+from tests.support.processes import free_port, run, spawn, wait_until_serving
 
 SANDBOX_BADGE = '<span class="badge sandbox">Sandbox</span>'
 
@@ -67,16 +66,12 @@ def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]
     with log.open("w") as out:
         process = spawn(env, "serve", "--port", str(port), "--no-dispatcher", output=out)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited: {log.read_text()}")
-        try:
-            requests.get(base + "/healthz", timeout=0.5)
-            return process, base
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.terminate()
-    raise AssertionError("server did not start")
+    try:
+        wait_until_serving(base, log=log, healthy=False, process=process)
+    except AssertionError:
+        process.terminate()
+        raise
+    return process, base
 
 
 @pytest.mark.parametrize("public_url", ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"])

@@ -29,12 +29,11 @@ from typing import IO
 from urllib.parse import urlencode
 
 import pytest
-import requests
 
 from tests.attacks.test_sent_twice import QUESTION, hold_outbound, sends
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, Harness, sign
-from tests.support.processes import free_port, run, spawn, workdir
+from tests.support.processes import free_port, run, spawn, wait_until_serving, workdir
 from tipline.core.vocabulary import OutboxStatus
 from tipline.services import review
 
@@ -86,13 +85,7 @@ def serving(env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[
     with log.open("w") as out:
         process = spawn(env, "serve", "--port", str(port), *args, output=out)
     try:
-        for _ in range(150):
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(log.read_text())
+        wait_until_serving(f"http://127.0.0.1:{port}", log=log, process=process)
         yield process, port, log
     finally:
         if process.poll() is None:
@@ -177,7 +170,8 @@ def test_a_stop_during_a_flood_of_connections_still_finishes_what_is_in_flight(
     # More connections than a select() loop can watch (file descriptors past 1023): waitress takes
     # 100 (its connection limit), the others wait in the kernel's backlog
     _allow_files(FLOOD + 200)
-    with serving(sms_env, "--stop-timeout", "5") as (process, port, log):
+    # One process: the connection limit is per process (N workers take up to N times as many).
+    with serving(sms_env, "--stop-timeout", "5", "--workers", "1") as (process, port, log):
         wire = [webhook(twilio_server, SENDERS[0], sms_env["TIPLINE_PUBLIC_URL"], port)]
         in_flight = begin(wire, port)
         flood = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(FLOOD)]

@@ -13,13 +13,17 @@ What must hold:
   (20 a minute) and per username (10 a minute), and one attacker spends only the budgets of the
   addresses they use and the usernames they try;
 - unknown, locked, disabled and existing accounts go through the same steps: exactly one password
-  verification each, and the same answer.
+  verification each, and the same answer;
+- a flood from many addresses (which no budget stops) gets only a few verifications at a time, at a
+  lower CPU priority than webhooks; the attempts beyond them are answered 503 at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -134,6 +138,52 @@ def test_webhooks_stay_fast_while_the_sign_in_page_is_flooded(
     assert max(latencies) < SLOW / 2, [f"{s:.3f}" for s in latencies]
     with tipline.runtime.factory() as session:
         assert len(session.scalars(select(Tip.id)).all()) == 8
+
+
+def test_attempts_beyond_the_password_verifiers_are_refused_at_once(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flood from many addresses passes every budget: what bounds it is how many verifications run at once
+    release = threading.Event()
+    hasher = CountingHasher(CHEAP, during_verify=lambda: release.wait(PROBE_TIMEOUT))
+    use_hasher(monkeypatch, hasher)
+    monkeypatch.setattr(auth, "VERIFIERS", auth.Verifiers(workers=1, waiting=0))
+    statuses: list[int] = []
+    first = threading.Thread(
+        target=lambda: statuses.append(attempt(tipline.app, "nobody1", address="192.0.2.1").status_code)
+    )
+    first.start()
+    try:
+        while hasher.verifications == 0:
+            time.sleep(0.01)
+        refused = attempt(tipline.app, "nobody2", address="192.0.2.2")
+    finally:
+        release.set()
+        first.join(60)
+    assert refused.status_code == 503
+    assert "Try again in a moment" in message(refused)
+    assert statuses == [401]
+    assert hasher.verifications == 1  # the refused attempt was neither hashed nor counted
+    with tipline.runtime.factory() as session:
+        assert len(session.scalars(select(SignInAttempt.key)).all()) == 2  # the first attempt's two budgets
+    assert attempt(tipline.app, "nobody3", address="192.0.2.3").status_code == 401  # the verifier is free again
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have a priority of their own on Linux")
+def test_passwords_are_verified_below_the_priority_of_webhooks(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    use_hasher(
+        monkeypatch,
+        CountingHasher(
+            CHEAP, during_verify=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        ),
+    )
+    monkeypatch.setattr(auth, "VERIFIERS", auth.Verifiers(workers=1, waiting=0))  # fresh threads, made for this test
+    assert attempt(tipline.app, "nobody").status_code == 401
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, ours + auth.VERIFIER_NICENESS)]
 
 
 def test_the_budget_of_a_client_address_is_shared_by_every_process(

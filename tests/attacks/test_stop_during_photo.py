@@ -25,7 +25,7 @@ import requests
 
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, TIPSTER, Harness, photos, sign
-from tests.support.processes import TIPLINE, environment, free_port, workdir
+from tests.support.processes import TIPLINE, environment, free_port, process_tree, workdir
 from tests.support.samples import camera_jpeg
 from tipline.core.vocabulary import AttachmentStatus
 
@@ -72,8 +72,9 @@ def answers(base: str) -> bool:
         return False
 
 
-def cleaner_of(parent: int) -> int | None:
-    """The pid of `parent`'s photo cleaner child, if one runs now."""
+def cleaner_of(server: int) -> int | None:
+    """The pid of the photo cleaner started by `server` or by one of its worker processes, if one runs now."""
+    parents = set(process_tree(server))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -82,7 +83,7 @@ def cleaner_of(parent: int) -> int | None:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"tipline.core.images" in command:
+        if int(stat.rsplit(")", 1)[1].split()[1]) in parents and b"tipline.core.images" in command:
             return int(entry.name)
     return None
 

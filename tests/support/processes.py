@@ -49,6 +49,15 @@ def spawn(env: dict[str, str], *args: str, output: IO[str] | int = subprocess.DE
     )
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants now (`tipline serve`'s worker processes and their children)."""
+    try:
+        children = (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(found for child in children for found in process_tree(int(child)))]
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -57,16 +66,26 @@ def free_port() -> int:
         return port
 
 
-def wait_until_serving(base: str, seconds: float = 60, log: Path | None = None) -> None:
-    """Wait until the `tipline serve` at `base` answers /healthz with 200 (it is listening and its
-    dispatcher has passed); AssertionError, with the server's log if given, when it does not in time."""
+def wait_until_serving(
+    base: str,
+    seconds: float = 60,
+    log: Path | None = None,
+    *,
+    healthy: bool = True,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until the `tipline serve` at `base` answers /healthz: with 200 (it is listening and its
+    dispatcher has passed), or with anything when `healthy` is False. AssertionError, with the
+    server's log if given, when it does not in time or `process` exits first."""
+    said = (lambda: f":\n{log.read_text()}") if log else (lambda: "")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"tipline serve exited with {process.returncode}{said()}")
         try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+            if requests.get(base + "/healthz", timeout=5).status_code == 200 or not healthy:
                 return
         except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow on a loaded machine
             pass
         time.sleep(0.1)
-    said = f":\n{log.read_text()}" if log else ""
-    raise AssertionError(f"tipline serve at {base} was not serving after {seconds:g} s{said}")
+    raise AssertionError(f"tipline serve at {base} was not serving after {seconds:g} s{said()}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -124,11 +124,34 @@ class Keyring:
     def unwrap_dek(self, purpose: str, version: int, wrapped: bytes, owner: str) -> bytes:
         return open_sealed(self._cipher(purpose, version), wrapped, dek_aad(purpose, owner, version))
 
-    def rewrap_dek(self, purpose: str, old_version: int, wrapped: bytes, owner: str) -> tuple[int, bytes]:
-        """Unwrap a data key and wrap it again under the primary KEK; the key itself never changes."""
-        version = self.primary_version(purpose)
-        dek = open_sealed(self._cipher(purpose, old_version), wrapped, dek_aad(purpose, owner, old_version))
-        return version, seal(self._cipher(purpose, version), dek, dek_aad(purpose, owner, version))
+    def rewrap_deks(self, purpose: str, version: int, wrapped: Iterable[tuple[object, int, bytes]]) -> list[bytes]:
+        """Unwrap data keys and wrap them again under `version`; the keys themselves never change.
+
+        `wrapped` holds (owner, old version, wrapped key) per row. This is a rotation's hot loop, so
+        it does by hand what `unwrap_dek` and `wrap_dek` do per key (same format and associated data,
+        see `dek_aad`), with the ciphers looked up once and the nonces drawn in one call.
+        """
+        rows = list(wrapped)
+        new = self._cipher(purpose, version)
+        ciphers: dict[int, AESGCM] = {}
+        nonces = os.urandom(NONCE_BYTES * len(rows))
+        prefix = bytes([FORMAT_AES256GCM])
+        out = []
+        for n, (owner, old_version, blob) in enumerate(rows):
+            old = ciphers.get(old_version)
+            if old is None:
+                old = ciphers[old_version] = self._cipher(purpose, old_version)
+            associated = f"tipline/dek/v1|{purpose}|{owner}|kek={old_version}".encode()
+            if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_AES256GCM:
+                raise IntegrityError(f"malformed ciphertext for {associated.decode()}")
+            try:
+                dek = old.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], associated)
+            except InvalidTag:
+                raise IntegrityError(f"ciphertext does not authenticate for {associated.decode()}") from None
+            nonce = nonces[n * NONCE_BYTES : (n + 1) * NONCE_BYTES]
+            associated = f"tipline/dek/v1|{purpose}|{owner}|kek={version}".encode()
+            out.append(prefix + nonce + new.encrypt(nonce, dek, associated))
+        return out
 
     def keyed_hash(self, label: str, value: str, version: int | None = None) -> tuple[int, str]:
         """HMAC-SHA256 under the pseudonym key: (version, hex digest).

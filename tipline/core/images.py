@@ -8,9 +8,10 @@ because nothing of the original but pixel values is ever handed to the encoder.
 
 Decoding untrusted images is the riskiest thing the tip line does, so by default it happens in a
 short-lived child process (`python -m tipline.core.images`) that may not write files, dump core, use more
-than `CHILD_MEMORY` bytes or `CHILD_CPU_SECONDS` of CPU, and whose environment holds no secret (no
-master key, no provider token). The original bytes reach it through a pipe and never touch the
-disk. A decoder that crashes or runs away costs one child, not the tip line.
+than `CHILD_MEMORY` bytes or `CHILD_CPU_SECONDS` of CPU, runs below the service's CPU priority (webhooks
+come first), and whose environment holds no secret (no master key, no provider token). The original
+bytes reach it through a pipe and never touch the disk. A decoder that crashes or runs away costs
+one child, not the tip line.
 
 Supported: JPEG, PNG, WebP, GIF and HEIC/HEIF. Animated GIFs and WebPs keep their first frame only.
 PNG and GIF become PNG (lossless, transparency kept: screenshots stay legible); the others become
@@ -33,6 +34,9 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF")
 CHILD_MEMORY = 1536 * 2**20
 CHILD_CPU_SECONDS = 30
 CHILD_TIMEOUT = 60.0
+# How much lower the child's CPU priority is than the service's: cleaning a 12-megapixel photo takes
+# a core for about a second, and a tipster's webhook must not wait for it.
+CHILD_NICENESS = 10
 JPEG_QUALITY = 90
 
 # Why a file was refused. Each has a kind reply in the catalog ("media_refused_<reason>").
@@ -112,11 +116,15 @@ def child_environment() -> dict[str, str]:
     return {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
 
 
+def child_command(max_pixels: int) -> list[str]:
+    """The cleaner child's command line: it reads the image from stdin, writes the result to stdout."""
+    return [sys.executable, "-B", "-m", "tipline.core.images", str(max_pixels)]
+
+
 def _clean_in_child(data: bytes, max_pixels: int) -> CleanImage:
-    command = [sys.executable, "-B", "-m", "tipline.core.images", str(max_pixels)]
     try:
         done = subprocess.run(
-            command,
+            child_command(max_pixels),
             input=data,
             capture_output=True,
             timeout=CHILD_TIMEOUT,
@@ -191,7 +199,9 @@ def _clean_here(data: bytes, max_pixels: int) -> CleanImage:
 
 
 def _limit_child() -> None:
-    """The child's cage: no core dump (it would hold the original), no files, bounded memory and CPU."""
+    """The child's cage: no core dump (it would hold the original), no files, bounded memory and CPU,
+    and a lower CPU priority than the service's."""
+    os.nice(CHILD_NICENESS)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write to a file fails instead of killing us

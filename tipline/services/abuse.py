@@ -68,7 +68,7 @@ def count_new_sender(session: Session, channel: str, now: dt.datetime) -> None:
     """Mark that one more sender wrote for the first time this hour (inside intake's transaction).
 
     An INSERT, never an UPDATE of a shared counter: concurrent first messages never wait on each other."""
-    session.execute(_MARK, {"hour": _hour(now), "channel": channel})
+    session.connection().execute(_MARK, {"hour": _hour(now), "channel": channel})
 
 
 def forget_new_senders(session: Session, now: dt.datetime) -> int:

@@ -17,6 +17,13 @@ are not, so that a flood of refused attempts writes nothing. Counts are kept und
 the username and the address, never the address itself. An IPv6 client counts as its /64
 (`address_budget_key`): it may use any address of it.
 
+Password verifications run in a few threads of their own (`VERIFIERS`), at a lower CPU priority
+than the threads answering webhooks, only as many at once as fill the cores (each runs on argon2's
+lanes), with one more waiting per core: beyond that an attempt is answered Busy at once, before
+anything is read or hashed.
+A flood from many addresses (no budget stops a botnet) would otherwise take every server thread
+and every core, and tipsters' webhooks would wait behind it.
+
 Every refusal says the same thing, whichever factor was wrong. The console calls the functions
 that take a `ctx` (sign_in, resume, enrol, change_password, sign_out); the others are their
 building blocks.
@@ -28,9 +35,13 @@ import datetime as dt
 import enum
 import hashlib
 import ipaddress
+import os
 import secrets
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyotp
@@ -52,6 +63,9 @@ from tipline.storage.models import ConsoleSession, SignInAttempt, User, utcnow
 SIGN_IN_FAILED = "Sign-in failed. Check your username, password and code, then try again."
 MAX_FAILURES = 5  # consecutive failures before the account locks (CJIS AC-7)
 TOTP_PERIOD = 30
+# A session's activity is recorded at most this often: it may end up to this much before its idle
+# limit, never after (a request that changes nothing writes nothing).
+TOUCH_EVERY = dt.timedelta(minutes=1)
 COUNTED = ("wrong password", "wrong or reused code")  # the failures that count toward the lock
 # A real hash to verify against when the account is unknown or locked, so every case costs the same.
 _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
@@ -73,6 +87,10 @@ class SignInFailed(Exception):
 
 class TooManyAttempts(Exception):
     """A sign-in budget (of the client address or of the username) is spent for now."""
+
+
+class Busy(Exception):
+    """Every password verifier is taken (a flood of attempts): refused at once, nothing read or hashed."""
 
 
 class SessionEnded(Exception):
@@ -281,6 +299,49 @@ def check(
     return Checked(None, step, rehashed)
 
 
+VERIFIER_NICENESS = 10  # how much lower than the rest of the process the verifiers run (19 at most)
+
+
+def _lower_priority() -> None:
+    """Run this thread, and the threads argon2 starts from it for its lanes, at a lower CPU priority.
+
+    Linux schedules each thread on its own and a new thread inherits its creator's niceness. Elsewhere
+    the call would name a process, not this thread, so the verifiers keep the process's priority."""
+    if sys.platform == "linux":
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + VERIFIER_NICENESS))
+
+
+class Verifiers:
+    """Where sign-in passwords are verified: `workers` at a time in threads of lower priority, and
+    at most `waiting` more attempts queued for them; any further attempt is refused with Busy."""
+
+    def __init__(self, workers: int, waiting: int):
+        self.workers = workers
+        self._slots = threading.BoundedSemaphore(workers + waiting)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def slot(self) -> None:
+        """Take a place, or raise Busy; give it back with `release`."""
+        if not self._slots.acquire(blocking=False):
+            raise Busy()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def run(self, work: Callable[[], Checked]) -> Checked:
+        """`work` in a verifier thread (the caller holds a slot); its result or its exception."""
+        with self._lock:  # started on first use: a process forked before that gets threads of its own
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, "password-verifier", initializer=_lower_priority)
+        return self._pool.submit(work).result()
+
+
+# One verification already runs on `parallelism` threads (argon2's lanes): as many at once as fill the cores.
+VERIFIERS = Verifiers(workers=max(1, (os.cpu_count() or 1) // hasher.parallelism), waiting=os.cpu_count() or 1)
+
+
 def _verify_password(stored: str, password: str) -> bool:
     try:
         return bool(hasher.verify(stored, password))
@@ -468,22 +529,41 @@ def sign_in(
     """Check the credentials of an attempt from the address `client` and start a session; the
     attempt is audited either way (see the module's docstring for the steps).
 
-    Raises TooManyAttempts before any hashing when a budget is spent, and SignInFailed once the
-    failure (its count, a lock, its audit entry) is committed.
+    Raises Busy at once when every password verifier is taken, TooManyAttempts before any hashing
+    when a budget is spent, and SignInFailed once the failure (its count, a lock, its audit entry)
+    is committed.
     """
     policy, now = Policy.of(ctx.settings), ctx.now()
     name = normalise_username(username)
-    user = _admit(ctx, policy, budgets(ctx.keyring, policy, name, client), name, now)
-    outcome = _settle(ctx, policy, user, check(ctx.keyring, user, password, code, now, clock), now)
+    VERIFIERS.slot()
+    try:
+        user = _admit(ctx, policy, budgets(ctx.keyring, policy, name, client), name, now)
+        checked = VERIFIERS.run(lambda: check(ctx.keyring, user, password, code, now, clock))
+    finally:
+        VERIFIERS.release()
+    outcome = _settle(ctx, policy, user, checked, now)
     if isinstance(outcome, SignInFailed):
         raise outcome
     return outcome
 
 
 def resume(ctx: ServiceContext, token: str | None, *, touch: bool = True) -> Visit | None:
-    """The live session behind a cookie token, or None; `touch` counts this request as activity."""
+    """The live session behind a cookie token, or None; `touch` counts this request as activity.
+
+    A session is only read when nothing needs writing: for the console's polls (no `touch`) and for
+    requests within TOUCH_EVERY of its last recorded activity. On SQLite a write transaction holds
+    every writer, intake included, and each detective's console makes several requests a minute.
+    A session found ended is deleted, as before."""
+    policy, now = Policy.of(ctx.settings), ctx.now()
+    with read_only(ctx.factory) as session:
+        loaded = load_session(session, token, policy, now, touch=False)
+        ended = bool(session.deleted)
+    if loaded is not None and (not touch or now - loaded[0].last_seen_at < TOUCH_EVERY):
+        return _visit(*loaded)
+    if loaded is None and not ended:
+        return None
     with ctx.factory.begin() as session:
-        loaded = load_session(session, token, Policy.of(ctx.settings), ctx.now(), touch=touch)
+        loaded = load_session(session, token, policy, now, touch=touch)
         return None if loaded is None else _visit(*loaded)
 
 

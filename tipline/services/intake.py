@@ -121,7 +121,9 @@ def remember_once(session: Session, keyring: Keyring, value: str, expires_at: dt
         if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
             raise Duplicate()
     try:
-        session.execute(_REMEMBER_DELIVERY, {"key": keyring.keyed_hash(label, value)[1], "expires_at": expires_at})
+        session.connection().execute(
+            _REMEMBER_DELIVERY, {"key": keyring.keyed_hash(label, value)[1], "expires_at": expires_at}
+        )
     except IntegrityError:
         raise Duplicate() from None
 
@@ -132,7 +134,7 @@ class Unit:
 
     session: Session
     contact: Contact
-    contact_key: bytes
+    keyring: Keyring  # opens the contact's data key, once a step needs it (`contact_key`)
     conversation: Conversation
     tip: Tip | None
     now: dt.datetime
@@ -144,6 +146,19 @@ class Unit:
     files: list[Row] = field(default_factory=list)  # new attachment rows, inserted in one batch
     words: list[tuple[int, str]] = field(default_factory=list)  # (tip id, tipster's text) to index (search.py)
     kept_urgent: bool = False  # DISCARD found an urgent draft detectives already see: kept, and said so
+    _contact_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def contact_key(self) -> bytes:
+        """The contact's data key, unwrapped on first use: only what is queued in the outbox and the
+        return address are sealed under it, and a message that queues nothing needs none."""
+        if self._contact_key is None:
+            self._contact_key = records.contact_dek(self.keyring, self.contact)
+        return self._contact_key
+
+    @contact_key.setter
+    def contact_key(self, key: bytes) -> None:
+        self._contact_key = key
 
     def open_tip(self) -> tuple[Tip, bytes]:
         assert self.tip is not None and self.tip_key is not None, "the effect needs the conversation's tip"
@@ -225,9 +240,14 @@ class Intake:
     def _process(self, session: Session, msg: InboundMessage) -> _Done:
         """The unit of work for one inbound message, inside the caller's transaction.
 
-        This is the hot path of every webhook: plain INSERTs go through Core (no unit-of-work
-        bookkeeping) and the sender, their conversation and tip arrive in one query.
+        This is the hot path of every webhook: the sender, their conversation and tip arrive in
+        one query, and every write is a Core statement built once (no unit-of-work bookkeeping, no
+        flush before each statement): rows as they are made, their changes at the end (`_write`).
         """
+        with session.no_autoflush:
+            return self._process_unflushed(session, msg)
+
+    def _process_unflushed(self, session: Session, msg: InboundMessage) -> _Done:
         now = self.clock()
         self._remember_delivery(session, msg, now)
         unit = self._find_sender(session, msg, now)
@@ -292,13 +312,15 @@ class Intake:
                 keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now
             )
             conversation = self._new_conversation(contact, now)
-            session.add_all([contact, conversation])
             try:
-                session.flush()
+                records.insert_row(session, contact)
             except IntegrityError:
                 raise _Retry() from None  # a concurrent first message created this sender
+            records.insert_row(session, conversation)
             abuse.count_new_sender(session, msg.channel, now)
-            return Unit(session, contact, contact_key, conversation, None, now)
+            unit = Unit(session, contact, keyring, conversation, None, now)
+            unit.contact_key = contact_key
+            return unit
         contact, conversation, tip = row
         if tip is not None and session.get_bind().dialect.name == "postgresql":
             # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
@@ -307,8 +329,8 @@ class Intake:
         contact.last_activity_at = to_minute(now)
         if conversation is None:
             conversation = self._new_conversation(contact, now)
-            session.add(conversation)
-        unit = Unit(session, contact, records.contact_dek(keyring, contact), conversation, tip, now)
+            records.insert_row(session, conversation)
+        unit = Unit(session, contact, keyring, conversation, tip, now)
         unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None
         return unit
 
@@ -373,8 +395,10 @@ class Intake:
             unit.now,
             language=unit.conversation.language,
         )
-        unit.session.add(tip)
-        unit.session.flush()
+        try:
+            records.insert_row(unit.session, tip)
+        except IntegrityError:
+            raise _Retry() from None  # the reference collided (one in 594 million): try again
         unit.tip, unit.tip_key = tip, key
         if not effect.what:  # a draft begun with a photo has no description yet
             return []
@@ -559,16 +583,24 @@ class Intake:
 
     @staticmethod
     def _write(unit: Unit) -> None:
+        """The message's writes in one batch: its thread entries and files, and the changed columns
+        of the sender, the conversation and the tip. An erasure, rarer and with more to do (see
+        `_shred`), leaves the rows to the session's unit of work."""
+        session = unit.session
         if unit.tip is not None and any(row["kind"] in TIPSTER_KINDS for row in unit.thread):
             # Latest activity (the console's list order): something the tipster said, not a keyword.
             unit.tip.active_at = to_minute(unit.now)
         try:
             if unit.thread:
-                unit.session.execute(_INSERT_MESSAGES, unit.thread)
-            attachments.insert(unit.session, unit.files)
-            unit.session.flush()
+                session.connection().execute(_INSERT_MESSAGES, unit.thread)
+            attachments.insert(session, unit.files)
+            if not unit.erased:
+                for row in (unit.contact, unit.conversation, unit.tip):
+                    if row is not None:
+                        records.write_changes(session, row)
+            session.flush()  # what is left to the unit of work: an erasure's rows, a discarded draft's DELETE
         except IntegrityError:
-            raise _Retry() from None  # a tip reference collided (one in 594 million): try again
+            raise _Retry() from None  # a concurrent writer got there first: try again
 
     def _album_answered(self, msg: InboundMessage) -> bool:
         """Whether an earlier photo of this album (from this sender) was answered moments ago."""
@@ -634,7 +666,7 @@ class Intake:
             )
             contact = session.get(Contact, contact_id)
             assert contact is not None
-            unit = Unit(session, contact, records.contact_dek(keyring, contact), conversation, tip, self.clock())
+            unit = Unit(session, contact, keyring, conversation, tip, self.clock())
             unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None
             outcome = conv.expire(self._state_of(unit))
             if outcome is None:

@@ -49,6 +49,10 @@ from tipline.storage.keystore import (
 from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
 
 BATCH = 2000
+# A re-wrap holds SQLite's write lock only for its UPDATE and commit (see step): twice the rows
+# then hold it no longer than a batch of BATCH did with its reads and cryptography inside, and
+# halve the commits (each an fsync). PostgreSQL locks rows, not the database: BATCH.
+REWRAP_BATCH = {"sqlite": 4000}
 REENCRYPT_BATCH = 100
 _PG_KEYS_LOCK = 7_311_772
 ROTATABLE = (
@@ -169,6 +173,25 @@ class Step:
 
 def step(ctx: ServiceContext, rotation_id: int, cursor: object = None) -> Step:
     """Move one batch of rows to the rotation's version; `cursor` is the last row id handled."""
+    return _write(ctx, rotation_id, cursor, _read(ctx, rotation_id, cursor))
+
+
+def _read(ctx: ServiceContext, rotation_id: int, cursor: object) -> Rewrapped | None:
+    """A re-wrap's next batch, read and re-wrapped outside the write transaction (None: not a re-wrap).
+
+    Intake then waits only for the UPDATE and the commit; compare-and-swap skips any row that
+    changed meanwhile, which the next pass picks up.
+    """
+    with read_only(ctx.factory) as session:
+        rotation = session.get(KeyRotation, rotation_id)
+        if rotation is None or rotation.status != RotationStatus.RUNNING or rotation.reencrypt:
+            return None
+        if rotation.purpose not in (KeyPurpose.TIPS, KeyPurpose.CONTACTS):
+            return None
+        return _rewrap_batch(session, ctx.keyring, rotation.purpose, rotation.to_version, cursor)
+
+
+def _write(ctx: ServiceContext, rotation_id: int, cursor: object, rewrapped: Rewrapped | None) -> Step:
     keyring = ctx.keyring
     with ctx.factory.begin() as session:
         rotation = session.get(KeyRotation, rotation_id)
@@ -176,10 +199,10 @@ def step(ctx: ServiceContext, rotation_id: int, cursor: object = None) -> Step:
             return Step(0, cursor, True)
         purpose, version = rotation.purpose, rotation.to_version
         model, condition = _pending(purpose, version)
-        if model is None:
+        if rewrapped is not None:
+            moved, last = _swap(session, rewrapped), rewrapped.last
+        elif model is None:
             moved, last = 0, None
-        elif purpose in (KeyPurpose.TIPS, KeyPurpose.CONTACTS) and not rotation.reencrypt:
-            moved, last = _rewrap_batch(session, keyring, purpose, version, cursor)
         else:
             query = select(model).where(condition)
             if cursor is not None:
@@ -274,35 +297,61 @@ _REWRAP_SQL = {
 }
 
 
-def _rewrap_batch(
-    session: Session, keyring: crypto.Keyring, purpose: str, version: int, cursor: object
-) -> tuple[int, object]:
-    """Re-wrap up to BATCH data keys after `cursor`, with compare-and-swap UPDATEs in one executemany."""
+@dataclass
+class Rewrapped:
+    """A batch of data keys re-wrapped outside the write transaction, ready to compare and swap."""
+
+    table: str
+    updates: list[tuple[bytes, int, int, int, bytes]]  # new wrapped key, version; id, old version, old wrapped key
+    last: object  # the id of the last row read (None: the pass reached the end)
+
+
+def _rewrap_batch(session: Session, keyring: crypto.Keyring, purpose: str, version: int, cursor: object) -> Rewrapped:
+    """Read up to REWRAP_BATCH data keys after `cursor` and re-wrap them under `version`."""
+    if keyring.primary_version(purpose) != version:
+        raise RotationError(f"the {purpose} primary moved on during this rotation; run it again")
     table, owner = _REWRAP_SQL[KeyPurpose(purpose)]
     connection = session.connection()
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     after = f" AND id > {mark}" if cursor is not None else ""
+    batch = REWRAP_BATCH.get(connection.dialect.name, BATCH)
     select_sql = (
         f"SELECT id, {owner}, kek_version, wrapped_dek FROM {table} "
-        f"WHERE kek_version != {mark}{after} ORDER BY id LIMIT {BATCH}"
+        f"WHERE kek_version != {mark}{after} ORDER BY id LIMIT {batch}"
     )
-    arguments = (version, cursor) if cursor is not None else (version,)
-    rows = connection.exec_driver_sql(select_sql, arguments).all()
+    driver = connection.connection.cursor()  # the DBAPI's own rows: no result objects per row
+    try:
+        driver.execute(select_sql, (version, cursor) if cursor is not None else (version,))
+        rows = driver.fetchall()  # blobs come back as bytes from both sqlite3 and psycopg
+    finally:
+        driver.close()
     if not rows:
-        return 0, None
-    updates = []
-    for row_id, row_owner, old_version, wrapped in rows:
-        wrapped = bytes(wrapped)
-        new_version, new_wrapped = keyring.rewrap_dek(purpose, old_version, wrapped, row_owner)
-        if new_version != version:
-            raise RotationError(f"the {purpose} primary moved on during this rotation; run it again")
-        updates.append((new_wrapped, version, row_id, old_version, wrapped))
-    connection.exec_driver_sql(
-        f"UPDATE {table} SET wrapped_dek = {mark}, kek_version = {mark} "
-        f"WHERE id = {mark} AND kek_version = {mark} AND wrapped_dek = {mark}",
-        updates,
-    )
-    return len(updates), rows[-1][0]
+        return Rewrapped(table, [], None)
+    wrapped = keyring.rewrap_deks(purpose, version, [(row_owner, old, blob) for _, row_owner, old, blob in rows])
+    updates = [(new, version, row_id, old, blob) for new, (row_id, _, old, blob) in zip(wrapped, rows, strict=True)]
+    return Rewrapped(table, updates, rows[-1][0])
+
+
+def _swap(session: Session, batch: Rewrapped) -> int:
+    """Write a re-wrapped batch with compare-and-swap UPDATEs in one executemany; returns rows moved.
+
+    A row whose version or wrapped key changed since it was read is left alone: its data key may
+    not be the one that was re-wrapped. It stays pending and the next pass moves it.
+    """
+    if not batch.updates:
+        return 0
+    connection = session.connection()
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    driver = connection.connection.cursor()
+    try:
+        driver.executemany(
+            f"UPDATE {batch.table} SET wrapped_dek = {mark}, kek_version = {mark} "
+            f"WHERE id = {mark} AND kek_version = {mark} AND wrapped_dek = {mark}",
+            batch.updates,
+        )
+        return max(driver.rowcount, 0)
+    finally:
+        driver.close()
 
 
 def _reencrypt_tip(session: Session, keyring: crypto.Keyring, tip: Tip) -> int:

@@ -14,7 +14,9 @@ PostgreSQL is fully supported through psycopg 3; what erasure needs there is the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -33,6 +35,32 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_TIMEOUT = 60.0
+
+
+class _FileLock:
+    """An exclusive flock on `<database>.writelock`, which every process using the database takes
+    (none for an in-memory database). Opened at the first write, closed when the engine is disposed."""
+
+    def __init__(self, url: str):
+        database = make_url(url).database
+        self.path = f"{database}.writelock" if database and database != ":memory:" else None
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.path is None:
+            return
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def make_engine(url: str) -> Engine:
@@ -54,9 +82,26 @@ def make_engine(url: str) -> Engine:
 
         # SQLite has one writer at a time. Left to itself, a second writer polls with sleeps of up
         # to 100 ms (its busy handler), which turns a queue of a few milliseconds into a p99 of a
-        # second. Writers of this process therefore queue on a lock, held from BEGIN to COMMIT;
-        # other processes (a separate dispatcher) still meet busy_timeout.
+        # second. Writers of this process therefore queue on a lock, held from BEGIN to COMMIT, and
+        # inside it on a lock file shared with the other processes (`serve --workers N`, a separate
+        # dispatcher, a command), for the same span: flock hands over to the next writer at once.
+        # The file lock is waited for without a bound: its holders wait on nothing but the disk.
         write_lock = threading.Lock()
+        processes = _FileLock(url)
+
+        def release() -> None:
+            try:
+                processes.release()
+            finally:
+                write_lock.release()
+
+        @event.listens_for(engine, "engine_disposed")
+        def _sqlite_disposed(_engine):  # type: ignore[no-untyped-def]
+            if write_lock.acquire(blocking=False):  # never under a writer of this process
+                try:
+                    processes.close()
+                finally:
+                    write_lock.release()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection):  # type: ignore[no-untyped-def]
@@ -67,12 +112,13 @@ def make_engine(url: str) -> Engine:
                 raise TimeoutError("the database write lock was not released in time")
             connection.info["tipline_write_lock"] = True
             try:
+                processes.acquire()
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
                 # SQLAlchemy may already have rolled back (and so released) on the failed BEGIN:
                 # release only if still held, or "database is locked" turns into a RuntimeError.
                 if connection.info.pop("tipline_write_lock", False):
-                    write_lock.release()
+                    release()
                 raise
 
         # End the transaction ourselves, then release: the DBAPI's own commit/rollback that
@@ -87,7 +133,7 @@ def make_engine(url: str) -> Engine:
                     dbapi_connection.rollback()  # a failed COMMIT leaves the transaction open
                     raise
                 finally:
-                    write_lock.release()
+                    release()
 
         @event.listens_for(engine, "rollback")
         def _sqlite_rollback(connection):  # type: ignore[no-untyped-def]
@@ -95,7 +141,7 @@ def make_engine(url: str) -> Engine:
                 try:
                     connection.connection.dbapi_connection.rollback()
                 finally:
-                    write_lock.release()
+                    release()
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)

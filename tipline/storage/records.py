@@ -9,14 +9,27 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ClauseElement, ColumnElement, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.base import NO_VALUE
 
 from tipline.core import crypto
 from tipline.core.crypto import Keyring
 from tipline.core.vocabulary import ErasedReason, KeyPurpose, TipStatus
-from tipline.storage.models import Contact, Conversation, DataUpgrade, Message, OutboxItem, Tip, to_minute
+from tipline.storage.models import (
+    Base,
+    Contact,
+    Conversation,
+    DataUpgrade,
+    Message,
+    OutboxItem,
+    Tip,
+    table_of,
+    to_minute,
+)
 
 # Tip references: random, short, and free of look-alike characters (no 0/O, 1/I/L, U/V).
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTWXYZ"
@@ -337,6 +350,78 @@ def forget_contact(session: Session, keyring: Keyring, contact: Contact, old_key
     session.delete(contact)
     session.flush()
     return heir, new_key
+
+
+# Rows written with Core ---------------------------------------------------------------------------
+# Intake's hot path keeps contacts, conversations and tips as ORM objects (the rare paths, an
+# erasure or a discarded draft, hand them to the unit of work) but writes them itself: an INSERT
+# or an UPDATE of the changed columns, each statement built once, instead of a flush.
+
+
+class _Plan:
+    """One model's Core statements and the Python defaults of its columns."""
+
+    def __init__(self, model: type[Base]):
+        table: Table = table_of(model)
+        self.insert = table.insert()
+        (self.key,) = (column.key for column in table.primary_key.columns)
+        # An autoincremented id is the database's: the INSERT reports it.
+        self.generated = self.key if table.autoincrement_column is not None else None
+        self.update = table.update().where(table.c[self.key] == bindparam("row_key"))
+        self.columns = [column.key for column in table.columns if column.key != self.generated]
+        # What a column left unset holds. One whose default is computed by a function is left out
+        # of the INSERT instead, for Core to compute (and the object to read back if asked).
+        self.defaults = {
+            column.key: getattr(column.default, "arg", None)
+            for column in table.columns
+            if column.key != self.generated and (column.default is None or column.default.is_scalar)
+        }
+
+
+_PLANS = {model: _Plan(model) for model in (Contact, Conversation, Tip)}
+
+
+def insert_row(session: Session, row: Contact | Conversation | Tip) -> None:
+    """INSERT a new object's row, then attach the object to `session` as a stored row: what changes
+    next is written by `write_changes` (or, on the rare paths, by the session's flush)."""
+    plan = _PLANS[type(row)]
+    values = row.__dict__
+    for key, default in plan.defaults.items():
+        if key not in values:
+            setattr(row, key, default)
+    params = {key: values[key] for key in plan.columns if key in values}
+    result = session.connection().execute(plan.insert, params)
+    if plan.generated is not None:
+        generated = result.inserted_primary_key
+        assert generated is not None
+        setattr(row, plan.generated, generated[0])
+    make_transient_to_detached(row)
+    session.add(row)
+
+
+def write_changes(session: Session, row: Contact | Conversation | Tip) -> None:
+    """UPDATE the columns of `row` changed since it was read (or inserted), and take it out of the
+    session so that its flush does not write them again."""
+    state = instance_state(row)
+    if state.session is not session or row in session.deleted:
+        return  # not this session's to write (a deleted row is the flush's)
+    values: dict[str, Any] = {}
+    computed: dict[str, ClauseElement] = {}  # set to a SQL expression (`show`): computed by the UPDATE
+    for key, before in state.committed_state.items():
+        now = state.dict.get(key)
+        if isinstance(now, ClauseElement):
+            computed[key] = now
+        elif before is NO_VALUE or now != before:
+            values[key] = now
+    plan = _PLANS[type(row)]
+    if computed:
+        values["row_key"] = state.dict[plan.key]
+        session.connection().execute(plan.update.values(computed), values)
+        session.expire(row, list(computed))  # the value is the database's: read it again if asked
+    elif values:
+        values["row_key"] = state.dict[plan.key]
+        session.connection().execute(plan.update, values)
+    session.expunge(row)
 
 
 # Other sealed fields ------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
 )
+BUSY = "Many sign-ins are under way. Try again in a moment."
 STAGE_PAGES = {Stage.ENROL: "console.enrol", Stage.PASSWORD: "console.password"}
 
 P = ParamSpec("P")
@@ -229,6 +230,8 @@ def login_submit() -> ResponseReturnValue:
         )
     except auth.TooManyAttempts:
         return _login_failed("Too many attempts. Wait a minute and try again.", 429)
+    except auth.Busy:
+        return _login_failed(BUSY, 503)
     except auth.SignInFailed:
         return _login_failed(auth.SIGN_IN_FAILED, 401)
     response = redirect(_next_page(signed_in.visit.stage, signed_in.visit.roles))

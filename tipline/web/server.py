@@ -11,23 +11,30 @@ tipster left without an answer, and possibly a message stored but never acknowle
 signal the server stops accepting connections at once, finishes the requests in flight (at most
 `grace` seconds, then cuts what is left and says how many), lets the dispatcher finish its current
 pass, and returns; the command then closes the runtime and exits 0. A second signal cuts short.
+
+Several processes (`serve --workers N`, `Supervisor`): the command binds the port and checks the
+database once, then forks N workers that each serve as above on the same sockets; it passes each
+signal on to them, replaces one that dies, and exits 0 when all have stopped gracefully.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import logging
 import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import waitress
@@ -375,3 +382,276 @@ def _idle(channel: Any, now: float) -> bool:
 
 def _requests(count: int) -> str:
     return "request" if count == 1 else "requests"
+
+
+# Several processes ---------------------------------------------------------------------------------
+
+# A worker that dies is replaced, but no more than this many times a minute: one that dies at once,
+# again and again, is a fault for a person to see, not one to hide behind a loop of restarts.
+RESTARTS_PER_MINUTE = 5
+REAP_TICK = 0.2  # how often the supervisor looks for workers that exited
+ORPHAN_TICK = 1.0  # how often a worker checks that its supervisor is still there (not on Linux)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def default_workers() -> int:
+    """The machine's cores: Python runs one request's code at a time per process."""
+    return os.cpu_count() or 1
+
+
+class Worker:
+    """One process of `serve --workers N`, as the work it runs sees it.
+
+    Worker 0 runs the dispatcher and the metrics: the outbox keeps each tipster's replies in order
+    with one dispatcher per `serve`. The others wake it through a pipe when they queue outbox work,
+    as the single process does through an Event, so that a reply does not wait out the dispatcher's
+    idle second.
+
+    A stop that comes while the worker is still starting (building its runtime, which a loaded
+    machine may take seconds over) closes its copies of the listening sockets at once: the port
+    must refuse new connections as soon as every worker has been told to stop, not once the
+    slowest has started."""
+
+    def __init__(
+        self, index: int, signals: StopSignals, sockets: list[socket.socket], wake: tuple[int, int], ready: int
+    ):
+        self.index = index
+        self.signals = signals
+        self.sockets = sockets
+        self.wake_read, self.wake_write = wake
+        self._ready = ready
+        self._starting = threading.Lock()
+        self._serving = False
+        threading.Thread(target=self._close_if_stopped, name="worker-start", daemon=True).start()
+
+    @property
+    def leads(self) -> bool:
+        return self.index == 0
+
+    def begin_serving(self) -> bool:
+        """Called just before serving: False if a stop came first (the sockets are then closed)."""
+        with self._starting:
+            self._serving = not self.signals.received
+            return self._serving
+
+    def _close_if_stopped(self) -> None:
+        while True:
+            with self._starting:
+                if self._serving:
+                    return
+                if self.signals.received:
+                    for sock in self.sockets:
+                        sock.close()
+                    return
+            time.sleep(DRAIN_TICK)
+
+    def serving(self) -> None:
+        """Tell the supervisor that this worker serves (it says "serving" once every worker does)."""
+        os.write(self._ready, b"\0")
+
+    def wake_dispatcher(self) -> None:
+        """Tell worker 0 that there is outbox work (never blocks: a full pipe has wake-ups enough)."""
+        try:
+            os.write(self.wake_write, b"\0")
+        except BlockingIOError:
+            pass
+
+    def relay_wakeups(self, wake: Callable[[], None]) -> None:
+        """In worker 0: call `wake` whenever another worker has written to the pipe."""
+        threading.Thread(target=_relay, args=(self.wake_read, wake), name="wake-relay", daemon=True).start()
+
+
+def _relay(read: int, wake: Callable[[], None]) -> None:
+    while True:
+        select.select([read], [], [])
+        try:
+            os.read(read, 4096)
+        except BlockingIOError:
+            continue  # another reader of the pipe (a worker 0 on its way out) took the bytes
+        wake()
+
+
+class Supervisor:
+    """`serve --workers N`: N processes forked from this one, serving the sockets it bound.
+
+    The supervisor serves nothing itself: it starts the workers, replaces one that dies, and passes
+    each SIGTERM or SIGINT on to every worker as SIGTERM (the first: a graceful stop; the second:
+    cut short). Workers have their own process group, so a terminal's Ctrl-C reaches the supervisor
+    only and each worker gets exactly one signal for it; systemd (KillMode=mixed) signals the main
+    process only, for the same result. It must fork before any thread, engine or connection exists
+    in it: a fork copies a lock held by another thread as held, forever, and a connection shared by
+    two processes mixes their conversations with the database."""
+
+    def __init__(
+        self, sockets: list[socket.socket], workers: int, work: Callable[[Worker], int], fatal: tuple[int, ...]
+    ):
+        self.sockets = sockets
+        self.workers = workers
+        self.work = work
+        self.fatal = fatal  # a worker's exit status that stops everything: a refusal, not a crash
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self.restarts: list[float] = []  # when workers were replaced (monotonic), within the last minute
+        self.stopping = False
+        self.status = 0
+
+    def run(self, started: Callable[[], None]) -> int:
+        """Serve until the workers have stopped; the exit status: 0 after a graceful stop in which
+        every worker exited 0. `started` runs once every worker serves."""
+        _wait_for_threads()
+        for sock in self.sockets:
+            sock.listen(1024)  # waitress's backlog: connections wait here while the workers start
+        self.wake_read, self.wake_write = os.pipe()
+        self.ready_read, self.ready_write = os.pipe()
+        pipes = (self.wake_read, self.wake_write, self.ready_read, self.ready_write)
+        for end in pipes:
+            os.set_blocking(end, False)
+        try:
+            with StopSignals() as signals:
+                for index in range(self.workers):
+                    self._start(index)
+                self._watch(signals, started)
+        finally:
+            for end in pipes:
+                os.close(end)
+        return self.status
+
+    def _start(self, index: int) -> None:
+        sys.stdout.flush()  # what is buffered would be written twice, once by each process
+        sys.stderr.flush()
+        # Signals wait until the worker has its own handlers: one arriving in between is kept, not lost
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignals.SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._be_worker(index)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.pids[pid] = index
+        log.info("worker %d started (pid %d)%s", index, pid, ", with the dispatcher" if index == 0 else "")
+
+    def _be_worker(self, index: int) -> NoReturn:
+        status = 1
+        supervisor = os.getppid()
+        try:
+            os.setpgid(0, 0)
+            with StopSignals() as signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, StopSignals.SIGNALS)
+                _die_with(supervisor)
+                wake = (self.wake_read, self.wake_write)
+                status = self.work(Worker(index, signals, self.sockets, wake, self.ready_write))
+        except SystemExit as exit_:  # a refusal at start: the command's own status
+            status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:  # noqa: BLE001 - said here, then the supervisor replaces this worker
+            log.exception("worker %d failed", index)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)  # never back into the command: that is the supervisor's
+
+    def _watch(self, signals: StopSignals, started: Callable[[], None]) -> None:
+        forwarded = ready = 0
+        while self.pids:
+            select.select([signals.pipe, self.ready_read], [], [], REAP_TICK)
+            _drain(signals.pipe)
+            if ready < self.workers:  # a replacement, later, is not announced
+                ready += _drain(self.ready_read)
+                if ready >= self.workers and not self.stopping:
+                    started()
+            else:
+                _drain(self.ready_read)
+            if signals.received > forwarded:
+                forwarded = signals.received
+                self._stop(signal.SIGTERM)
+            for pid, status in _exited():
+                self._exited(self.pids.pop(pid), pid, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, index: int, pid: int, code: int) -> None:
+        if self.stopping:
+            if code != 0:
+                log.warning("worker %d (pid %d) %s", index, pid, _how(code))
+                self.status = self.status or 1
+            return
+        if code in self.fatal:
+            self.status = code
+            self._stop(signal.SIGTERM)
+            return
+        now = time.monotonic()
+        self.restarts = [moment for moment in self.restarts if now - moment < 60] + [now]
+        if len(self.restarts) > RESTARTS_PER_MINUTE:
+            log.error("worker %d (pid %d) %s: too many restarts in a minute, stopping", index, pid, _how(code))
+            self.status = 1
+            self._stop(signal.SIGTERM)
+            return
+        log.warning("worker %d (pid %d) %s: starting another in its place", index, pid, _how(code))
+        self._start(index)
+
+    def _stop(self, number: int) -> None:
+        """Pass a stop on to every worker; at the first, stop listening here too, so that new
+        connections are refused once every worker has closed its own copy of the sockets."""
+        if not self.stopping:
+            self.stopping = True
+            for sock in self.sockets:
+                sock.close()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+
+def _wait_for_threads(seconds: float = 5.0) -> None:
+    """Let the threads of what ran before (a vendor client's event loop, closed but still ending)
+    end before the first fork: a lock one of them held at the fork would stay held in the worker."""
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if threading.active_count() > 1:
+        log.warning("starting the workers with %d threads still running", threading.active_count() - 1)
+
+
+def _drain(pipe: int) -> int:
+    """Read what a pipe holds; how many bytes."""
+    try:
+        return len(os.read(pipe, 4096))
+    except BlockingIOError:
+        return 0
+
+
+def _exited() -> list[tuple[int, int]]:
+    """The workers that have exited since the last look: (pid, wait status)."""
+    found = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        found.append((pid, status))
+    return found
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        return f"was killed ({signal.Signals(-code).name})"
+    return f"exited with status {code}"
+
+
+def _die_with(supervisor: int) -> None:
+    """In a worker: be killed with the supervisor (kill -9, a crash), as one process would be.
+    Workers left serving alone would hold the port, and the restart (systemd's) would find it busy
+    and refuse with exit status 2, which is never restarted."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        named = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):  # not Linux: look for the supervisor every second instead
+        named = False
+    if not named:
+        threading.Thread(target=_follow, args=(supervisor,), name="supervisor-watch", daemon=True).start()
+    elif os.getppid() != supervisor:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _follow(supervisor: int) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(ORPHAN_TICK)
+    os.kill(os.getpid(), signal.SIGKILL)
