@@ -20,6 +20,9 @@ from tests.support.telegram_updates import callback_update, message_update
 from tipline.services import review
 
 INTERVAL = 0.1  # seconds between two messages to one chat, for this test
+# The interval while the SMS reply overtakes the burst: longer than one send takes on a loaded machine,
+# so that the burst is held from its second message on (at 0.1 s a slow send would let a few through).
+HOLD = 2.0
 JITTER = 0.02  # the pacing is taken before the HTTP request: its arrival may be this much closer
 
 
@@ -48,7 +51,8 @@ def test_a_burst_to_one_chat_does_not_hold_an_sms_reply_and_keeps_its_order(
     tg: tuple[Harness, fake_telegram.FakeTelegram], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     harness, fake = tg
-    monkeypatch.setattr(harness.runtime.channels["telegram"], "_limiter", _Limiter(per_chat=INTERVAL))
+    telegram = harness.runtime.channels["telegram"]
+    monkeypatch.setattr(telegram, "_limiter", _Limiter(per_chat=HOLD))
     tg_reference = telegram_tip(harness, fake)
     sms_reference = harness.submit_tip("Stolen bikes being sold from a garage on Birch Rd")
     harness.dispatch()
@@ -72,7 +76,8 @@ def test_a_burst_to_one_chat_does_not_hold_an_sms_reply_and_keeps_its_order(
     assert len(burst_before_sms) <= 2  # the SMS overtook (at least) 38 of the 40
     assert harness.twilio.sent[0]["Body"].endswith("Are you safe to talk?")
 
-    harness.dispatch()  # the rest of the burst, paced
+    monkeypatch.setattr(telegram, "_limiter", _Limiter(per_chat=INTERVAL))
+    harness.dispatch()  # the rest of the burst, paced (after the first message's HOLD)
     burst = [(stamped.times[start + i], p) for i, (m, p) in enumerate(stamped[start:]) if m == "sendMessage"]
     assert [p["text"] for _, p in burst] == [f"Example City Police: burst {n:02d}" for n in range(40)]
     gaps = [b[0] - a[0] for a, b in zip(burst, burst[1:], strict=False)]

@@ -25,28 +25,32 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.support.scratch import scratch_database
+from tests.support.scratch import PG_URL, scratch_database
 
 Upgrade = Callable[..., None]
 
 
 class Templates:
-    """The session's template databases, built on first use with `upgrade` (the real db.upgrade)."""
+    """The session's template databases, built on first use with `upgrade` (the real db.upgrade).
 
-    def __init__(self, upgrade: Upgrade):
+    The PostgreSQL template lives on the tests' own server (`pg_url`), whatever server a test's URL
+    names (a test may reach PostgreSQL through a proxy it stops): it is dropped at the session's end."""
+
+    def __init__(self, upgrade: Upgrade, pg_url: str = PG_URL):
         self._upgrade = upgrade
+        self._pg_url = pg_url
         self._directory: Path | None = None
         self._sqlite: Path | None = None
-        self._pg: dict[str, tuple[str, str]] = {}  # server conninfo -> (template schema, its dump)
+        self._pg: tuple[str, str] | None = None  # (template schema, its dump)
         self._stack = contextlib.ExitStack()
 
     def upgrade(self, url: str, target: str = "head") -> None:
         """db.upgrade, copying the template into an empty database instead of migrating it."""
         if target == "head" and url.startswith("sqlite") and _sqlite_empty(_sqlite_path(url)):
             _sqlite_copy(self._sqlite_template(), _sqlite_path(url))
-        elif target == "head" and url.startswith("postgresql") and _pg_empty(url):
+        elif target == "head" and url.startswith("postgresql") and self._pg_url and _pg_empty(url):
             server, schema = _pg_parts(url)
-            template, dump = self._pg_template(url, server)
+            template, dump = self._pg_template()
             with psycopg.connect(server, autocommit=True) as connection:
                 connection.execute(dump.replace(template, schema).encode())
         else:
@@ -65,13 +69,13 @@ class Templates:
             self._sqlite = path
         return self._sqlite
 
-    def _pg_template(self, url: str, server: str) -> tuple[str, str]:
-        if server not in self._pg:
-            template_url = self._stack.enter_context(scratch_database(url))
+    def _pg_template(self) -> tuple[str, str]:
+        if self._pg is None:
+            template_url = self._stack.enter_context(scratch_database(self._pg_url))
             self._upgrade(template_url)
-            _, template = _pg_parts(template_url)
-            self._pg[server] = (template, _pg_dump(server, template))
-        return self._pg[server]
+            server, template = _pg_parts(template_url)
+            self._pg = (template, _pg_dump(server, template))
+        return self._pg
 
 
 def _sqlite_path(url: str) -> Path:
