@@ -78,11 +78,7 @@ def start_serve(env: dict[str, str], out: Path, cwd: Path | None = None) -> tupl
         else:
             command = [*TIPLINE, "serve", "--port", str(port)]
             process = subprocess.Popen(command, env=environment(env), cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        wait_until_serving(base, log=out, healthy=False, process=process)
-    except AssertionError:
-        process.terminate()
-        raise
+    wait_until_serving(base, log=out, healthy=False, process=process)
     return process, base
 
 

@@ -76,7 +76,8 @@ def wait_until_serving(
 ) -> None:
     """Wait until the `tipline serve` at `base` answers /healthz: with 200 (it is listening and its
     dispatcher has passed), or with anything when `healthy` is False. AssertionError, with the
-    server's log if given, when it does not in time or `process` exits first."""
+    server's log if given, when it does not in time (`process` is then stopped: it never served) or
+    `process` exits first."""
     said = (lambda: f":\n{log.read_text()}") if log else (lambda: "")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -88,4 +89,6 @@ def wait_until_serving(
         except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow on a loaded machine
             pass
         time.sleep(0.1)
+    if process is not None:
+        process.terminate()
     raise AssertionError(f"tipline serve at {base} was not serving after {seconds:g} s{said()}")
