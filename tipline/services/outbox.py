@@ -614,6 +614,7 @@ class Dispatcher:
         self.passed_at = self.clock()  # started: alive for /healthz from now on
         failures = _FailedPasses()
         while not stop.is_set():
+            self._wake.clear()  # this pass answers every wake-up so far; one during it brings another pass
             try:
                 if self.maintenance is not None and time.monotonic() >= next_maintenance:
                     self.maintenance()
