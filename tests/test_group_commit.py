@@ -69,6 +69,53 @@ def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harnes
     assert {"first", "a", "b"} <= keys
     assert "broken" not in keys
     assert len(commits) == 2  # the slow unit alone, then the four queued units in one transaction
+    assert committer.reruns == 1  # tried without savepoints, then again unit by unit once one failed
+
+
+class Seen(Exception):
+    """Raised by a unit before it writes anything (as intake's Duplicate is)."""
+
+
+def test_a_unit_that_fails_before_writing_does_not_make_its_batch_run_again(tipline: Harness) -> None:
+    committer = GroupCommitter(tipline.runtime.factory, clean=(Seen,))
+    runs: list[str] = []
+    gate = threading.Event()
+
+    def unit(key: str, seen: bool = False) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            runs.append(key)
+            if seen:
+                raise Seen(key)
+            return remember(key)(session)
+
+        return work
+
+    results: dict[str, object] = {}
+
+    def submit(name: str, work: Callable[[Session], object]) -> None:
+        try:
+            results[name] = committer.run(work)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            results[name] = error
+
+    blocker = threading.Thread(target=submit, args=("blocker", lambda s: gate.wait(5)))
+    blocker.start()
+    threading.Event().wait(0.2)
+    threads = [
+        threading.Thread(target=submit, args=(name, unit(name, seen=name == "seen"))) for name in ("x", "seen", "y")
+    ]
+    for thread in threads:
+        thread.start()
+        threading.Event().wait(0.05)  # queued in this order
+    gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert (results["x"], results["y"]) == ("x", "y")
+    assert isinstance(results["seen"], Seen)
+    assert sorted(runs) == ["seen", "x", "y"]  # each ran once: no second run for a clean failure
+    assert committer.reruns == 0
+    with tipline.runtime.factory() as session:
+        assert {"x", "y"} <= set(session.scalars(select(ProcessedDelivery.key)))
 
 
 @pytest.mark.skipif(bool(PG_URL), reason="group commit serves SQLite only")

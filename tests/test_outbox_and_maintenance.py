@@ -151,6 +151,14 @@ def test_a_woken_dispatcher_with_nothing_to_do_rests_until_woken_again(tipline: 
     assert 3 <= busy <= 6, busy  # the first pass and one per wake-up (a wake during a pass: one more)
 
 
+def test_closing_the_runtime_stops_the_dispatcher_it_started(tipline: Harness) -> None:
+    """A dispatcher outlived its runtime: in CI one kept failing against a database a finished test
+    had removed, logging into the tests that came after it."""
+    thread, _ = tipline.runtime.start_dispatcher()
+    tipline.runtime.close()
+    assert not thread.is_alive()
+
+
 def test_an_idle_draft_is_submitted_and_the_tipster_told(tipline: Harness) -> None:
     tipline.say("Loud parties with fights every Friday at the warehouse")
     with tipline.runtime.factory() as session:

@@ -76,6 +76,7 @@ class Runtime:
         )
         self._rotation_cursors: dict[int, object] = {}
         self._heartbeat: Heartbeat | None = None
+        self._dispatching: list[tuple[threading.Thread, threading.Event]] = []  # start_dispatcher()'s
         self._metrics: metrics.MetricsServer | None = None
         self._next_reconcile = 0.0  # monotonic: the first dispatcher pass catches up after a restart
         # Where outbox work is also announced: under `serve --workers N`, the worker that runs the
@@ -159,11 +160,18 @@ class Runtime:
         self.dispatcher.passed_at = self.dispatcher.clock()
         thread = threading.Thread(target=self.dispatcher.run_forever, args=(stop,), name="dispatcher", daemon=True)
         thread.start()
+        self._dispatching.append((thread, stop))  # stopped by close(), whoever else holds `stop`
         if self._heartbeat is not None:
             self._heartbeat.beat()
         return thread, stop
 
     def close(self) -> None:
+        for _, stop in self._dispatching:
+            stop.set()
+        self.dispatcher.wake()
+        for thread, _ in self._dispatching:
+            thread.join(timeout=5.0)  # a pass under way finishes its row; one stuck on I/O is a daemon
+        self._dispatching.clear()
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self._metrics is not None:

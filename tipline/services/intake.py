@@ -194,8 +194,10 @@ class Intake:
         self.traits = traits or ChannelTraits()
         self.on_outbox = on_outbox
         factory = ctx.factory
-        # SQLite: concurrent messages share one durable commit (see db.GroupCommitter).
-        self.committer = GroupCommitter(factory) if factory.kw["bind"].dialect.name == "sqlite" else None
+        # SQLite: concurrent messages share one durable commit (see db.GroupCommitter). A redelivery
+        # is known by its first statement, before anything is written (remember_once): it spoils no batch.
+        sqlite = factory.kw["bind"].dialect.name == "sqlite"
+        self.committer = GroupCommitter(factory, clean=(Duplicate,)) if sqlite else None
         # Albums already answered: keyed hash -> (monotonic time, delivery id). Memory only, bounded.
         self._albums: dict[str, tuple[float, str]] = {}
         self._albums_lock = threading.Lock()

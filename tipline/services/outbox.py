@@ -78,7 +78,7 @@ def _enqueue(
     message_id: int | None = None,
 ) -> str:
     item_id = records.new_id()
-    session.execute(
+    session.connection().execute(  # Core on the session's connection: no ORM statement handling
         _INSERT,
         {
             "id": item_id,
