@@ -92,7 +92,7 @@ def test_references_are_found_with_or_without_t_and_by_prefix(tipline: Harness, 
     for query in (first, first.lower(), body, body.lower(), f"T-{body[:3]}", f"t-{body[:1]}", body[:4]):
         prefix = words.reference_prefix(query)
         # Without "T-", only a run with a digit is taken for a reference ("bmw" is a word)
-        assert (prefix is None) == (not query.upper().startswith("T") and not any(c.isdigit() for c in query)), query
+        assert (prefix is None) == (not query.upper().startswith("T-") and not any(c.isdigit() for c in query)), query
         expected = sorted(r for r in (first, second) if prefix and r.startswith(prefix))
         # Found with or without "T-", in full or by its start; a unique match opens the tip at once.
         assert sorted(listed(detective, query)) == expected, query
