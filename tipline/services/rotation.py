@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,34 +245,19 @@ def run(
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
-    """Run a rotation to the end (True) or until `should_stop` says so (False).
-
-    A re-wrap reads and re-wraps its next batch on a second thread while this one writes the
-    current batch: the cryptography of one overlaps the UPDATE and the durable commit of the other
-    (the database driver lets go of the interpreter while it works). The next batch starts after
-    the current one's last row whatever the write does, so reading ahead changes nothing else:
-    a row the compare-and-swap skipped is still picked up by the next pass.
-    """
+    """Run a rotation to the end (True) or until `should_stop` says so (False)."""
     cursor: object = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotation-read") as reader:
-        ahead: Future[Rewrapped | None] | None = None
-        while True:
-            if should_stop is not None and should_stop():
-                return False
-            rewrapped = ahead.result() if ahead is not None else _read(ctx, rotation_id, cursor)
-            ahead = None
-            if rewrapped is not None and rewrapped.last is not None:
-                ahead = reader.submit(_read, ctx, rotation_id, rewrapped.last)
-            result = _write(ctx, rotation_id, cursor, rewrapped)
-            if progress is not None and result.moved:
-                progress(result.moved)
-            if result.finished:
-                return True
-            if not result.moved and result.cursor is None:
-                time.sleep(0.2)  # waiting out PROPAGATION: look again shortly, without spinning
-            if result.cursor != (rewrapped.last if rewrapped is not None else None):
-                ahead = None  # not where the read ahead went on (not a re-wrap): read afresh
-            cursor = result.cursor
+    while True:
+        if should_stop is not None and should_stop():
+            return False
+        result = step(ctx, rotation_id, cursor)
+        if progress is not None and result.moved:
+            progress(result.moved)
+        if result.finished:
+            return True
+        if not result.moved and result.cursor is None:
+            time.sleep(0.2)  # waiting out PROPAGATION: look again shortly, without spinning
+        cursor = result.cursor
 
 
 def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows: Sequence[Any]) -> int:
