@@ -28,6 +28,20 @@ def remember(key: str) -> Callable[[Session], str]:
     return work
 
 
+def submitter(
+    committer: GroupCommitter, results: dict[str, object]
+) -> Callable[[str, Callable[[Session], object]], None]:
+    """A thread target that runs a named unit through `committer`, keeping its result or error in `results`."""
+
+    def submit(name: str, work: Callable[[Session], object]) -> None:
+        try:
+            results[name] = committer.run(work)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            results[name] = error
+
+    return submit
+
+
 def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harness) -> None:
     committer = GroupCommitter(tipline.runtime.factory)
     commits = []
@@ -43,12 +57,7 @@ def test_units_share_commits_and_a_failing_unit_rolls_back_alone(tipline: Harnes
         raise ValueError("this unit fails after writing")
 
     results: dict[str, object] = {}
-
-    def submit(name: str, work: Callable[[Session], object]) -> None:
-        try:
-            results[name] = committer.run(work)
-        except Exception as error:  # noqa: BLE001 - the test inspects it
-            results[name] = error
+    submit = submitter(committer, results)
 
     threads = [threading.Thread(target=submit, args=("first", slow))]
     threads[0].start()
@@ -99,12 +108,7 @@ def test_a_unit_that_fails_before_writing_does_not_make_its_batch_run_again(tipl
         return work
 
     results: dict[str, object] = {}
-
-    def submit(name: str, work: Callable[[Session], object]) -> None:
-        try:
-            results[name] = committer.run(work)
-        except Exception as error:  # noqa: BLE001 - the test inspects it
-            results[name] = error
+    submit = submitter(committer, results)
 
     blocker = threading.Thread(target=submit, args=("blocker", lambda s: gate.wait(5)))
     blocker.start()
