@@ -73,7 +73,7 @@ def scan_database(engine: Engine, needles: Sequence[str | bytes]) -> list[tuple[
                         digits = str(abs(value))
                         for needle in needles:
                             wanted = "".join(c for c in str(needle) if c.isdigit())
-                            if wanted and wanted.lstrip("0") == digits.lstrip("0"):
+                            if len(wanted) >= 5 and int(wanted) == int(digits):  # not "0" for 0
                                 hits.append((f"{table.name}.{column.name}", needle))
                         continue
                     data = value if isinstance(value, bytes | memoryview) else str(value).encode()
