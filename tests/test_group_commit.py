@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -168,3 +170,51 @@ def test_a_failed_commit_fails_every_unit_in_it(tipline: Harness) -> None:
     with tipline.runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 0
     assert committer.run(good) == "good"  # the lock was released and the database is usable
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="the write lock shared by processes is SQLite's")
+def test_what_arrives_while_another_process_writes_joins_the_next_transaction(tipline: Harness) -> None:
+    """Two `serve` workers take turns at SQLite's write lock. A batch takes its units once it has
+    the lock, so whatever queued while the other worker wrote shares one durable commit, instead
+    of the first unit committing alone and the rest waiting for another turn (and another fsync)."""
+    path = tipline.runtime.settings.sqlite_path
+    assert path is not None
+    committer = GroupCommitter(tipline.runtime.factory)
+    commits = []
+    event.listen(tipline.runtime.engine, "commit", lambda conn: commits.append(1))
+    # Given another process in the middle of a write (it holds the lock file, as a worker's batch does)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, f"{path}.writelock"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline() == b"holding\n"
+        results: dict[str, object] = {}
+        submit = submitter(committer, results)
+        threads = []
+        # When one unit arrives, then two more while the committer waits for the lock
+        for key in ("a", "b", "c"):
+            thread = threading.Thread(target=submit, args=(key, remember(key)))
+            thread.start()
+            threads.append(thread)
+            threading.Event().wait(0.2)
+        assert results == {}  # nothing could be written yet
+        assert other.stdin is not None
+        other.stdin.close()  # the other process commits and lets go
+        for thread in threads:
+            thread.join(10)
+    finally:
+        other.kill()
+        other.wait()
+    # Then all three are stored in one transaction
+    assert results == {"a": "a", "b": "b", "c": "c"}
+    assert (committer.batches, len(commits)) == (1, 1)
+
+
+# A second process holding the write lock file until its stdin closes.
+HOLD_WRITE_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+sys.stdin.read()
+"""

@@ -326,6 +326,7 @@ class GroupCommitter:
         self._condition = threading.Condition()
         self._worker: threading.Thread | None = None
         self.reruns = 0  # batches run again unit by unit after a failure (tests, benchmarks)
+        self.batches = 0  # transactions committed (tests, benchmarks)
 
     def run(self, work: Callable[[Session], T]) -> T:
         future: Future[T] = Future()
@@ -344,10 +345,15 @@ class GroupCommitter:
                     if not self._condition.wait(timeout=5.0) and not self._pending:
                         self._worker = None  # idle: let the thread end; run() starts another
                         return
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            self._commit(batch)
+            self._commit()
 
-    def _commit(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+    def _take(self) -> list[tuple[Callable[[Session], Any], Future[Any]]]:
+        with self._condition:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        return batch
+
+    def _commit(self) -> None:
+        batch: list[tuple[Callable[[Session], Any], Future[Any]]] = []  # filled by _attempt, once it may write
         try:
             try:
                 outcomes = self._attempt(batch, isolated=False)
@@ -358,9 +364,10 @@ class GroupCommitter:
                     self.reruns += 1
                     outcomes = self._attempt(batch, isolated=True)
         except Exception as error:  # noqa: BLE001 - the commit failed: nothing in the batch is stored
-            for _, future in batch:
+            for _, future in batch or self._take():
                 future.set_exception(error)
             return
+        self.batches += 1
         log.debug("group commit: %d units in one transaction", len(batch))
         for future, result, failure in outcomes:
             if failure is None:
@@ -373,9 +380,16 @@ class GroupCommitter:
     ) -> list[tuple[Future[Any], Any, BaseException | None]]:
         """Run the batch in one transaction and commit it. Not `isolated`: a unit's failure (other
         than a `clean` one) rolls everything back and raises _UnitFailed; `isolated`: each unit in
-        a savepoint, so a failing unit is rolled back alone."""
+        a savepoint, so a failing unit is rolled back alone.
+
+        An empty `batch` is filled once the transaction has begun. On SQLite, beginning waits for
+        the write lock, perhaps held by another process's batch; what is submitted meanwhile then
+        joins this transaction rather than waiting for the next one and its own durable commit."""
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         with self._factory.begin() as session:
+            if not batch:
+                session.connection()  # BEGIN (IMMEDIATE, on SQLite: the wait for the write lock)
+                batch.extend(self._take())
             for work, future in batch:
                 try:
                     if isolated:
