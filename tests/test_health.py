@@ -257,18 +257,33 @@ def test_serve_without_a_dispatcher_is_unhealthy_until_a_dispatch_process_runs(e
             dispatch.wait(timeout=15)
 
 
-def test_serve_with_its_own_dispatcher_is_healthy_as_soon_as_it_answers(env: dict[str, str]) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_its_own_dispatcher_is_healthy_as_soon_as_it_answers(env: dict[str, str], workers: str) -> None:
+    """A load balancer probes /healthz from the first moment the port answers. With several
+    workers, only the first runs the dispatcher, and the others read its beat from the database:
+    they serve only once it is there, so no probe ever sees a 503 for a server that is fine."""
     env = {**env, "TIPLINE_SANDBOX": "0"}
     assert run(env, "init").returncode == 0
-    # One process: with several, another worker may answer before the first has recorded its
-    # dispatcher's start (a known window at start-up, in the closing note of session 8).
-    with serving(env, "--workers", "1") as (base, _):
-        response = requests.get(base + "/healthz", timeout=5)
-        assert response.status_code == 200, response.text
-        body = response.json()
+    port = free_port()
+    with (workdir(env) / f"serve-{port}.log").open("w") as out:
+        process = spawn(env, "serve", "--port", str(port), "--workers", workers, output=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Every answer from the first one on, each on a new connection (any worker may take it)
+        statuses: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(statuses) < 40 and time.monotonic() < deadline:
+            status = answers(base)
+            if status is not None:
+                statuses.append(status)
+        assert statuses and set(statuses) == {200}, statuses
+        body = requests.get(base + "/healthz", timeout=5).json()
         assert_content_free(body)
         assert (body["status"], body["database"], body["dispatcher"]["state"]) == ("ok", "ok", "ok")
         assert body["channels"] == ["sms"]
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 def test_only_a_client_on_this_machine_sees_the_counts_and_ages(env: dict[str, str], tipline: Harness) -> None:
@@ -363,6 +378,7 @@ def test_a_full_disk_is_unhealthy_and_named_in_health_and_in_the_log(
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=15)
+        print(output.decode())  # shown by pytest if the test failed
     log = output.decode()
     assert "sms webhook: database unavailable (OperationalError): database or disk is full" in log, log
     (tmp_path / "serve.log").write_text(log)

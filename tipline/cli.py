@@ -239,6 +239,8 @@ class _Serving:
         leads = worker is None or worker.leads
         try:
             app = create_app(runtime)
+            if worker is not None and not leads and self.dispatcher:
+                _await_dispatcher(runtime, worker.signals)
             if worker is not None and not worker.begin_serving():
                 return  # stopped before it started: nothing to finish
             http = server.Server(app, self.sockets, self.settings, threads=self.threads, grace=self.stop_timeout)
@@ -261,6 +263,22 @@ class _Serving:
             runtime.wake_elsewhere = worker.wake_dispatcher
         self.serve(runtime, worker.signals, worker.serving, worker)
         return 0
+
+
+def _await_dispatcher(runtime: Runtime, signals: StopSignals, limit: float = 20.0) -> None:
+    """In a worker of `serve --workers N` other than the first: wait (at most `limit` seconds, or
+    until a stop) for the first worker's dispatcher to be recorded in the database. Until then
+    this worker's /healthz would say 503 "no dispatcher", and a load balancer probing the port
+    from its first answer would take a server that is starting normally for a broken one."""
+    import time
+
+    from tipline.services import health
+
+    deadline = time.monotonic() + limit
+    while not signals.received and time.monotonic() < deadline:
+        if health.dispatcher_passing(runtime.ctx):
+            return
+        time.sleep(0.05)
 
 
 @cli.command()

@@ -162,7 +162,7 @@ class Runtime:
         thread.start()
         self._dispatching.append((thread, stop))  # stopped by close(), whoever else holds `stop`
         if self._heartbeat is not None:
-            self._heartbeat.beat()
+            self._heartbeat.try_beat()
         return thread, stop
 
     def close(self) -> None:

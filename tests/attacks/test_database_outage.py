@@ -336,3 +336,26 @@ def test_the_acknowledgement_during_an_outage_speaks_the_tipsters_language(
     assert spanish == ["Recibimos su mensaje y le responderemos en unos minutos. Si hay peligro ahora, llame al 911."]
     assert len(english) == 1
     assert ACK in english[0]
+
+
+def test_a_process_that_starts_during_an_outage_keeps_running_and_is_seen_once_it_ends(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
+) -> None:
+    """A worker replaced, or the service restarted, while the database takes nothing (a full disk,
+    a PostgreSQL restart): its first heartbeat fails. That must cost a log line, not the process:
+    a dead worker is replaced by one that dies the same way, and the supervisor gives up."""
+    with outage_harness(env, twilio_server, log_file) as (tipline, outage):
+        runtime = tipline.runtime
+        # When a serving process starts its heartbeat and its dispatcher during the outage
+        with outage:
+            runtime.announce("serve")
+            runtime.start_dispatcher()
+            assert runtime.health().dispatcher.state != "ok"
+        # Then it is still running, its log says why its beat is missing, and once the database is
+        # back its dispatcher is recorded (and /healthz is 200) within seconds
+        deadline = time.monotonic() + 15
+        while runtime.health().dispatcher.state != "ok" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runtime.health().dispatcher.state == "ok"
+        assert tipline.client.get("/healthz").status_code == 200
+    assert "heartbeat failed" in log_file.read_text()

@@ -167,6 +167,16 @@ def report(ctx: ServiceContext, probe: Probe, now: dt.datetime | None = None) ->
     return Report(database, _dispatcher(last_pass, now), outbox, photos)
 
 
+def dispatcher_passing(ctx: ServiceContext) -> bool:
+    """Whether /healthz would find a dispatcher passing (one read; False if the database fails)."""
+    try:
+        with read_only(ctx.factory) as session:
+            last_pass = session.scalar(select(func.max(ProcessBeat.dispatched_at)))
+    except faults.ERRORS:
+        return False
+    return _dispatcher(last_pass, ctx.now()).state == "ok"
+
+
 def _dispatcher(last_pass: dt.datetime | None, now: dt.datetime) -> Dispatcher:
     if last_pass is None:
         return Dispatcher("none", None)

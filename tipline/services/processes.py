@@ -56,7 +56,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Heartbeat:
-        self.beat()
+        self.try_beat()  # a process that starts on a full disk still serves (and /healthz says why)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.kind}", daemon=True)
         self._thread.start()
         return self
@@ -84,13 +84,23 @@ class Heartbeat:
             if not first_pass and time.monotonic() - last < BEAT:
                 continue
             last = time.monotonic()
-            try:
-                self.beat()
+            if self.try_beat():
                 # An idle process looks at the keys too, so that a retired key leaves its memory
                 # even when nothing asks for a key.
-                self.ctx.keys.refresh()
-            except Exception as error:  # noqa: BLE001 - a missed beat is not worth a dead thread
-                log.warning("heartbeat failed: %s", _why(error))
+                try:
+                    self.ctx.keys.refresh()
+                except Exception as error:  # noqa: BLE001 - the next beat looks again
+                    log.warning("heartbeat failed: %s", _why(error))
+
+    def try_beat(self) -> bool:
+        """`beat`, saying so in the log when it fails: a missed beat is not worth a dead process
+        (the next one, a second or BEAT later, tries again)."""
+        try:
+            self.beat()
+        except Exception as error:  # noqa: BLE001 - see above
+            log.warning("heartbeat failed: %s", _why(error))
+            return False
+        return True
 
     def stop(self) -> None:
         """Say goodbye: the row goes at once, so a command run right after does not wait for it."""
