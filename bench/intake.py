@@ -97,6 +97,20 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit("server did not start")
 
 
+def wait_for_line(process: subprocess.Popen[bytes], line: bytes) -> None:
+    """Read the server's output until a line starts with `line`; then drain the rest on a thread."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        said = process.stdout.readline()
+        if not said and process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        if said.startswith(line):
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return
+    raise SystemExit("server did not say it serves")
+
+
 def conversations(senders: int) -> list[list[tuple[bytes, str]]]:
     """Signed request bodies, one list per sender, in conversation order."""
     from twilio.request_validator import RequestValidator
@@ -321,12 +335,27 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def measure(
-    name: str, command: list[str], env: dict[str, str], port: int, work: list, connections: int
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    work: list,
+    connections: int,
+    ready_line: bytes | None = None,
 ) -> dict[str, float]:
+    """Serve with `command`, warm up, then play `work`. With `ready_line`, the load starts once the
+    server printed it: a port accepts connections (its backlog) before every worker serves, and
+    keep-alive connections opened then would all stay with the worker that accepted first."""
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
+        if ready_line:
+            wait_for_line(process, ready_line)
         wait_ready(port, process)
         load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
         seconds, latencies, errors = load(port, work, connections)
@@ -381,6 +410,7 @@ def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
         tip_port,
         work,
         args.connections,
+        ready_line=b"tipline serving on",
     )
     print(
         f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}   "
