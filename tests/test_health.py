@@ -386,6 +386,38 @@ def test_a_full_disk_is_unhealthy_and_named_in_health_and_in_the_log(
     assert scan_files(tmp_path, needles, [tmp_path / "serve.log"]) == []
 
 
+@pytest.mark.skipif(bool(PG_URL), reason="the embedded database's disk (PostgreSQL's is the outage test's)")
+@pytest.mark.skipif(
+    not namespaces_work(), reason="needs unshare with user and mount namespaces, to mount a small tmpfs"
+)
+def test_serve_on_a_full_disk_says_to_free_space_where_the_database_lives(env: dict[str, str], tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**env, "TIPLINE_SANDBOX": "0", "TIPLINE_DATA_DIR": str(disk / "var")}
+    env.pop("TIPLINE_DATABASE_URL", None)
+    # Given a disk that filled up while the tip line was stopped (an 8 MB tmpfs of this namespace)
+    tipline = " ".join(TIPLINE)
+    script = (
+        f'mount -t tmpfs -o size=8m tmpfs "{disk}" && {tipline} init >/dev/null && '
+        f'(cat /dev/zero > "{disk}/filler" 2>/dev/null; exec {tipline} serve --port {free_port()})'
+    )
+    # When it starts
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        env=environment(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it refuses in one line that points at the disk, not at a URL nobody set, and exits 75
+    # (try again later: systemd restarts it, and it serves once there is space)
+    assert result.returncode == 75, result.stdout + result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("tipline: cannot reach the database: "), line
+    assert line.endswith(f"check the free space and the permissions of {disk / 'var'}"), line
+
+
 def test_database_errors_are_named_by_their_codes_never_their_text() -> None:
     import sqlite3
 

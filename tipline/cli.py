@@ -112,7 +112,9 @@ def init(settings: Settings) -> None:
     except (KeyStoreError, db.SchemaError) as error:
         _fail(str(error))
     except db.Unreachable as error:
-        _fail(f"cannot reach the database: {error}; check TIPLINE_DATABASE_URL", TRY_AGAIN_LATER)
+        from tipline.runtime import unreachable_hint
+
+        _fail(f"cannot reach the database: {error}; {unreachable_hint(settings)}", TRY_AGAIN_LATER)
     except OperationalError as error:  # reached, then failed: a full disk, a lock held too long...
         _fail(f"the upgrade stopped: {db.error_line(error, settings.database_url)}; fix it, run `tipline init` again")
     click.echo(f"data directory: {settings.data_dir}")

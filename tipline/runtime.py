@@ -200,6 +200,14 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
     return channels
 
 
+def unreachable_hint(settings: Settings) -> str:
+    """What an operator checks when the database does not answer at start."""
+    if settings.sqlite_path is None:
+        return "check TIPLINE_DATABASE_URL"
+    # The embedded database is a file: a full disk, a read-only mount or wrong ownership, not a URL.
+    return f"check the free space and the permissions of {settings.sqlite_path.parent}"
+
+
 def build_runtime(
     settings: Settings, channels: dict[str, Channel] | None = None, *, older_schema: bool = False
 ) -> Runtime:
@@ -219,7 +227,7 @@ def build_runtime(
     except OperationalError as error:
         engine.dispose()
         raise DatabaseUnreachable(
-            f"cannot reach the database: {db.error_line(error, settings.database_url)}; check TIPLINE_DATABASE_URL"
+            f"cannot reach the database: {db.error_line(error, settings.database_url)}; {unreachable_hint(settings)}"
         ) from None
     if not initialised:
         engine.dispose()
