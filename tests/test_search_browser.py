@@ -26,7 +26,10 @@ def test_a_detective_searches_by_words_and_by_reference(live: tuple[Harness, str
     assert rows.first.get_attribute("data-reference") == cafe
     assert rows.first.locator(".excerpt").inner_text().startswith("José sells pills from the back")
 
-    # A reference typed without "T-", in lower case and in part, opens the tip at once.
-    page.get_by_label("Search").fill(van.removeprefix("T-").lower())
+    # A reference typed without "T-" and in lower case opens the tip at once. Without its "t", six
+    # characters count as a reference only with a digit among them ("bmw" is a word, see
+    # core/search.py); a reference drawn without one (about 1 in 7) is typed as "t" and the six.
+    body = van.removeprefix("T-").lower()
+    page.get_by_label("Search").fill(body if any(c.isdigit() for c in body) else "t" + body)
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url(f"{base}/console/tips/{van}")
