@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -272,8 +273,6 @@ def _await_dispatcher(runtime: Runtime, signals: StopSignals, limit: float = 20.
     until a stop) for the first worker's dispatcher to be recorded in the database. Until then
     this worker's /healthz would say 503 "no dispatcher", and a load balancer probing the port
     from its first answer would take a server that is starting normally for a broken one."""
-    import time
-
     from tipline.services import health
 
     deadline = time.monotonic() + limit

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tipline.core.vocabulary import AttachmentStatus, OutboxStatus
 from tipline.services.context import ServiceContext
@@ -158,7 +158,7 @@ def report(ctx: ServiceContext, probe: Probe, now: dt.datetime | None = None) ->
     now = now or ctx.now()
     try:
         with read_only(ctx.factory) as session:
-            last_pass = session.scalar(select(func.max(ProcessBeat.dispatched_at)))
+            last_pass = _last_pass(session)
             outbox = _queue(session, OutboxItem, OutboxStatus.PENDING, OutboxStatus.CLAIMED, now)
             photos = _queue(session, Attachment, AttachmentStatus.PENDING, AttachmentStatus.FETCHING, now)
     except faults.ERRORS as error:
@@ -171,10 +171,15 @@ def dispatcher_passing(ctx: ServiceContext) -> bool:
     """Whether /healthz would find a dispatcher passing (one read; False if the database fails)."""
     try:
         with read_only(ctx.factory) as session:
-            last_pass = session.scalar(select(func.max(ProcessBeat.dispatched_at)))
+            last_pass = _last_pass(session)
     except faults.ERRORS:
         return False
     return _dispatcher(last_pass, ctx.now()).state == "ok"
+
+
+def _last_pass(session: Session) -> dt.datetime | None:
+    """When any process's dispatcher last completed a pass, as its heartbeat recorded it."""
+    return session.scalar(select(func.max(ProcessBeat.dispatched_at)))
 
 
 def _dispatcher(last_pass: dt.datetime | None, now: dt.datetime) -> Dispatcher:

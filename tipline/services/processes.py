@@ -90,7 +90,7 @@ class Heartbeat:
                 try:
                     self.ctx.keys.refresh()
                 except Exception as error:  # noqa: BLE001 - the next beat looks again
-                    log.warning("heartbeat failed: %s", _why(error))
+                    log.warning("keys not refreshed: %s", _why(error))
 
     def try_beat(self) -> bool:
         """`beat`, saying so in the log when it fails: a missed beat is not worth a dead process
