@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -44,14 +45,22 @@ def root_certificate(data_home: Path) -> Path:
 
 
 def wait_for_tls(port: int, certificate: Path, seconds: float = 30) -> None:
-    """Until Caddy accepts connections on `port` and has written its root certificate."""
+    """Until Caddy completes a TLS handshake on `port` with a certificate its root verifies.
+
+    An open port and a written root certificate are not enough: Caddy accepts connections before
+    it has issued the site's own certificate, and answers those handshakes with an internal-error
+    alert (CI saw one, on the test's first request)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                if certificate.exists():
+            if certificate.exists():
+                context = ssl.create_default_context(cafile=str(certificate))
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=1) as connection,
+                    context.wrap_socket(connection, server_hostname="localhost"),
+                ):
                     return
-        except OSError:
+        except (OSError, ssl.SSLError):
             pass
         time.sleep(0.1)
     raise AssertionError(f"Caddy did not serve https on port {port} within {seconds} s")
