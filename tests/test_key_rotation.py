@@ -6,9 +6,12 @@ import base64
 import json
 import os
 import random
+import re
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from sqlalchemy import func, insert, select
 from tests.support.anonymity import scan_database
 from tests.support.console import person
 from tests.support.harness import Harness, new_sid
-from tests.support.processes import run, spawn
+from tests.support.processes import process_tree, run, spawn, workdir
 from tipline.config import load_settings
 from tipline.core import crypto
 from tipline.core.channels import InboundMessage
@@ -422,6 +425,76 @@ def test_a_rotation_killed_at_random_points_resumes_and_completes(
             assert record.status == RotationStatus.DONE
             assert record.reencrypt is reencrypt
         rotation.retire(runtime.ctx, KeyPurpose.TIPS, 1)  # nothing needs v1 any more
+    finally:
+        runtime.close()
+
+
+def read_ahead_helper(rotating: subprocess.Popen[bytes], seconds: float = 60) -> int:
+    """The helper process `keys rotate` forks to read ahead (rotation._ReadAhead), once it exists."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and rotating.poll() is None:
+        children = process_tree(rotating.pid)[1:]
+        if children:
+            assert len(children) == 1, children
+            return children[0]
+        time.sleep(0.001)
+    raise AssertionError(f"keys rotate (exit {rotating.poll()}) started no read-ahead helper")
+
+
+def ended(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # a zombie has ended; its new parent has not reaped it yet
+
+
+def rotated_every_tip(runtime: Runtime, version: int) -> None:
+    keyring = runtime.keys.refresh()
+    with runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Tip).where(Tip.kek_version != version)) == 0
+        for tip in session.scalars(select(Tip).order_by(func.random()).limit(300)):
+            assert records.read_tip_field(tip, records.tip_dek(keyring, tip), "what") == f"tip {int(tip.reference[3:])}"
+        assert (
+            session.scalars(select(KeyRotation).order_by(KeyRotation.id.desc())).first().status == RotationStatus.DONE
+        )
+
+
+def test_a_large_rotation_reads_ahead_in_a_helper_that_ends_with_it_and_is_not_needed_to_finish(
+    cli_env: dict[str, str],
+) -> None:
+    # Given tips enough for `keys rotate` to read and re-wrap ahead in a helper process
+    assert run(cli_env, "init").returncode == 0
+    runtime = build_runtime(load_settings(cli_env))
+    command = ("keys", "rotate", "--purpose", "tips")
+    try:
+        fill(runtime, 2 * rotation.READ_AHEAD_ROWS)
+        # When the helper is killed in the middle of a rotation
+        with (workdir(cli_env) / "rotate.log").open("w") as out:
+            rotating = spawn(cli_env, *command, output=out)
+            os.kill(read_ahead_helper(rotating), signal.SIGKILL)
+            # Then the rotation finishes without it, and says so
+            assert rotating.wait(timeout=120) == 0
+        said = (workdir(cli_env) / "rotate.log").read_text()
+        assert re.search(
+            r"WARNING .*: rotation read-ahead stopped \((EOFError|ConnectionResetError)\); reading in", said
+        )
+        rotated_every_tip(runtime, 2)
+
+        # When the rotating process is killed (the next rotation, v3)
+        rotating = spawn(cli_env, *command)
+        helper = read_ahead_helper(rotating)
+        rotating.kill()
+        rotating.wait()
+        # Then its helper ends too, at once: nothing is left reading keys
+        deadline = time.monotonic() + 10
+        while not ended(helper) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ended(helper), "the read-ahead helper outlived the rotation"
+        # And the same command resumes and completes it
+        finished = run(cli_env, *command, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+        rotated_every_tip(runtime, 3)
     finally:
         runtime.close()
 

@@ -21,11 +21,16 @@ What "moving a row" means per purpose:
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import logging
+import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from sqlalchemy import and_, func, select, text, update
@@ -36,8 +41,8 @@ from tipline.core import crypto
 from tipline.core.vocabulary import KeyPurpose, RotationStatus
 from tipline.services import attachments, audit, processes, search
 from tipline.services.context import ServiceContext
-from tipline.storage import records
-from tipline.storage.db import checkpoint, read_only
+from tipline.storage import faults, records
+from tipline.storage.db import checkpoint, make_engine, make_sessionmaker, read_only
 from tipline.storage.keystore import (
     KeyStoreError,
     key_status,
@@ -47,6 +52,8 @@ from tipline.storage.keystore import (
     write_secret_file,
 )
 from tipline.storage.models import Attachment, Contact, KeyRotation, KeyVersion, Message, OutboxItem, Tip, User, utcnow
+
+log = logging.getLogger(__name__)
 
 BATCH = 2000
 # A re-wrap holds SQLite's write lock only for its UPDATE and commit (see step): twice the rows
@@ -245,19 +252,158 @@ def run(
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
-    """Run a rotation to the end (True) or until `should_stop` says so (False)."""
+    """Run a rotation to the end (True) or until `should_stop` says so (False).
+
+    A re-wrap of READ_AHEAD_ROWS rows or more has a helper process read and re-wrap the next batch
+    while this process writes the current one (see `_ReadAhead`); the result is the same as `step`'s.
+    """
     cursor: object = None
-    while True:
-        if should_stop is not None and should_stop():
-            return False
-        result = step(ctx, rotation_id, cursor)
-        if progress is not None and result.moved:
-            progress(result.moved)
-        if result.finished:
-            return True
-        if not result.moved and result.cursor is None:
-            time.sleep(0.2)  # waiting out PROPAGATION: look again shortly, without spinning
-        cursor = result.cursor
+    ahead = _ReadAhead.start(ctx, rotation_id)
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                return False
+            rewrapped = ahead.batch_after(cursor) if ahead is not None else None
+            if ahead is not None and rewrapped is None:  # the helper failed: carry on without it
+                ahead = None
+            if rewrapped is not None and rewrapped.last is not None:
+                ahead.ask(rewrapped.last)  # type: ignore[union-attr]  # read while this batch is written
+            if rewrapped is None:
+                rewrapped = _read(ctx, rotation_id, cursor)
+            result = _write(ctx, rotation_id, cursor, rewrapped)
+            if progress is not None and result.moved:
+                progress(result.moved)
+            if result.finished:
+                return True
+            if not result.moved and result.cursor is None:
+                time.sleep(0.2)  # waiting out PROPAGATION: look again shortly, without spinning
+            cursor = result.cursor
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+# A re-wrap of this many rows or more reads ahead in a helper process (forking one costs ~10 ms).
+READ_AHEAD_ROWS = 20_000
+# How long `run` waits for the helper's batch before it gives up on it and reads the batch itself.
+READ_AHEAD_TIMEOUT = 60.0
+
+
+class _ReadAhead:
+    """A forked helper process that reads and re-wraps the next batch of a re-wrap while `run`
+    writes the current one: on two cores, the cryptography and the reads no longer wait for the
+    writes (bench/rotation.py).
+
+    Keys never cross between the processes: the helper inherits the keyring in memory, and only
+    wrapped keys and row ids travel over the pipe. It opens its own engine (a forked process must
+    not use its parent's connections), reads without the write lock, runs at a lower CPU priority
+    than the tip line (nice 10), and ends when the pipe closes, also when `run`'s process is killed.
+    Reading early is safe: `_swap` is compare-and-swap, so a row changed after the helper read it
+    is left alone and moved by the next pass. A helper that fails, dies or stalls is replaced by
+    reading in this process, from the same cursor.
+    """
+
+    def __init__(self, ctx: ServiceContext, purpose: str, version: int) -> None:
+        self._ctx, self._purpose, self._version = ctx, purpose, version
+        context = multiprocessing.get_context("fork")
+        self._pipe, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_read_ahead,
+            args=(theirs, self._pipe, ctx.settings.database_url, ctx.keyring, purpose, version),
+            name="tipline-rotation-reader",
+            daemon=True,
+        )
+        self._process.start()
+        theirs.close()
+        self._asked: list[object] = []  # the cursor of the batch asked for and not yet received
+
+    @classmethod
+    def start(cls, ctx: ServiceContext, rotation_id: int) -> _ReadAhead | None:
+        """A helper for this rotation, or None: not a re-wrap, or too few rows to be worth a process."""
+        with read_only(ctx.factory) as session:
+            rotation = session.get(KeyRotation, rotation_id)
+            if rotation is None or rotation.status != RotationStatus.RUNNING or rotation.reencrypt:
+                return None
+            if rotation.purpose not in _REWRAP_SQL:
+                return None
+            if remaining(session, rotation.purpose, rotation.to_version) < READ_AHEAD_ROWS:
+                return None
+            purpose, version = rotation.purpose, rotation.to_version
+        return cls(ctx, purpose, version)
+
+    def ask(self, cursor: object) -> None:
+        """Have the helper read and re-wrap the batch after `cursor` now."""
+        try:
+            self._pipe.send(cursor)
+        except OSError:
+            return  # gone: batch_after finds out and reads itself
+        self._asked.append(cursor)
+
+    def batch_after(self, cursor: object) -> Rewrapped | None:
+        """The re-wrapped batch after `cursor`; None if the helper failed (read it yourself).
+        Raises what reading raised (a RotationError, a crypto.IntegrityError)."""
+        if self._ctx.keyring.primary_version(self._purpose) != self._version:  # as _rewrap_batch checks
+            raise RotationError(f"the {self._purpose} primary moved on during this rotation; run it again")
+        try:
+            if self._asked and self._asked[0] != cursor:
+                with contextlib.suppress(RotationError, crypto.IntegrityError, crypto.MissingKeyError):
+                    self._receive()  # asked ahead of a cursor `_write` did not confirm: not this one
+            if not self._asked:
+                self.ask(cursor)
+            return self._receive()
+        except (EOFError, OSError, TimeoutError) as error:
+            log.warning("rotation read-ahead stopped (%s); reading in this process", type(error).__name__)
+            self.close()
+            return None
+
+    def _receive(self) -> Rewrapped:
+        if not self._asked:
+            raise EOFError("nothing was asked")
+        if not self._pipe.poll(READ_AHEAD_TIMEOUT):
+            raise TimeoutError("the helper did not answer")
+        kind, payload = self._pipe.recv()
+        self._asked.pop(0)
+        if kind == "error":
+            raise payload
+        return payload  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._pipe.close()  # the helper's next recv ends, and so does it
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _read_ahead(
+    pipe: Connection, parents: Connection, url: str, keyring: crypto.Keyring, purpose: str, version: int
+) -> None:
+    """The helper process of `_ReadAhead`: answer each cursor with the re-wrapped batch after it."""
+    parents.close()  # forked with it: while open here, the pipe would never close when the parent's end does
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `run`, which then closes the pipe
+    os.nice(10)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    try:
+        while True:
+            try:
+                cursor = pipe.recv()
+            except (EOFError, OSError):
+                return
+            answer: tuple[str, object]
+            try:
+                with read_only(factory) as session:
+                    answer = ("batch", _rewrap_batch(session, keyring, purpose, version, cursor))
+            except (RotationError, crypto.IntegrityError, crypto.MissingKeyError) as error:
+                answer = ("error", error)
+            except Exception as error:  # noqa: BLE001 - said in the parent, which decides
+                answer = ("error", RotationError(f"reading ahead failed: {faults.describe(error)}"))
+            try:
+                pipe.send(answer)
+            except OSError:
+                return
+    finally:
+        engine.dispose()
 
 
 def _move(session: Session, keyring: crypto.Keyring, rotation: KeyRotation, rows: Sequence[Any]) -> int:
