@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import random
 import re
@@ -497,6 +498,37 @@ def test_a_large_rotation_reads_ahead_in_a_helper_that_ends_with_it_and_is_not_n
         rotated_every_tip(runtime, 3)
     finally:
         runtime.close()
+
+
+def test_a_large_rotation_stops_at_a_key_copied_from_another_row_as_a_small_one_does(
+    tipline: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given tips enough for a helper to read ahead, and someone with write access to the database
+    # who copied the first tip's wrapped key into the 10,001st tip
+    fill(tipline.runtime, rotation.READ_AHEAD_ROWS + 2000)
+    with tipline.runtime.factory.begin() as session:
+        first = session.scalars(select(Tip).where(Tip.reference == "T-K000000")).one()
+        victim = session.scalars(select(Tip).where(Tip.reference == "T-K010000")).one()
+        victim.wrapped_dek = first.wrapped_dek
+        victim_id = victim.id
+    # When the tips key is rotated
+    rotation_id = start(tipline, KeyPurpose.TIPS)
+    with (
+        caplog.at_level(logging.WARNING, logger="tipline.services.rotation"),
+        pytest.raises(crypto.IntegrityError, match=r"does not authenticate for tipline/dek/v1\|tips\|T-K010000\|"),
+    ):
+        finish(tipline, rotation_id)
+    # Then it fails closed on that row, as it would have without the helper, which said why it stopped
+    assert "rotation read-ahead stopped (IntegrityError: " in caplog.text
+    with tipline.runtime.factory() as session:
+        moved = session.scalars(select(Tip.id).where(Tip.kek_version == 2)).all()
+        batch = rotation.REWRAP_BATCH.get(session.get_bind().dialect.name, rotation.BATCH)
+    assert moved and len(moved) % batch == 0 and max(moved) < victim_id  # whole batches, all before the victim
+    # And every row it moved opens under the new version
+    keyring = tipline.runtime.keys.keyring
+    with tipline.runtime.factory() as session:
+        for tip in session.scalars(select(Tip).where(Tip.id.in_(moved[:: len(moved) // 50]))):
+            assert records.read_tip_field(tip, records.tip_dek(keyring, tip), "what") == f"tip {int(tip.reference[3:])}"
 
 
 def test_an_admin_starts_a_rotation_that_the_dispatcher_finishes(tipline: Harness) -> None:

@@ -21,7 +21,7 @@ What "moving a row" means per purpose:
 from __future__ import annotations
 
 import base64
-import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import multiprocessing
@@ -299,8 +299,9 @@ class _ReadAhead:
     not use its parent's connections), reads without the write lock, runs at a lower CPU priority
     than the tip line (nice 10), and ends when the pipe closes, also when `run`'s process is killed.
     Reading early is safe: `_swap` is compare-and-swap, so a row changed after the helper read it
-    is left alone and moved by the next pass. A helper that fails, dies or stalls is replaced by
-    reading in this process, from the same cursor.
+    is left alone and moved by the next pass. A helper that fails, dies or stalls is given up, and
+    `run` reads in its own process from the same cursor (where a real error, such as a ciphertext
+    that does not authenticate, is raised as it would have been without a helper).
     """
 
     def __init__(self, ctx: ServiceContext, purpose: str, version: int) -> None:
@@ -315,11 +316,12 @@ class _ReadAhead:
         )
         self._process.start()
         theirs.close()
-        self._asked: list[object] = []  # the cursor of the batch asked for and not yet received
+        self._asked: list[object] = []  # the cursors of batches asked for and not yet received
 
     @classmethod
     def start(cls, ctx: ServiceContext, rotation_id: int) -> _ReadAhead | None:
-        """A helper for this rotation, or None: not a re-wrap, or too few rows to be worth a process."""
+        """A helper for this rotation, or None: not a re-wrap, too few rows to be worth a process,
+        or a keyring that does not have the rotation's version as primary yet (reading here says why)."""
         with read_only(ctx.factory) as session:
             rotation = session.get(KeyRotation, rotation_id)
             if rotation is None or rotation.status != RotationStatus.RUNNING or rotation.reencrypt:
@@ -329,6 +331,8 @@ class _ReadAhead:
             if remaining(session, rotation.purpose, rotation.to_version) < READ_AHEAD_ROWS:
                 return None
             purpose, version = rotation.purpose, rotation.to_version
+        if ctx.keyring.primary_version(purpose) != version:
+            return None
         return cls(ctx, purpose, version)
 
     def ask(self, cursor: object) -> None:
@@ -340,31 +344,30 @@ class _ReadAhead:
         self._asked.append(cursor)
 
     def batch_after(self, cursor: object) -> Rewrapped | None:
-        """The re-wrapped batch after `cursor`; None if the helper failed (read it yourself).
-        Raises what reading raised (a RotationError, a crypto.IntegrityError)."""
-        if self._ctx.keyring.primary_version(self._purpose) != self._version:  # as _rewrap_batch checks
-            raise RotationError(f"the {self._purpose} primary moved on during this rotation; run it again")
+        """The re-wrapped batch after `cursor`, or None once the helper has failed: read it yourself."""
+        if self._ctx.keyring.primary_version(self._purpose) != self._version:
+            return None  # a newer rotation began: _read in this process refuses to go on
         try:
-            if self._asked and self._asked[0] != cursor:
-                with contextlib.suppress(RotationError, crypto.IntegrityError, crypto.MissingKeyError):
-                    self._receive()  # asked ahead of a cursor `_write` did not confirm: not this one
+            while self._asked and self._asked[0] != cursor:
+                self._receive()  # read ahead of a cursor `_write` did not confirm: not this one
             if not self._asked:
                 self.ask(cursor)
             return self._receive()
-        except (EOFError, OSError, TimeoutError) as error:
-            log.warning("rotation read-ahead stopped (%s); reading in this process", type(error).__name__)
+        except (_HelperFailed, EOFError, OSError) as error:
+            why = str(error) if isinstance(error, _HelperFailed) else type(error).__name__
+            log.warning("rotation read-ahead stopped (%s); reading in this process", why)
             self.close()
             return None
 
     def _receive(self) -> Rewrapped:
         if not self._asked:
-            raise EOFError("nothing was asked")
+            raise _HelperFailed("it is gone")
         if not self._pipe.poll(READ_AHEAD_TIMEOUT):
-            raise TimeoutError("the helper did not answer")
+            raise _HelperFailed(f"no answer in {READ_AHEAD_TIMEOUT:.0f} s")
         kind, payload = self._pipe.recv()
         self._asked.pop(0)
-        if kind == "error":
-            raise payload
+        if kind != "batch":
+            raise _HelperFailed(str(payload))
         return payload  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -375,6 +378,10 @@ class _ReadAhead:
             self._process.join()
 
 
+class _HelperFailed(Exception):
+    """The read-ahead helper did not deliver a batch; the message says why (no key, no data)."""
+
+
 def _read_ahead(
     pipe: Connection, parents: Connection, url: str, keyring: crypto.Keyring, purpose: str, version: int
 ) -> None:
@@ -382,6 +389,9 @@ def _read_ahead(
     parents.close()  # forked with it: while open here, the pipe would never close when the parent's end does
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `run`, which then closes the pipe
     os.nice(10)
+    # The keys as they were at the fork, without the loader that would fetch a newer version
+    # through the parent's engine: a version missing here fails the batch, and `run` reads it.
+    keyring = dataclasses.replace(keyring, loader=None, _ciphers={})
     engine = make_engine(url)
     factory = make_sessionmaker(engine)
     try:
@@ -394,10 +404,8 @@ def _read_ahead(
             try:
                 with read_only(factory) as session:
                     answer = ("batch", _rewrap_batch(session, keyring, purpose, version, cursor))
-            except (RotationError, crypto.IntegrityError, crypto.MissingKeyError) as error:
-                answer = ("error", error)
-            except Exception as error:  # noqa: BLE001 - said in the parent, which decides
-                answer = ("error", RotationError(f"reading ahead failed: {faults.describe(error)}"))
+            except Exception as error:  # noqa: BLE001 - the parent reads the batch itself, and raises if it must
+                answer = ("failed", f"{type(error).__name__}: {faults.describe(error)}")
             try:
                 pipe.send(answer)
             except OSError:
