@@ -4,8 +4,9 @@ Both servers run as separate processes on waitress with the same thread count an
 number of processes (`--workers`: `tipline serve --workers N`, and the bare app in N forked
 processes accepting on one socket). Each gets the same number of signed inbound-SMS webhooks from
 realistic conversations (greeting, description, place, SKIP, follow-up) from many senders with
-unique MessageSids, over 16 keep-alive connections. Printed: requests/s, p50 and p99 latency for
-each, and tipline's share of the baseline's throughput (the product's target on SQLite: at least
+unique MessageSids, over 16 keep-alive connections. Printed: requests/s, p50 and p99 latency and
+the server's CPU time per request (steadier than requests/s where neighbours share the machine)
+for each, and tipline's share of the baseline's throughput (the product's target on SQLite: at least
 0.5, with p99 under 50 ms on 2 cores). On PostgreSQL (--database-url) with more than one worker,
 tipline is then measured again with --workers 1 on fresh conversations, and the scaling between
 the two is printed (target: at least 1.4, with p99 under 100 ms).
@@ -331,6 +332,20 @@ def profile(env: dict[str, str], senders: int, threads: int) -> None:
     )
 
 
+def session_cpu(session: int) -> float:
+    """CPU seconds (user and system) used so far by the live processes of a session: a server and
+    its workers. Steadier than requests/s on a shared machine, where a neighbour takes the CPU."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -360,7 +375,9 @@ def measure(
             wait_for_line(process, ready_line)
         wait_ready(port, process)
         load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
+        cpu = session_cpu(process.pid)
         seconds, latencies, errors = load(port, work, connections)
+        cpu = session_cpu(process.pid) - cpu
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -375,10 +392,12 @@ def measure(
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
+        "cpu_ms": cpu / len(latencies) * 1000,
     }
     print(
         f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
-        f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  errors {errors}",
+        f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
+        f"server CPU {figures['cpu_ms']:.2f} ms/request  errors {errors}",
         flush=True,
     )
     return figures

@@ -39,6 +39,18 @@ def test_forged_signatures_are_refused(tipline: Harness, forge: str) -> None:
     assert count(tipline, ProcessedDelivery) == 0
 
 
+def test_a_signature_over_the_url_with_its_default_port_is_accepted(tipline: Harness) -> None:
+    """Twilio may sign `https://host:443/...` for a URL configured without the port: the signature
+    checked first (the URL as configured) fails, and the full check must still accept it."""
+    form = inbound_form("CANARY-PORT a tip signed over the URL with :443")
+    assert tipline.public_url.startswith("https://") and tipline.public_url.count(":") == 1
+    with_port = tipline.public_url.replace(".org", ".org:443", 1)
+    assert with_port != tipline.public_url
+    response = tipline.client.post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form, base=with_port)})
+    assert response.status_code == 200
+    assert count(tipline, ProcessedDelivery) == 1
+
+
 @pytest.mark.parametrize(
     "bad,field",
     [

@@ -337,6 +337,8 @@ ACCENTED_KEYWORDS = {"èd": Intent.HELP}
 
 def fold(text: str) -> str:
     """Case- and accent-insensitive form used for matching keywords and urgency words."""
+    if text.isascii():
+        return text.lower()  # no accents to take off, and ASCII's case folding is lower()
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
