@@ -346,6 +346,13 @@ def session_cpu(session: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_idle() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine so far (/proc/stat): what share of it was left
+    unused while a server was loaded tells a CPU-bound server from one waiting on a lock or a disk."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)  # idle and iowait; total
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -375,9 +382,10 @@ def measure(
             wait_for_line(process, ready_line)
         wait_ready(port, process)
         load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
-        cpu = session_cpu(process.pid)
+        cpu, (idle, ticks) = session_cpu(process.pid), machine_idle()
         seconds, latencies, errors = load(port, work, connections)
         cpu = session_cpu(process.pid) - cpu
+        idle, ticks = (now - then for now, then in zip(machine_idle(), (idle, ticks), strict=True))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -393,11 +401,12 @@ def measure(
         "p99_ms": percentile(latencies, 99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
         "cpu_ms": cpu / len(latencies) * 1000,
+        "idle": idle / ticks,
     }
     print(
         f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
         f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
-        f"server CPU {figures['cpu_ms']:.2f} ms/request  errors {errors}",
+        f"server CPU {figures['cpu_ms']:.2f} ms/request  machine idle {figures['idle']:.0%}  errors {errors}",
         flush=True,
     )
     return figures
