@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import bindparam, delete, exists, select
@@ -63,13 +63,12 @@ FORGOTTEN_FILES_DELETED_AFTER = dt.timedelta(hours=12)
 _REMEMBER_DELIVERY = table_of(ProcessedDelivery).insert()
 _INSERT_MESSAGES = table_of(Message).insert()
 # The sender, their conversation and its tip in one Core query (the ORM's loading of three
-# entities cost twice as much): the columns of each table in turn, made into objects by `_loaded`.
-_SENDER_TABLES = tuple(
-    (model, [column.key for column in table_of(model).columns], next(iter(table_of(model).primary_key.columns)).key)
-    for model in (Contact, Conversation, Tip)
+# entities cost more than the query): each table's columns in turn, made objects by `_loaded`.
+_CONTACT_KEYS, _CONVERSATION_KEYS, _TIP_KEYS = (
+    [column.key for column in table_of(model).columns] for model in (Contact, Conversation, Tip)
 )
 _FIND_SENDER = (
-    select(*(column for model, _, _ in _SENDER_TABLES for column in table_of(model).columns))
+    select(*table_of(Contact).columns, *table_of(Conversation).columns, *table_of(Tip).columns)
     .select_from(
         table_of(Contact)
         .outerjoin(table_of(Conversation), Conversation.contact_id == Contact.id)
@@ -82,17 +81,18 @@ _FIND_SENDER = (
 Row = dict[str, object]
 
 
-def _loaded(session: Session, values: tuple[object, ...]) -> tuple[Contact, Conversation | None, Tip | None]:
-    """The objects of a `_FIND_SENDER` row, attached to `session`; None for an outer join's
-    missing row (its key is NULL)."""
-    found: list[object] = []
-    start = 0
-    for model, keys, key in _SENDER_TABLES:
-        part = dict(zip(keys, values[start : start + len(keys)], strict=True))
-        start += len(keys)
-        found.append(None if part[key] is None else records.attach_loaded(session, model, part))
-    contact, conversation, tip = found
-    return contact, conversation, tip  # type: ignore[return-value]
+def _loaded(session: Session, row: Sequence[object]) -> tuple[Contact, Conversation | None, Tip | None]:
+    """The objects of a `_FIND_SENDER` row, attached to `session`; None for a conversation or tip
+    the outer joins did not find (their columns are all NULL)."""
+    ends = len(_CONTACT_KEYS), len(_CONTACT_KEYS) + len(_CONVERSATION_KEYS)
+    contact = dict(zip(_CONTACT_KEYS, row[: ends[0]], strict=True))
+    conversation = dict(zip(_CONVERSATION_KEYS, row[ends[0] : ends[1]], strict=True))
+    tip = dict(zip(_TIP_KEYS, row[ends[1] :], strict=True))
+    return (
+        records.attach_loaded(session, Contact, contact),
+        None if conversation["contact_id"] is None else records.attach_loaded(session, Conversation, conversation),
+        None if tip["id"] is None else records.attach_loaded(session, Tip, tip),
+    )
 
 
 @dataclass(frozen=True)
@@ -345,13 +345,15 @@ class Intake:
             unit = Unit(session, contact, keyring, conversation, None, now)
             unit.contact_key = contact_key
             return unit
-        contact, conversation, tip = _loaded(session, tuple(row))
+        contact, found, tip = _loaded(session, row)
         if tip is not None and session.get_bind().dialect.name == "postgresql":
             # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
             # may be replacing it right now, and what is sealed here must stay readable.
             session.refresh(tip, with_for_update=True)
         contact.last_activity_at = to_minute(now)
-        if conversation is None:
+        if found is not None:
+            conversation = found
+        else:
             conversation = self._new_conversation(contact, now)
             records.insert_row(session, conversation)
         unit = Unit(session, contact, keyring, conversation, tip, now)

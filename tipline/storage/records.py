@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ClauseElement, ColumnElement, Table, bindparam, delete, func, inspect, or_, select, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy import ClauseElement, ColumnElement, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session, class_mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.util import identity_key
@@ -381,7 +381,7 @@ class _Plan:
 
 _PLANS = {model: _Plan(model) for model in (Contact, Conversation, Tip)}
 R = TypeVar("R", Contact, Conversation, Tip)
-_MANAGERS = {model: inspect(model).class_manager for model in _PLANS}
+_MANAGERS: dict[type[Base], Any] = {model: class_mapper(model).class_manager for model in _PLANS}
 
 
 def insert_row(session: Session, row: Contact | Conversation | Tip) -> None:
@@ -406,10 +406,10 @@ def attach_loaded(session: Session, model: type[R], values: dict[str, Any]) -> R
     """The object of a row that a Core statement read, attached to `session` as though the ORM had
     loaded it (what changes next is written by `write_changes`), or the session's own object for
     that row if it has one already (as the ORM's identity map would give it)."""
-    existing = session.identity_map.get(identity_key(model, values[_PLANS[model].key]))
+    existing: Any = session.identity_map.get(identity_key(model, values[_PLANS[model].key]))
     if existing is not None:
-        return existing  # type: ignore[no-any-return]
-    row = _MANAGERS[model].new_instance()  # no __init__, no attribute events: the row as it is stored
+        return cast(R, existing)
+    row: R = _MANAGERS[model].new_instance()  # no __init__, no attribute events: the row as it is stored
     instance_state(row).dict.update(values)
     make_transient_to_detached(row)
     session.add(row)
