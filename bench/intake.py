@@ -358,6 +358,24 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+def stored(env: dict[str, str]) -> tuple[int, int]:
+    """(deliveries remembered, tips submitted) in tipline's database: what the load left there."""
+    from sqlalchemy import func, select
+
+    from tipline.config import load_settings
+    from tipline.storage.db import make_engine
+    from tipline.storage.models import ProcessedDelivery, Tip
+
+    engine = make_engine(load_settings(env).database_url)
+    try:
+        with engine.connect() as connection:
+            deliveries = connection.scalar(select(func.count()).select_from(ProcessedDelivery)) or 0
+            tips = connection.scalar(select(func.count()).where(Tip.submitted_at.is_not(None))) or 0
+    finally:
+        engine.dispose()
+    return deliveries, tips
+
+
 def measure(
     name: str,
     command: list[str],
@@ -369,7 +387,9 @@ def measure(
 ) -> dict[str, float]:
     """Serve with `command`, warm up, then play `work`. With `ready_line`, the load starts once the
     server printed it: a port accepts connections (its backlog) before every worker serves, and
-    keep-alive connections opened then would all stay with the worker that accepted first."""
+    keep-alive connections opened then would all stay with the worker that accepted first.
+    With `ready_line` (tipline), what the load stored is counted too: every message of `work`
+    remembered once and every conversation a submitted tip, or the line says what is missing."""
     process = subprocess.Popen(
         command,
         env=env,
@@ -382,6 +402,7 @@ def measure(
             wait_for_line(process, ready_line)
         wait_ready(port, process)
         load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
+        before = stored(env) if ready_line else (0, 0)
         cpu, (idle, ticks) = session_cpu(process.pid), machine_idle()
         seconds, latencies, errors = load(port, work, connections)
         cpu = session_cpu(process.pid) - cpu
@@ -393,6 +414,15 @@ def measure(
             os.killpg(process.pid, signal.SIGTERM)  # worker processes left behind, if any
         except ProcessLookupError:
             pass
+    kept = ""
+    if ready_line:
+        deliveries, tips = (now - then for now, then in zip(stored(env), before, strict=True))
+        expected = (sum(len(conversation) for conversation in work), len(work))
+        kept = (
+            "  stored: all, once"
+            if (deliveries, tips) == expected
+            else (f"  STORED {deliveries} messages and {tips} tips, expected {expected[0]} and {expected[1]}")
+        )
     figures = {
         "requests": len(latencies),
         "errors": errors,
@@ -406,7 +436,7 @@ def measure(
     print(
         f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
         f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
-        f"server CPU {figures['cpu_ms']:.2f} ms/request  machine idle {figures['idle']:.0%}  errors {errors}",
+        f"server CPU {figures['cpu_ms']:.2f} ms/request  machine idle {figures['idle']:.0%}  errors {errors}{kept}",
         flush=True,
     )
     return figures
