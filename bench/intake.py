@@ -526,6 +526,8 @@ def main() -> None:
                 "TWILIO_FROM_NUMBER": "+15555550100",
                 # Deletions at Twilio are due 60 s after each message, after this run: nothing is sent anywhere.
                 "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+                # This checkout's tipline in every process, wherever the virtualenv's install points.
+                "PYTHONPATH": str(ROOT),
             }
         )
         if database_url:
