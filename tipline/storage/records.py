@@ -384,6 +384,17 @@ R = TypeVar("R", Contact, Conversation, Tip)
 _MANAGERS: dict[type[Base], Any] = {model: class_mapper(model).class_manager for model in _PLANS}
 
 
+def _mapped_by_column_key(model: type[Base]) -> bool:
+    """Whether every column of `model` is mapped as an attribute of its own name, as `attach_loaded`
+    (which sets a row's values by column key) needs."""
+    attributes = {prop.key: prop.columns[0].key for prop in class_mapper(model).column_attrs}
+    return attributes == {column.key: column.key for column in table_of(model).columns}
+
+
+if not all(_mapped_by_column_key(model) for model in _PLANS):
+    raise RuntimeError("a hot-path model maps a column under another name: attach_loaded cannot load it")
+
+
 def insert_row(session: Session, row: Contact | Conversation | Tip) -> None:
     """INSERT a new object's row, then attach the object to `session` as a stored row: what changes
     next is written by `write_changes` (or, on the rare paths, by the session's flush)."""
