@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -208,6 +214,65 @@ def test_what_arrives_while_another_process_writes_joins_the_next_transaction(ti
     # Then all three are stored in one transaction
     assert results == {"a": "a", "b": "b", "c": "c"}
     assert (committer.batches, len(commits)) == (1, 1)
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="the write lock file is SQLite's")
+def test_a_process_forked_while_another_writes_does_not_keep_the_write_lock_after_it_died(tipline: Harness) -> None:
+    """`keys rotate` forks its read-ahead helper while it may hold the write lock. An flock belongs
+    to the open file, which a forked child's copy of the descriptor shares: kept, it would hold the
+    lock after the parent was killed, for as long as the child lives, and every writer (intake,
+    the resumed rotation) would wait on it."""
+    path = tipline.runtime.settings.sqlite_path
+    assert path is not None
+    lock = Path(f"{path}.writelock")
+    # Given a process in the middle of a write that has forked a child which lives on
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FORK_WHILE_WRITING, tipline.runtime.settings.database_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdout is not None
+    child = int(writer.stdout.readline())
+    try:
+        assert not lock_is_free(lock)
+        # When the writer is killed in the middle of its transaction
+        writer.kill()
+        writer.wait()
+        # Then the lock is free at once, though the child still runs
+        deadline = time.monotonic() + 5
+        while not lock_is_free(lock) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lock_is_free(lock)
+        os.kill(child, 0)  # still there
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def lock_is_free(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock if this took it
+    return True
+
+
+# A process that begins a write (and so takes the write lock), forks a child that sleeps, prints
+# the child's pid and waits for its stdin to close.
+FORK_WHILE_WRITING = """
+import os, sys, time
+from tipline.storage.db import make_engine
+with make_engine(sys.argv[1]).begin():
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    sys.stdin.read()
+"""
 
 
 # A second process holding the write lock file until its stdin closes.

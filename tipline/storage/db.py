@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ WRITE_LOCK_TIMEOUT = 60.0
 
 class _FileLock:
     """An exclusive flock on `<database>.writelock`, which every process using the database takes
-    (none for an in-memory database). Opened at the first write, closed when the engine is disposed."""
+    (none for an in-memory database). Opened at the first write, closed when the engine is disposed,
+    and closed in a process forked from this one (`_forget_inherited_locks`)."""
 
     def __init__(self, url: str):
         database = make_url(url).database
@@ -51,6 +53,7 @@ class _FileLock:
             return
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _OPEN_LOCKS.add(self)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
@@ -61,6 +64,22 @@ class _FileLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+_OPEN_LOCKS: weakref.WeakSet[_FileLock] = weakref.WeakSet()
+
+
+def _forget_inherited_locks() -> None:
+    """In a process just forked (rotation's read-ahead helper, a test's child): close the lock files
+    inherited from the parent. An flock belongs to the open file, which the child's copy of the
+    descriptor shares: kept open, it would hold a lock the parent took for as long as the child
+    lives, even after the parent was killed, and every writer would wait on it. Closing the copy
+    leaves the parent's lock to the parent; a write of the child's own opens the file again."""
+    for lock in list(_OPEN_LOCKS):
+        lock.close()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 
 def make_engine(url: str) -> Engine:
