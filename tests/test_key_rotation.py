@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, select
 from tests.support.anonymity import scan_database
 from tests.support.console import person
 from tests.support.harness import Harness, new_sid
-from tests.support.processes import process_tree, run, spawn, workdir
+from tests.support.processes import TIPLINE, environment, process_tree, run, spawn, workdir
 from tipline.config import load_settings
 from tipline.core import crypto
 from tipline.core.channels import InboundMessage
@@ -498,6 +498,46 @@ def test_a_large_rotation_reads_ahead_in_a_helper_that_ends_with_it_and_is_not_n
         rotated_every_tip(runtime, 3)
     finally:
         runtime.close()
+
+
+def test_a_rotation_taken_over_by_a_reencryption_says_so_and_fails(cli_env: dict[str, str]) -> None:
+    """`keys rotate` must not say "v2 is primary; N rows moved" when another administrator's
+    `--reencrypt` took its place before it finished: v3 is primary, and the re-encryption moves the rows."""
+    assert run(cli_env, "init").returncode == 0
+    settings = load_settings(cli_env)
+    runtime = build_runtime(settings)
+    try:
+        fill(runtime, 50)
+        # Given `keys rotate` that has moved every tip to v2 and waits out the keys' propagation
+        rotating = subprocess.Popen(
+            [*TIPLINE, "keys", "rotate", "--purpose", "tips"],
+            env=environment(cli_env),
+            cwd=workdir(cli_env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and on_version(runtime, 2) < 50:
+            time.sleep(0.02)
+        assert on_version(runtime, 2) == 50
+        # When another administrator starts a re-encryption meanwhile
+        taken_over = rotation.start(runtime.ctx, load_master_key(settings), KeyPurpose.TIPS, reencrypt=True)
+        # Then the first command fails, naming what took over, and does not claim v2
+        out, err = rotating.communicate(timeout=60)
+        assert rotating.returncode == 2, (out, err)
+        assert "taken over by a re-encrypting rotation" in err
+        assert "--reencrypt" in err
+        assert "is primary" not in out
+        assert rotation.run(runtime.ctx, taken_over)  # and the re-encryption it names moves every tip
+        rotated_every_tip(runtime, 3)
+    finally:
+        runtime.close()
+
+
+def on_version(runtime: Runtime, version: int) -> int:
+    with runtime.factory() as session:
+        return session.scalar(select(func.count()).select_from(Tip).where(Tip.kek_version == version)) or 0
 
 
 def test_a_large_rotation_stops_at_a_key_copied_from_another_row_as_a_small_one_does(

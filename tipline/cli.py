@@ -594,6 +594,7 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
     Safe to interrupt at any moment (Ctrl-C, kill -9, power loss): run the same command again and
     it resumes where it stopped. The tip line keeps working meanwhile.
     """
+    from tipline.core.vocabulary import RotationStatus
     from tipline.services import rotation
     from tipline.storage.keystore import load_master_key
 
@@ -622,6 +623,13 @@ def keys_rotate(settings: Settings, purpose: str, reencrypt: bool) -> None:
             ) as bar:
                 rotation.run(runtime.ctx, rotation_id, progress=bar.update)
             done = next(r for r in rotation.recent(runtime.ctx, 50) if r.id == rotation_id)
+            if done.status == RotationStatus.SUPERSEDED:
+                # A `--reencrypt` started meanwhile (by another administrator or process) took over.
+                _fail(
+                    f"{name}: the move to v{done.to_version} was taken over by a re-encrypting rotation to a newer "
+                    f"version before every row moved; it moves every row (`tipline keys status` shows it; if it "
+                    f"was interrupted, `tipline keys rotate --purpose {name} --reencrypt` resumes it)"
+                )
             extra = (
                 f"; {done.unlinked} senders whose address was erased lost their link, by design"
                 if name == "pseudonym"
