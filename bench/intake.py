@@ -464,8 +464,8 @@ def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
     )
 
     def serve(workers: int) -> list[str]:
-        options = f"--port {tip_port} --threads {args.threads} --workers {workers}"
-        return [sys.executable, "-m", "tipline.cli", "serve", *options.split()]
+        options = ["--port", str(tip_port), "--threads", str(args.threads), "--workers", str(workers)]
+        return [sys.executable, "-m", "tipline.cli", "serve", *options]
 
     tipline = measure("tipline", serve(args.workers), env, tip_port, work, args.connections, b"tipline serving on")
     if not args.database_url:

@@ -19,10 +19,12 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tests.support.harness import Harness
+from tests.support.harness import Harness, inbound_form, replies, sign
 from tests.support.scratch import PG_URL
 from tipline.storage.db import GroupCommitter
-from tipline.storage.models import Conversation, ProcessedDelivery
+from tipline.storage.models import Contact, Conversation, ProcessedDelivery
+
+PATH = "/webhooks/twilio/sms"
 
 
 def remember(key: str) -> Callable[[Session], str]:
@@ -214,6 +216,64 @@ def test_what_arrives_while_another_process_writes_joins_the_next_transaction(ti
     # Then all three are stored in one transaction
     assert results == {"a": "a", "b": "b", "c": "c"}
     assert (committer.batches, len(commits)) == (1, 1)
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="group commit serves SQLite only")
+def test_one_senders_messages_in_one_batch_each_find_what_the_one_before_left(tipline: Harness) -> None:
+    """Intake reads the sender with a Core query and makes the objects itself. In a batch, an
+    earlier message of the same sender may have left its contact in the session (STOP erases the
+    address through the session's unit of work): the next one must get that object, as the ORM's
+    identity map gave it. A second copy of the row cannot join the session: its unit would fail,
+    and the whole batch run again unit by unit."""
+    path = tipline.runtime.settings.sqlite_path
+    assert path is not None
+    tipline.submit_tip()
+    with tipline.runtime.factory() as session:
+        key_before_stop = session.scalars(select(Contact.wrapped_dek)).one()
+    committer = tipline.runtime.intake.committer
+    assert committer is not None
+    batches, reruns = committer.batches, committer.reruns
+    # Given another process in the middle of a write, so that what the tipster sends now queues up
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, f"{path}.writelock"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    answers: dict[str, list[str]] = {}
+
+    def text(body: str) -> None:
+        client = tipline.app.test_client()
+        form = inbound_form(body)
+        response = client.post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        answers[body] = replies(response)
+
+    try:
+        assert other.stdout is not None and other.stdout.readline() == b"holding\n"
+        # When the tipster sends STOP, then more words, then START, one after the other
+        threads = []
+        for body in ("STOP", "CANARY-BATCH words after stop", "START"):
+            thread = threading.Thread(target=text, args=(body,))
+            thread.start()
+            threads.append(thread)
+            threading.Event().wait(0.2)
+        assert answers == {}  # nothing could be written yet
+        assert other.stdin is not None
+        other.stdin.close()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        other.kill()
+        other.wait()
+    # Then the three were taken in one transaction, each answered as it would be alone
+    assert committer.batches == batches + 1
+    assert committer.reruns == reruns  # no unit failed (a second copy of the contact would have)
+    assert answers["STOP"] == [] and answers["CANARY-BATCH words after stop"] == []
+    assert answers["START"]  # opted back in: the tip line answers again
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(func.count()).select_from(ProcessedDelivery)) == 3 + 3  # and the tip's
+        contact = session.scalars(select(Contact)).one()
+        assert not contact.opted_out
+        # And STOP's erasure held: the data key that sealed the address was replaced
+        assert contact.wrapped_dek != key_before_stop
 
 
 @pytest.mark.skipif(bool(PG_URL), reason="the write lock file is SQLite's")

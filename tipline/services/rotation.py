@@ -252,7 +252,9 @@ def run(
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
-    """Run a rotation to the end (True) or until `should_stop` says so (False).
+    """Run a rotation to the end (True) or until `should_stop` says so (False). The end is also
+    reached when the rotation is no longer running: a `--reencrypt` started meanwhile took its place
+    (its status says SUPERSEDED; `keys rotate` reports that).
 
     A re-wrap of READ_AHEAD_ROWS rows or more has a helper process read and re-wrap the next batch
     while this process writes the current one (see `_ReadAhead`); the result is the same as `step`'s.
