@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from tests.support.harness import Harness, inbound_form, make_harness, new_sid, replies, sign
-from tipline.core.vocabulary import DeliveryStatus
-from tipline.storage.models import Message, ProcessedDelivery
+from tests.support.scratch import PG_URL
+from tipline.core.vocabulary import DeliveryStatus, TipStatus
+from tipline.services import review
+from tipline.storage.models import Message, ProcessedDelivery, Tip
 
 PATH = "/webhooks/twilio/sms"
 
@@ -144,6 +147,48 @@ def test_concurrent_first_messages_from_one_new_sender_make_one_contact(tipline:
     assert count(tipline, Contact) == 1
     with tipline.runtime.factory() as session:
         assert session.scalar(select(func.count()).select_from(Message).where(Message.kind == "tipster")) == 4
+
+
+@pytest.mark.skipif(not PG_URL, reason="SQLite runs one writer at a time: two messages cannot interleave")
+def test_messages_of_one_sender_that_waited_on_each_other_each_see_what_the_one_before_left(tipline: Harness) -> None:
+    """Two messages of one sender arrive while a writer holds the sender: each must continue the
+    conversation the other left, not the one both saw when they started waiting. (PostgreSQL hands
+    a query that waited for a row lock the joined rows of its first snapshot.)"""
+    tipline.say("Car break-ins on 3rd street")  # a draft: its place is asked next, then its time
+    answers = ["Behind the pharmacy on Main", "Yesterday around nine"]
+    statuses: list[int] = []
+
+    def deliver(body: str) -> None:
+        form = inbound_form(body)
+        statuses.append(
+            tipline.app.test_client()
+            .post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)})
+            .status_code
+        )
+
+    engine = tipline.runtime.engine
+    threads = [threading.Thread(target=deliver, args=(body,)) for body in answers]
+    with engine.connect() as holder, engine.connect() as watcher:
+        holder.execute(text("SELECT id FROM contacts FOR UPDATE"))  # as another message of theirs would
+        for thread in threads:
+            thread.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        deadline = time.monotonic() + 10
+        while watcher.execute(waiting).scalar() < 2 and time.monotonic() < deadline:
+            watcher.rollback()
+            time.sleep(0.02)
+        assert watcher.execute(waiting).scalar() == 2, "both messages should be waiting for the sender"
+        holder.commit()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200]
+    with tipline.runtime.factory() as session:
+        reference, status = session.execute(select(Tip.reference, Tip.status)).one()
+    tip = review.read_tip(tipline.runtime.ctx, reference)
+    assert {tip.where, tip.when} == set(answers)  # one answered "where?", the other "when?"
+    assert status == TipStatus.NEW  # the second answer submitted the tip
 
 
 def test_the_sms_channel_is_off_without_credentials(env: dict[str, str], twilio_server, log_file) -> None:  # type: ignore[no-untyped-def]

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.fake_twilio import FakeTwilio
@@ -46,6 +47,7 @@ from tests.support.scratch import PG_URL
 from tipline.config import load_settings
 from tipline.runtime import build_runtime
 from tipline.services import reconcile, review
+from tipline.storage import db
 from tipline.storage.models import ProcessedDelivery, Tip
 
 # Fictional numbers (555-01XX) and words that must never appear in plaintext.
@@ -359,3 +361,28 @@ def test_a_process_that_starts_during_an_outage_keeps_running_and_is_seen_once_i
         assert runtime.health().dispatcher.state == "ok"
         assert tipline.client.get("/healthz").status_code == 200
     assert "heartbeat failed" in log_file.read_text()
+
+
+@pytest.mark.skipif(not PG_URL, reason="a pool of connections to a server is PostgreSQL's")
+def test_a_connection_cut_while_idle_is_replaced_before_a_message_uses_it(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restarted, or a firewall that drops idle connections, leaves the pool holding a dead
+    connection. The next message must be answered as usual, not deferred as in an outage."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.2)
+    engine = tipline.runtime.engine
+    engine.dispose()  # the pool now holds the one connection made next
+    with engine.connect() as connection:
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    killer = create_engine(engine.url, poolclass=NullPool)
+    try:
+        with killer.connect() as connection:
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    finally:
+        killer.dispose()
+    time.sleep(0.3)  # idle past PING_AFTER_IDLE
+    answer = tipline.say("CANARY-IDLE a red scooter is stripped for parts behind the laundromat", sender=SENDERS[0])
+    assert len(answer) == 1 and "Where did it happen?" in answer[0]  # not the outage's acknowledgement
+    assert tips_and_deliveries(tipline) == (1, 1)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend

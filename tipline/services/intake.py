@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import bindparam, delete, exists, select
+from sqlalchemy import bindparam, delete, exists, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,7 +75,26 @@ _FIND_SENDER = (
         .outerjoin(table_of(Tip), Tip.id == Conversation.tip_id)
     )
     .where(Contact.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
-    .with_for_update(of=table_of(Contact))
+)
+# PostgreSQL: concurrent messages of one sender queue on the contact's row lock, taken on its own
+# first. A query that waits for a row lock sees the other tables as they were when it began, so one
+# that locked the contact and read the conversation at once could read the conversation the
+# message before it had just replaced. Read after the lock, the conversation is the latest; the tip
+# is locked in the same read (a LATERAL subquery: FOR UPDATE refuses the nullable side of an outer
+# join), which returns its latest version, data key included, after any wait (a re-encrypting
+# rotation may be replacing that key right now, and what is sealed here must stay readable).
+_LOCK_SENDER = (
+    select(Contact.id).where(Contact.pseudonym.in_(bindparam("pseudonyms", expanding=True))).with_for_update()
+)
+_LOCKED_TIP = select(table_of(Tip)).where(Tip.id == Conversation.tip_id).with_for_update().lateral("tip")
+_READ_LOCKED_SENDER = (
+    select(*table_of(Contact).columns, *table_of(Conversation).columns, *_LOCKED_TIP.c)
+    .select_from(
+        table_of(Contact)
+        .outerjoin(table_of(Conversation), Conversation.contact_id == Contact.id)
+        .outerjoin(_LOCKED_TIP, true())
+    )
+    .where(Contact.id == bindparam("contact_id"))
 )
 
 Row = dict[str, object]
@@ -330,7 +349,16 @@ class Intake:
         """The sender (created on first contact), their conversation and its current tip, locked."""
         keyring = self.ctx.keyring
         pseudonyms = [keyring.pseudonym(msg.channel, msg.address, v)[1] for v in keyring.pseudonym_versions()]
-        row = session.connection().execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
+        connection = session.connection()
+        if connection.dialect.name == "postgresql":
+            contact_id = connection.execute(_LOCK_SENDER, {"pseudonyms": pseudonyms}).scalar()
+            row = (
+                None
+                if contact_id is None
+                else connection.execute(_READ_LOCKED_SENDER, {"contact_id": contact_id}).first()
+            )
+        else:  # one writer at a time (the write lock): nothing changes between reading and writing
+            row = connection.execute(_FIND_SENDER, {"pseudonyms": pseudonyms}).first()
         if row is None:
             contact, contact_key = records.new_contact(
                 keyring, msg.channel, keyring.pseudonym(msg.channel, msg.address), now
@@ -346,10 +374,6 @@ class Intake:
             unit.contact_key = contact_key
             return unit
         contact, found, tip = _loaded(session, row)
-        if tip is not None and session.get_bind().dialect.name == "postgresql":
-            # Lock the tip as well, and read its data key as committed: a re-encrypting rotation
-            # may be replacing it right now, and what is sealed here must stay readable.
-            session.refresh(tip, with_for_update=True)
         contact.last_activity_at = to_minute(now)
         if found is not None:
             conversation = found
@@ -684,14 +708,15 @@ class Intake:
         """Run `conversation.expire` for one idle sender through the same interpreter as a message."""
         keyring = self.ctx.keyring
         with self.ctx.factory.begin() as session:
+            # The sender first, as intake locks it: otherwise a message arriving now (holding the tip,
+            # about to write the conversation) and this expiry could each hold what the other waits for.
+            contact = session.get(Contact, contact_id, with_for_update=True)
             conversation = session.get(Conversation, contact_id, with_for_update=True)
-            if conversation is None or conversation.updated_at >= cutoff:
-                return False  # the tipster wrote meanwhile
+            if contact is None or conversation is None or conversation.updated_at >= cutoff:
+                return False  # the tipster wrote meanwhile, or was forgotten
             tip = (
                 session.get(Tip, conversation.tip_id, with_for_update=True) if conversation.tip_id is not None else None
             )
-            contact = session.get(Contact, contact_id)
-            assert contact is not None
             unit = Unit(session, contact, keyring, conversation, tip, self.clock())
             unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None
             outcome = conv.expire(self._state_of(unit))

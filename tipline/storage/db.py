@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -30,12 +31,14 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url, update
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_TIMEOUT = 60.0
+PING_AFTER_IDLE = 1.0  # seconds: PostgreSQL connections idle longer are pinged before use
 
 
 class _FileLock:
@@ -163,7 +166,37 @@ def make_engine(url: str) -> Engine:
                     release()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
+    return _postgres_engine(url)
+
+
+def _postgres_engine(url: str) -> Engine:
+    """A pool that makes sure a connection still works before handing it out, when it might not.
+
+    A connection that lay idle for a while may have been cut (a server restarted, a proxy or
+    firewall that drops idle connections): it is pinged first, and replaced if the ping fails, so
+    the first message after an outage is answered normally. A connection given back moments ago is
+    handed out as it is: pinging it would cost every message a round trip (a tenth of its database
+    time) for a failure that, should the server die in that moment, the pool notices on the first
+    statement anyway (it then discards every connection it holds) and the webhook answers as in
+    any outage (reconcile.py takes the message in once the database is back).
+    """
+    engine = create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["tipline_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("tipline_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # just connected, or in use moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError(str(error)) from error  # the pool replaces it and checks out again
+
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
