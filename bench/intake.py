@@ -401,7 +401,10 @@ def measure(
         if ready_line:
             wait_for_line(process, ready_line)
         wait_ready(port, process)
-        load(port, conversations(4), connections=2)  # warm up: imports, first connections, caches
+        # Warm up over as many connections as the load: imports, caches, and every worker thread's
+        # first database connection (a pool fills as threads first need it), which a server
+        # running for a while has long made; made during the load, they would be its p99.
+        load(port, conversations(connections), connections)
         before = stored(env) if ready_line else (0, 0)
         cpu, (idle, ticks) = session_cpu(process.pid), machine_idle()
         seconds, latencies, errors = load(port, work, connections)
