@@ -664,9 +664,7 @@ class Intake:
                 session.connection().execute(_INSERT_MESSAGES, unit.thread)
             attachments.insert(session, unit.files)
             if not unit.erased:
-                for row in (unit.contact, unit.conversation, unit.tip):
-                    if row is not None:
-                        records.write_changes(session, row)
+                records.write_changes(session, unit.contact, unit.conversation, unit.tip)
             session.flush()  # what is left to the unit of work: an erasure's rows, a discarded draft's DELETE
         except IntegrityError:
             raise _Retry() from None  # a concurrent writer got there first: try again
