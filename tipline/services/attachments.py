@@ -284,7 +284,7 @@ class MediaWorker:
             tip_id = session.scalar(select(Attachment.tip_id).where(Attachment.id == attachment_id))
             # Lock the tip, then the attachment (the order a re-encrypting rotation takes them too),
             # and use the tip's key as it is now: such a rotation may have replaced it meanwhile.
-            tip = session.get(Tip, tip_id, with_for_update=True) if tip_id is not None else None
+            tip = session.get(Tip, tip_id, with_for_update=records.ROW_LOCK) if tip_id is not None else None
             attachment = session.get(Attachment, attachment_id, with_for_update=True)
             if tip is None or attachment is None or attachment.status != FETCHING:
                 return  # deleted with its tip, or settled by another worker whose lease we outlived

@@ -111,7 +111,7 @@ def _remember(session: Session, keyring: Keyring, channel: str, provider_message
 def _find(session: Session, keyring: Keyring, channel: str, address: str) -> Contact | None:
     """The recipient by keyed pseudonym, locked (an erasure of theirs happens wholly before or after)."""
     pseudonyms = [keyring.pseudonym(channel, address, v)[1] for v in keyring.pseudonym_versions()]
-    query = select(Contact).where(Contact.pseudonym.in_(pseudonyms)).with_for_update()
+    query = select(Contact).where(Contact.pseudonym.in_(pseudonyms)).with_for_update(key_share=True)
     return session.scalars(query).first()
 
 

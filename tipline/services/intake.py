@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import bindparam, delete, exists, select, true
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from tipline.core import conversation as conv
@@ -89,7 +89,7 @@ _FIND_SENDER = (
 _REMEMBER_AND_LOCK_SENDER = (
     select(Contact.id)
     .where(Contact.pseudonym.in_(bindparam("pseudonyms", expanding=True)))
-    .with_for_update()
+    .with_for_update(key_share=True)
     .add_cte(
         table_of(ProcessedDelivery)
         .insert()
@@ -97,7 +97,7 @@ _REMEMBER_AND_LOCK_SENDER = (
         .cte("remembered")
     )
 )
-_LOCKED_TIP = select(table_of(Tip)).where(Tip.id == Conversation.tip_id).with_for_update().lateral("tip")
+_LOCKED_TIP = select(table_of(Tip)).where(Tip.id == Conversation.tip_id).with_for_update(key_share=True).lateral("tip")
 _READ_LOCKED_SENDER = (
     select(*table_of(Contact).columns, *table_of(Conversation).columns, *_LOCKED_TIP.c)
     .select_from(
@@ -156,6 +156,12 @@ def keyboard_for(conversation: ConversationState) -> str:
 
 class _Retry(Exception):
     pass
+
+
+# PostgreSQL's SQLSTATEs for a transaction it rolled back to let another one through: a deadlock
+# (each held a row the other waited for) and a serialization failure. Run again, the message meets
+# the other transaction's outcome; nothing of the first run was kept.
+_CONFLICTS = frozenset({"40P01", "40001"})
 
 
 class Duplicate(Exception):
@@ -266,11 +272,23 @@ class Intake:
             # Nothing is stored (their number would become a tipster's contact) and nothing answered.
             log.info("a text from the on-call alert number was ignored")
             return Result(())
+        reconnected = False
         for _attempt in range(5):
             try:
                 return self._receive(msg)
             except _Retry:
                 continue
+            except DBAPIError as error:
+                if error.connection_invalidated and not reconnected:
+                    # The pooled connection had died (a restarted server, a cut connection) and the
+                    # pool has made way for new ones. Once: if the database is down, the next try
+                    # fails too, and the webhook defers the message (reconcile.receive_or_defer). A
+                    # COMMIT cut after it took effect is harmless: the delivery is then remembered.
+                    reconnected = True
+                    continue
+                if getattr(error.orig, "sqlstate", None) in _CONFLICTS:
+                    continue  # PostgreSQL chose this transaction to roll back (see _CONFLICTS)
+                raise
         raise RuntimeError("intake kept conflicting with concurrent writers")
 
     def _receive(self, msg: InboundMessage) -> Result:
@@ -727,12 +745,14 @@ class Intake:
         with self.ctx.factory.begin() as session:
             # The sender first, as intake locks it: otherwise a message arriving now (holding the tip,
             # about to write the conversation) and this expiry could each hold what the other waits for.
-            contact = session.get(Contact, contact_id, with_for_update=True)
-            conversation = session.get(Conversation, contact_id, with_for_update=True)
+            contact = session.get(Contact, contact_id, with_for_update=records.ROW_LOCK)
+            conversation = session.get(Conversation, contact_id, with_for_update=records.ROW_LOCK)
             if contact is None or conversation is None or conversation.updated_at >= cutoff:
                 return False  # the tipster wrote meanwhile, or was forgotten
             tip = (
-                session.get(Tip, conversation.tip_id, with_for_update=True) if conversation.tip_id is not None else None
+                session.get(Tip, conversation.tip_id, with_for_update=records.ROW_LOCK)
+                if conversation.tip_id is not None
+                else None
             )
             unit = Unit(session, contact, keyring, conversation, tip, self.clock())
             unit.tip_key = records.tip_dek(keyring, tip) if tip is not None else None

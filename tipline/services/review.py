@@ -695,10 +695,10 @@ def set_muted(ctx: ServiceContext, reference: str, muted: bool, *, actor: str) -
     with ctx.factory.begin() as session:
         tip = _tip(session, reference)
         # The contact first, then the tip: the order intake locks them in.
-        contact = session.get(Contact, tip.contact_id, with_for_update=True) if tip.contact_id else None
+        contact = session.get(Contact, tip.contact_id, with_for_update=records.ROW_LOCK) if tip.contact_id else None
         if contact is None or contact.pseudonym is None:
             raise ValueError("nothing links this tip to a sender any more")
-        session.refresh(tip, with_for_update=True)
+        session.refresh(tip, with_for_update=records.ROW_LOCK)
         if tip.sender_muted == muted:
             return False
         tip.sender_muted = muted
@@ -757,8 +757,13 @@ def reply(
     text = _checked_text(text, "reply", MAX_REPLY_CHARS)
     now = ctx.now()
     with ctx.factory.begin() as session:
-        tip = _tip(session, reference, lock=True)
-        contact = session.get(Contact, tip.contact_id) if tip.contact_id else None
+        tip = _tip(session, reference)
+        # The sender first, then the tip: the order intake locks them in. Then the conversation is
+        # read as it is now, and a draft the tipster began meanwhile is not taken over (_bring_back_to).
+        contact = session.get(Contact, tip.contact_id, with_for_update=records.ROW_LOCK) if tip.contact_id else None
+        session.refresh(tip, with_for_update=records.ROW_LOCK)
+        if contact is not None and tip.contact_id != contact.id:
+            contact = None  # the sender was forgotten while we waited
         blocker = _blocker(contact)
         if blocker is not None or contact is None:
             raise RepliesImpossible(blocker or NO_CONTACT)

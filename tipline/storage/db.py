@@ -31,14 +31,14 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url, update
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_TIMEOUT = 60.0
-PING_AFTER_IDLE = 1.0  # seconds: PostgreSQL connections idle longer are pinged before use
+PING_AFTER_IDLE = 0.25  # seconds: PostgreSQL connections idle longer are pinged before use
 
 
 class _FileLock:
@@ -172,13 +172,13 @@ def make_engine(url: str) -> Engine:
 def _postgres_engine(url: str) -> Engine:
     """A pool that makes sure a connection still works before handing it out, when it might not.
 
-    A connection that lay idle for a while may have been cut (a server restarted, a proxy or
-    firewall that drops idle connections): it is pinged first, and replaced if the ping fails, so
-    the first message after an outage is answered normally. A connection given back moments ago is
-    handed out as it is: pinging it would cost every message a round trip (a tenth of its database
-    time) for a failure that, should the server die in that moment, the pool notices on the first
-    statement anyway (it then discards every connection it holds) and the webhook answers as in
-    any outage (reconcile.py takes the message in once the database is back).
+    A connection idle for more than PING_AFTER_IDLE may have been cut (a server restarted, a proxy
+    or firewall that drops idle connections): it is pinged first, and the pool's connections are
+    replaced if the ping fails, so the first message after an outage is answered normally. Under
+    load a connection is back in use within milliseconds and is handed out as it is: pinging it
+    would cost every message a round trip. Should it have died in that moment (the server killed
+    it), its first statement fails, the pool replaces every connection it holds, and intake runs the
+    message again once (`Intake.receive`); other requests fail as in an outage.
     """
     engine = create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
 
@@ -194,7 +194,9 @@ def _postgres_engine(url: str) -> Engine:
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as error:
-            raise DisconnectionError(str(error)) from error  # the pool replaces it and checks out again
+            # The pool replaces every connection it holds (those made before were likely cut
+            # too) and checks out again.
+            raise InvalidatePoolError(str(error)) from error
 
     return engine
 

@@ -221,25 +221,35 @@ def show(tip: Tip) -> None:
     tip.shown_seq = select(func.coalesce(func.max(Tip.shown_seq), 0) + 1).scalar_subquery()
 
 
+# How rows are locked to be changed (`with_for_update=ROW_LOCK`, `key_share=True` in a Core
+# statement): FOR NO KEY UPDATE on PostgreSQL.
+# It serialises writers of the row as FOR UPDATE does, but leaves alone the KEY SHARE lock that
+# another transaction's foreign-key check takes (a detective's reply inserting into the outbox,
+# which refers to the sender): with FOR UPDATE, a message holding its sender and waiting for the
+# tip, and a reply holding the tip and inserting that row, waited for each other (a deadlock).
+# No row's key is ever changed; a row deleted takes the stronger lock its DELETE needs by itself.
+ROW_LOCK = {"key_share": True}
+
+
 def visible_tip(session: Session, reference: str, *, lock: bool = False) -> Tip | None:
     """The tip detectives know by `reference` (see `visible_to_detectives`), or None.
 
-    With `lock`, the row is locked (FOR UPDATE) until the caller's transaction ends.
+    With `lock`, the row is locked (ROW_LOCK) until the caller's transaction ends.
     """
     query = select(Tip).where(Tip.reference == reference, visible_to_detectives())
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     return session.scalars(query).first()
 
 
 def submitted_tip(session: Session, reference: str, *, lock: bool = False) -> Tip | None:
     """The tip detectives know by `reference`; drafts are still the tipster's and are never found.
 
-    With `lock`, the row is locked (FOR UPDATE) until the caller's transaction ends.
+    With `lock`, the row is locked (ROW_LOCK) until the caller's transaction ends.
     """
     query = select(Tip).where(Tip.reference == reference, Tip.status != TipStatus.DRAFT)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     return session.scalars(query).first()
 
 

@@ -1,0 +1,174 @@
+"""Fault: two writers touch one tipster's rows at the same moment on PostgreSQL, where writers do run
+side by side (on SQLite one write transaction runs at a time). A tipster's message arrives while a
+detective's reply to their tip is being written, while idle expiry submits their draft, or on a
+connection the server has just cut.
+
+What must hold: nothing is deferred or lost (a deadlock or a dead connection is not an outage), no
+draft is taken over or orphaned, and the tipster's message is answered as usual. Each test holds one
+writer at a chosen point (a paused function) and lets the other run into it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy.pool import NullPool
+
+from tests.support.harness import Harness, inbound_form, replies, sign
+from tests.support.scratch import PG_URL
+from tipline.core.vocabulary import MessageKind, TipStatus
+from tipline.services import outbox, review
+from tipline.storage.models import Conversation, Message, Tip
+
+pytestmark = pytest.mark.skipif(not PG_URL, reason="SQLite runs one write transaction at a time")
+
+PATH = "/webhooks/twilio/sms"
+DEFERRED = "We received your message and will answer in a few minutes"
+
+
+class Paused:
+    """Hold the thread named `who` inside `function` (before it runs) until `release`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, who: str):
+        self.reached, self.go = threading.Event(), threading.Event()
+        original: Callable[..., Any] = getattr(owner, name)
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name == who:
+                self.reached.set()
+                self.go.wait(10)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, paused)
+
+
+def in_thread(name: str, work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start `work` in a thread called `name`; its result (or error, as text) lands in the dict."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = work()
+        except Exception as error:  # noqa: BLE001 - reported by the test's assertion
+            out["result"] = f"{type(error).__name__}: {error}"
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread, out
+
+
+def text_message(harness: Harness, body: str) -> tuple[int, list[str]]:
+    form = inbound_form(body)
+    response = harness.app.test_client().post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)})
+    return response.status_code, replies(response)
+
+
+def wait_for_lock_waiters(engine: Engine, count: int) -> None:
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    deadline = time.monotonic() + 10
+    with engine.connect() as connection:
+        while connection.execute(query).scalar_one() < count:
+            connection.rollback()
+            assert time.monotonic() < deadline, "the other writer never came to wait"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def paused_reply(tipline: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[Paused]:
+    """A detective's reply held just before it queues the message in the outbox: it holds the tip."""
+    yield Paused(monkeypatch, outbox, "enqueue_send", who="reply")
+
+
+def test_a_message_arriving_while_a_reply_to_its_tip_is_written_is_answered_not_deferred(
+    tipline: Harness, paused_reply: Paused
+) -> None:
+    reference = tipline.submit_tip()
+    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Can you tell us more?"))
+    assert paused_reply.reached.wait(10)
+    message, said = in_thread("sms", lambda: text_message(tipline, "He drives a blue van, plate starts with 7"))
+    wait_for_lock_waiters(tipline.runtime.engine, 1)  # the message waits for the tip the reply holds
+    paused_reply.go.set()
+    reply.join()
+    message.join()
+    assert isinstance(replied["result"], int), replied
+    status, answer = said["result"]
+    assert status == 200 and len(answer) == 1 and reference in answer[0] and DEFERRED not in answer[0]
+    with tipline.runtime.factory() as session:
+        kinds = session.scalars(select(Message.kind).order_by(Message.seq)).all()
+    assert kinds[-3:] == [MessageKind.AGENCY, MessageKind.TIPSTER, MessageKind.BOT]
+    assert "database unavailable" not in tipline.log_file.read_text()
+
+
+def test_idle_expiry_and_a_reply_on_an_urgent_draft_both_complete(tipline: Harness, paused_reply: Paused) -> None:
+    tipline.say("Shots fired behind the gym, someone is hurt")  # a draft; detectives see it once urgent
+    with tipline.runtime.factory.begin() as session:
+        session.execute(update(Tip).values(urgent=True))
+        reference, contact_id = session.execute(select(Tip.reference, Tip.contact_id)).one()
+    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Are you safe?"))
+    assert paused_reply.reached.wait(10)
+    cutoff = tipline.runtime.ctx.now() + dt.timedelta(days=1)  # the draft counts as idle
+    expiry, expired = in_thread("expiry", lambda: tipline.runtime.intake._expire_one(contact_id, cutoff))
+    wait_for_lock_waiters(tipline.runtime.engine, 1)
+    paused_reply.go.set()
+    reply.join()
+    expiry.join()
+    assert isinstance(replied["result"], int), replied
+    assert expired["result"] is True, expired
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(Tip.status)) == TipStatus.NEW  # submitted as it stood
+
+
+def test_a_reply_written_while_the_tipster_begins_a_new_tip_orphans_no_draft(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply points the tipster's conversation back at its tip, so that their answer joins it, but
+    never while they are writing a new draft. Read before the tipster's message and written after
+    it, it pointed away from the new draft, which no one then saw or submitted."""
+    reference = tipline.submit_tip()
+    tipline.say("new")
+    tipline.say("discard")  # no draft open: the reply may bring the conversation back to the tip
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Conversation.tip_id)).one() is None
+    held = Paused(monkeypatch, review, "_bring_back_to", who="reply")
+    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Any more detail?"))
+    assert held.reached.wait(10)
+    message, said = in_thread("sms", lambda: text_message(tipline, "Someone sells stolen bikes behind the skate park"))
+    wait_for_lock_waiters(tipline.runtime.engine, 1)  # the message waits for the sender the reply holds
+    held.go.set()
+    reply.join()
+    message.join()
+    assert isinstance(replied["result"], int), replied
+    assert said["result"][0] == 200
+    with tipline.runtime.factory() as session:
+        conversation = session.scalars(select(Conversation)).one()
+        drafts = session.scalars(select(Tip.id).where(Tip.status == TipStatus.DRAFT)).all()
+    assert all(draft == conversation.tip_id for draft in drafts), "a draft nothing points at"
+    detail = review.read_tip(tipline.runtime.ctx, reference)
+    assert "stolen bikes" in " ".join(entry.text for entry in detail.thread)  # the answer joined the tip
+
+
+def test_a_message_on_a_connection_the_server_just_cut_is_answered_not_deferred(tipline: Harness) -> None:
+    """Cut moments after its last use, so not pinged before it is handed out (db.PING_AFTER_IDLE):
+    the statement fails, the pool makes new connections, and intake runs the message again."""
+    engine = tipline.runtime.engine
+    engine.dispose()  # the pool now holds the one connection made next
+    with engine.connect() as connection:
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    killer = create_engine(engine.url, poolclass=NullPool)
+    try:
+        with killer.connect() as connection:
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    finally:
+        killer.dispose()
+    answer = tipline.say("Someone is stripping a red scooter for parts behind the laundromat")
+    assert len(answer) == 1 and "Where did it happen?" in answer[0]
+    with tipline.runtime.factory() as session:
+        assert session.scalar(select(Tip.status)) == TipStatus.DRAFT
