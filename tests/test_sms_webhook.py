@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select, text
 
 from tests.support.harness import Harness, inbound_form, make_harness, new_sid, replies, sign
-from tests.support.scratch import PG_URL
+from tests.support.scratch import PG_URL, wait_for_lock_waiters
 from tipline.core.vocabulary import DeliveryStatus, TipStatus
 from tipline.services import review
 from tipline.storage.models import Message, ProcessedDelivery, Tip
@@ -168,18 +167,11 @@ def test_messages_of_one_sender_that_waited_on_each_other_each_see_what_the_one_
 
     engine = tipline.runtime.engine
     threads = [threading.Thread(target=deliver, args=(body,)) for body in answers]
-    with engine.connect() as holder, engine.connect() as watcher:
+    with engine.connect() as holder:
         holder.execute(text("SELECT id FROM contacts FOR UPDATE"))  # as another message of theirs would
         for thread in threads:
             thread.start()
-        waiting = text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        deadline = time.monotonic() + 10
-        while watcher.execute(waiting).scalar() < 2 and time.monotonic() < deadline:
-            watcher.rollback()
-            time.sleep(0.02)
-        assert watcher.execute(waiting).scalar() == 2, "both messages should be waiting for the sender"
+        wait_for_lock_waiters(engine, 2)  # both messages wait for the sender
         holder.commit()
     for thread in threads:
         thread.join()

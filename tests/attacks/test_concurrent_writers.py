@@ -1,7 +1,7 @@
 """Fault: two writers touch one tipster's rows at the same moment on PostgreSQL, where writers do run
 side by side (on SQLite one write transaction runs at a time). A tipster's message arrives while a
-detective's reply to their tip is being written, while idle expiry submits their draft, or on a
-connection the server has just cut.
+detective's reply to their tip is being written, while idle expiry submits their draft, while
+retention erases silent senders, or on a connection the server has just cut.
 
 What must hold: nothing is deferred or lost (a deadlock or a dead connection is not an outage), no
 draft is taken over or orphaned, and the tipster's message is answered as usual. Each test holds one
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text, update
-from sqlalchemy.pool import NullPool
+from sqlalchemy import select, update
 
 from tests.support.harness import Harness, inbound_form, replies, sign
-from tests.support.scratch import PG_URL
+from tests.support.scratch import PG_URL, cut_the_pooled_connection, wait_for_lock_waiters
 from tipline.core.vocabulary import MessageKind, TipStatus
-from tipline.services import outbox, review
-from tipline.storage.models import Conversation, Message, Tip
+from tipline.services import maintenance, outbox, review
+from tipline.storage.models import Contact, Conversation, Message, Tip
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="SQLite runs one write transaction at a time")
 
@@ -67,18 +65,6 @@ def text_message(harness: Harness, body: str) -> tuple[int, list[str]]:
     form = inbound_form(body)
     response = harness.app.test_client().post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)})
     return response.status_code, replies(response)
-
-
-def wait_for_lock_waiters(engine: Engine, count: int) -> None:
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    )
-    deadline = time.monotonic() + 10
-    with engine.connect() as connection:
-        while connection.execute(query).scalar_one() < count:
-            connection.rollback()
-            assert time.monotonic() < deadline, "the other writer never came to wait"
-            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -158,17 +144,30 @@ def test_a_reply_written_while_the_tipster_begins_a_new_tip_orphans_no_draft(
 def test_a_message_on_a_connection_the_server_just_cut_is_answered_not_deferred(tipline: Harness) -> None:
     """Cut moments after its last use, so not pinged before it is handed out (db.PING_AFTER_IDLE):
     the statement fails, the pool makes new connections, and intake runs the message again."""
-    engine = tipline.runtime.engine
-    engine.dispose()  # the pool now holds the one connection made next
-    with engine.connect() as connection:
-        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
-    killer = create_engine(engine.url, poolclass=NullPool)
-    try:
-        with killer.connect() as connection:
-            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
-    finally:
-        killer.dispose()
+    cut_the_pooled_connection(tipline.runtime.engine)
     answer = tipline.say("Someone is stripping a red scooter for parts behind the laundromat")
     assert len(answer) == 1 and "Where did it happen?" in answer[0]
     with tipline.runtime.factory() as session:
         assert session.scalar(select(Tip.status)) == TipStatus.DRAFT
+
+
+def test_retention_does_not_erase_a_tipster_who_writes_while_it_runs(tipline: Harness) -> None:
+    """Retention erases senders silent for longer than it keeps them. One who writes again at the
+    moment it runs is no longer silent: erased after their message, their address would be gone
+    (no reply could reach them) and their conversation cut from them."""
+    tipline.submit_tip()
+    engine = tipline.runtime.engine
+    long_ago = tipline.runtime.ctx.now() - dt.timedelta(days=400)
+    with tipline.runtime.factory.begin() as session:
+        session.execute(update(Contact).values(last_activity_at=long_ago))
+    with engine.connect() as message:  # the tipster's message, holding their row until it commits
+        message.execute(update(Contact).values(last_activity_at=tipline.runtime.ctx.now()))
+        purge, purged = in_thread("purge", lambda: maintenance.purge(tipline.runtime.intake, retention_days=90))
+        wait_for_lock_waiters(engine, 1)
+        message.commit()
+    purge.join()
+    assert not isinstance(purged["result"], str), purged
+    assert purged["result"].addresses_erased == 0
+    with tipline.runtime.factory() as session:
+        contact = session.scalars(select(Contact)).one()
+    assert contact.pseudonym is not None and contact.address_ct is not None

@@ -35,15 +35,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, Harness, make_harness, reference_of, replies, sign
 from tests.support.processes import free_port, process_tree, run, spawn, wait_until_serving, workdir
-from tests.support.scratch import PG_URL
+from tests.support.scratch import PG_URL, cut_the_pooled_connection
 from tipline.config import load_settings
 from tipline.runtime import build_runtime
 from tipline.services import reconcile, review
@@ -371,15 +370,7 @@ def test_a_connection_cut_while_idle_is_replaced_before_a_message_uses_it(
     connection. The next message must be answered as usual, not deferred as in an outage."""
     monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.2)
     engine = tipline.runtime.engine
-    engine.dispose()  # the pool now holds the one connection made next
-    with engine.connect() as connection:
-        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
-    killer = create_engine(engine.url, poolclass=NullPool)
-    try:
-        with killer.connect() as connection:
-            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
-    finally:
-        killer.dispose()
+    backend = cut_the_pooled_connection(engine)
     time.sleep(0.3)  # idle past PING_AFTER_IDLE
     answer = tipline.say("CANARY-IDLE a red scooter is stripped for parts behind the laundromat", sender=SENDERS[0])
     assert len(answer) == 1 and "Where did it happen?" in answer[0]  # not the outage's acknowledgement

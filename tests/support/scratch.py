@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 # The database the tests run against: a PostgreSQL URL, or empty for SQLite in each test's data directory.
 PG_URL = os.environ.get("TIPLINE_TEST_DATABASE_URL", "").strip()
@@ -30,3 +34,31 @@ def scratch_database(url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as connection:
             connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def wait_for_lock_waiters(engine: Engine, count: int, timeout: float = 10.0) -> None:
+    """Wait until `count` sessions of the test database wait for a lock (a row another holds)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    deadline = time.monotonic() + timeout
+    with engine.connect() as connection:
+        while connection.execute(query).scalar_one() < count:
+            connection.rollback()  # a fresh snapshot of pg_stat_activity
+            assert time.monotonic() < deadline, f"fewer than {count} sessions came to wait for a lock"
+            time.sleep(0.02)
+
+
+def cut_the_pooled_connection(engine: Engine) -> int:
+    """Leave `engine`'s pool holding one PostgreSQL connection and have the server end it, as a
+    restart or an administrator's pg_terminate_backend would; returns that connection's backend pid."""
+    engine.dispose()  # the pool now holds the one connection made next
+    with engine.connect() as connection:
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    killer = create_engine(engine.url, poolclass=NullPool)
+    try:
+        with killer.connect() as connection:
+            assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    finally:
+        killer.dispose()
+    return int(backend)

@@ -715,7 +715,8 @@ class Intake:
         keyring = self.ctx.keyring
         pseudonyms = [keyring.pseudonym(channel, address, v)[1] for v in keyring.pseudonym_versions()]
         with self.ctx.factory.begin() as session:
-            contact = session.scalars(select(Contact).where(Contact.pseudonym.in_(pseudonyms))).first()
+            found = select(Contact).where(Contact.pseudonym.in_(pseudonyms)).with_for_update(key_share=True)
+            contact = session.scalars(found).first()
             if contact is None:
                 return False
             outbox.mark_recipient_gone(session, keyring, contact, reason)

@@ -56,11 +56,15 @@ def purge(
     keyring = intake.ctx.keyring
     with intake.ctx.factory.begin() as session:
         # Opted-out senders too: STOP kept their pseudonym for START, retention ends that as well.
+        # Locked as found: a sender writing right now is erased wholly before their message or not
+        # at all (PostgreSQL checks the condition again on a row it had to wait for).
         stale = session.scalars(
-            select(Contact).where(
+            select(Contact)
+            .where(
                 Contact.last_activity_at < cutoff,
                 or_(Contact.address_ct.is_not(None), Contact.pseudonym.is_not(None)),
             )
+            .with_for_update(key_share=True)
         ).all()
         erased = sum(contact.address_ct is not None for contact in stale)
         for contact in stale:
