@@ -171,3 +171,24 @@ def test_retention_does_not_erase_a_tipster_who_writes_while_it_runs(tipline: Ha
     with tipline.runtime.factory() as session:
         contact = session.scalars(select(Contact)).one()
     assert contact.pseudonym is not None and contact.address_ct is not None
+
+
+def test_a_reply_to_an_urgent_draft_whose_urgency_was_cleared_meanwhile_is_refused(tipline: Harness) -> None:
+    """A draft is the tipster's until submitted; detectives see it only while it is urgent. A reply
+    that found it urgent, then waited for its sender (busy with a message) while another detective
+    cleared the urgency, must not write into a draft no one sees any more."""
+    tipline.say("Shots fired behind the gym, someone is hurt")
+    with tipline.runtime.factory.begin() as session:
+        session.execute(update(Tip).values(urgent=True))
+        reference = session.scalars(select(Tip.reference)).one()
+    engine = tipline.runtime.engine
+    with engine.connect() as message:  # the tipster's next message holds their row meanwhile
+        message.execute(select(Contact.id).with_for_update(key_share=True))
+        reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Are you safe?"))
+        wait_for_lock_waiters(engine, 1)
+        assert review.set_urgent(tipline.runtime.ctx, reference, False, actor="another detective") == (True, False)
+        message.commit()
+    reply.join()
+    assert replied["result"].startswith("TipNotFound"), replied
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Message.kind).where(Message.kind == MessageKind.AGENCY)).all() == []

@@ -273,6 +273,7 @@ class Intake:
             log.info("a text from the on-call alert number was ignored")
             return Result(())
         reconnected = False
+        conflict: DBAPIError | None = None
         for _attempt in range(5):
             try:
                 return self._receive(msg)
@@ -282,13 +283,17 @@ class Intake:
                 if error.connection_invalidated and not reconnected:
                     # The pooled connection had died (a restarted server, a cut connection) and the
                     # pool has made way for new ones. Once: if the database is down, the next try
-                    # fails too, and the webhook defers the message (reconcile.receive_or_defer). A
-                    # COMMIT cut after it took effect is harmless: the delivery is then remembered.
+                    # fails too, and the webhook defers the message (reconcile.receive_or_defer).
+                    # Should the cut have come after the COMMIT took effect, the delivery is found
+                    # remembered: the message is stored once, its inline answer is lost.
                     reconnected = True
                     continue
                 if getattr(error.orig, "sqlstate", None) in _CONFLICTS:
-                    continue  # PostgreSQL chose this transaction to roll back (see _CONFLICTS)
+                    conflict = error  # PostgreSQL chose this transaction to roll back (see _CONFLICTS)
+                    continue
                 raise
+        if conflict is not None:
+            raise conflict  # still conflicting: answered as when the database cannot take it now
         raise RuntimeError("intake kept conflicting with concurrent writers")
 
     def _receive(self, msg: InboundMessage) -> Result:

@@ -64,6 +64,7 @@ def purge(
                 Contact.last_activity_at < cutoff,
                 or_(Contact.address_ct.is_not(None), Contact.pseudonym.is_not(None)),
             )
+            .order_by(Contact.id)  # two purges at once lock in one order: no deadlock between them
             .with_for_update(key_share=True)
         ).all()
         erased = sum(contact.address_ct is not None for contact in stale)

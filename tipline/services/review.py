@@ -173,6 +173,20 @@ def _tip(session: Session, reference: str, *, lock: bool = False) -> Tip:
     return tip
 
 
+def _sender_then_tip(session: Session, reference: str) -> tuple[Contact | None, Tip]:
+    """The tip's sender and the tip, both locked, in the order intake locks them (sender, then tip).
+
+    The tip is found first without a lock (to know its sender), then found again locked: as it is
+    now, and still one detectives see (a tipster's DISCARD or a cleared urgency may have taken it
+    away meanwhile: TipNotFound). The sender is None when none is linked (any more)."""
+    found = _tip(session, reference)
+    contact = session.get(Contact, found.contact_id, with_for_update=records.ROW_LOCK) if found.contact_id else None
+    tip = _tip(session, reference, lock=True)
+    if contact is not None and tip.contact_id != contact.id:
+        contact = None  # forgotten while we waited: the tip no longer names them
+    return contact, tip
+
+
 def _summary(tip: Tip, assignee: str | None = None, photos: int = 0) -> TipSummary:
     return TipSummary(
         reference=tip.reference,
@@ -693,12 +707,9 @@ def set_muted(ctx: ServiceContext, reference: str, muted: bool, *, actor: str) -
     their tips is. Were the sender's state shown, or undone from another tip, a detective could mute
     one tip and look which others changed: aliases are per tip so that tips cannot be linked."""
     with ctx.factory.begin() as session:
-        tip = _tip(session, reference)
-        # The contact first, then the tip: the order intake locks them in.
-        contact = session.get(Contact, tip.contact_id, with_for_update=records.ROW_LOCK) if tip.contact_id else None
+        contact, tip = _sender_then_tip(session, reference)
         if contact is None or contact.pseudonym is None:
             raise ValueError("nothing links this tip to a sender any more")
-        session.refresh(tip, with_for_update=records.ROW_LOCK)
         if tip.sender_muted == muted:
             return False
         tip.sender_muted = muted
@@ -757,13 +768,9 @@ def reply(
     text = _checked_text(text, "reply", MAX_REPLY_CHARS)
     now = ctx.now()
     with ctx.factory.begin() as session:
-        tip = _tip(session, reference)
-        # The sender first, then the tip: the order intake locks them in. Then the conversation is
-        # read as it is now, and a draft the tipster began meanwhile is not taken over (_bring_back_to).
-        contact = session.get(Contact, tip.contact_id, with_for_update=records.ROW_LOCK) if tip.contact_id else None
-        session.refresh(tip, with_for_update=records.ROW_LOCK)
-        if contact is not None and tip.contact_id != contact.id:
-            contact = None  # the sender was forgotten while we waited
+        # Then the conversation is read as it is now: a draft the tipster began meanwhile is not
+        # taken over (_bring_back_to).
+        contact, tip = _sender_then_tip(session, reference)
         blocker = _blocker(contact)
         if blocker is not None or contact is None:
             raise RepliesImpossible(blocker or NO_CONTACT)

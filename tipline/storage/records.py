@@ -227,7 +227,8 @@ def show(tip: Tip) -> None:
 # another transaction's foreign-key check takes (a detective's reply inserting into the outbox,
 # which refers to the sender): with FOR UPDATE, a message holding its sender and waiting for the
 # tip, and a reply holding the tip and inserting that row, waited for each other (a deadlock).
-# No row's key is ever changed; a row deleted takes the stronger lock its DELETE needs by itself.
+# A statement that deletes the row, or changes a unique column (FORGET and retention clear the
+# sender's pseudonym), takes the stronger lock it needs by itself, and waits for those checks.
 ROW_LOCK = {"key_share": True}
 
 
@@ -237,8 +238,8 @@ def visible_tip(session: Session, reference: str, *, lock: bool = False) -> Tip 
     With `lock`, the row is locked (ROW_LOCK) until the caller's transaction ends.
     """
     query = select(Tip).where(Tip.reference == reference, visible_to_detectives())
-    if lock:
-        query = query.with_for_update(key_share=True)
+    if lock:  # the row as it is once locked, even if the session read it before
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     return session.scalars(query).first()
 
 
@@ -248,8 +249,8 @@ def submitted_tip(session: Session, reference: str, *, lock: bool = False) -> Ti
     With `lock`, the row is locked (ROW_LOCK) until the caller's transaction ends.
     """
     query = select(Tip).where(Tip.reference == reference, Tip.status != TipStatus.DRAFT)
-    if lock:
-        query = query.with_for_update(key_share=True)
+    if lock:  # the row as it is once locked, even if the session read it before
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     return session.scalars(query).first()
 
 
