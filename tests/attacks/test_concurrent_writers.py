@@ -31,7 +31,8 @@ DEFERRED = "We received your message and will answer in a few minutes"
 
 
 class Paused:
-    """Hold the thread named `who` inside `function` (before it runs) until `release`."""
+    """Hold the thread named `who` when it calls `owner.name` (before the call runs): `reached` is
+    set once it is held, and it goes on when the test sets `go`."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, who: str):
         self.reached, self.go = threading.Event(), threading.Event()
