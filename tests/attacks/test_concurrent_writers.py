@@ -62,6 +62,19 @@ def in_thread(name: str, work: Callable[[], Any]) -> tuple[threading.Thread, dic
     return thread, out
 
 
+def collide(held: Paused, first: Callable[[], Any], second: Callable[[], Any], engine: Any) -> tuple[Any, Any]:
+    """Run `first` (in the thread `held` pauses, "reply") until it is held, then `second`, which must
+    come to wait for a lock `first` holds; then let `first` go on. Both results (or errors, as text)."""
+    thread, firsts = in_thread("reply", first)
+    assert held.reached.wait(10)
+    other, seconds = in_thread("second", second)
+    wait_for_lock_waiters(engine, 1)
+    held.go.set()
+    thread.join()
+    other.join()
+    return firsts["result"], seconds["result"]
+
+
 def text_message(harness: Harness, body: str) -> tuple[int, list[str]]:
     form = inbound_form(body)
     response = harness.app.test_client().post(PATH, data=form, headers={"X-Twilio-Signature": sign(PATH, form)})
@@ -78,15 +91,14 @@ def test_a_message_arriving_while_a_reply_to_its_tip_is_written_is_answered_not_
     tipline: Harness, paused_reply: Paused
 ) -> None:
     reference = tipline.submit_tip()
-    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Can you tell us more?"))
-    assert paused_reply.reached.wait(10)
-    message, said = in_thread("sms", lambda: text_message(tipline, "He drives a blue van, plate starts with 7"))
-    wait_for_lock_waiters(tipline.runtime.engine, 1)  # the message waits for the tip the reply holds
-    paused_reply.go.set()
-    reply.join()
-    message.join()
-    assert isinstance(replied["result"], int), replied
-    status, answer = said["result"]
+    replied, said = collide(  # the message waits for the tip the reply holds
+        paused_reply,
+        lambda: review.reply(tipline.runtime.ctx, reference, "Can you tell us more?"),
+        lambda: text_message(tipline, "He drives a blue van, plate starts with 7"),
+        tipline.runtime.engine,
+    )
+    assert isinstance(replied, int), replied
+    status, answer = said
     assert status == 200 and len(answer) == 1 and reference in answer[0] and DEFERRED not in answer[0]
     with tipline.runtime.factory() as session:
         kinds = session.scalars(select(Message.kind).order_by(Message.seq)).all()
@@ -99,16 +111,15 @@ def test_idle_expiry_and_a_reply_on_an_urgent_draft_both_complete(tipline: Harne
     with tipline.runtime.factory.begin() as session:
         session.execute(update(Tip).values(urgent=True))
         reference, contact_id = session.execute(select(Tip.reference, Tip.contact_id)).one()
-    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Are you safe?"))
-    assert paused_reply.reached.wait(10)
     cutoff = tipline.runtime.ctx.now() + dt.timedelta(days=1)  # the draft counts as idle
-    expiry, expired = in_thread("expiry", lambda: tipline.runtime.intake._expire_one(contact_id, cutoff))
-    wait_for_lock_waiters(tipline.runtime.engine, 1)
-    paused_reply.go.set()
-    reply.join()
-    expiry.join()
-    assert isinstance(replied["result"], int), replied
-    assert expired["result"] is True, expired
+    replied, expired = collide(
+        paused_reply,
+        lambda: review.reply(tipline.runtime.ctx, reference, "Are you safe?"),
+        lambda: tipline.runtime.intake._expire_one(contact_id, cutoff),
+        tipline.runtime.engine,
+    )
+    assert isinstance(replied, int), replied
+    assert expired is True, expired
     with tipline.runtime.factory() as session:
         assert session.scalar(select(Tip.status)) == TipStatus.NEW  # submitted as it stood
 
@@ -124,22 +135,40 @@ def test_a_reply_written_while_the_tipster_begins_a_new_tip_orphans_no_draft(
     tipline.say("discard")  # no draft open: the reply may bring the conversation back to the tip
     with tipline.runtime.factory() as session:
         assert session.scalars(select(Conversation.tip_id)).one() is None
-    held = Paused(monkeypatch, review, "_bring_back_to", who="reply")
-    reply, replied = in_thread("reply", lambda: review.reply(tipline.runtime.ctx, reference, "Any more detail?"))
-    assert held.reached.wait(10)
-    message, said = in_thread("sms", lambda: text_message(tipline, "Someone sells stolen bikes behind the skate park"))
-    wait_for_lock_waiters(tipline.runtime.engine, 1)  # the message waits for the sender the reply holds
-    held.go.set()
-    reply.join()
-    message.join()
-    assert isinstance(replied["result"], int), replied
-    assert said["result"][0] == 200
+    replied, said = collide(  # the message waits for the sender the reply holds
+        Paused(monkeypatch, review, "_bring_back_to", who="reply"),
+        lambda: review.reply(tipline.runtime.ctx, reference, "Any more detail?"),
+        lambda: text_message(tipline, "Someone sells stolen bikes behind the skate park"),
+        tipline.runtime.engine,
+    )
+    assert isinstance(replied, int), replied
+    assert said[0] == 200
     with tipline.runtime.factory() as session:
         conversation = session.scalars(select(Conversation)).one()
         drafts = session.scalars(select(Tip.id).where(Tip.status == TipStatus.DRAFT)).all()
     assert all(draft == conversation.tip_id for draft in drafts), "a draft nothing points at"
     detail = review.read_tip(tipline.runtime.ctx, reference)
     assert "stolen bikes" in " ".join(entry.text for entry in detail.thread)  # the answer joined the tip
+
+
+def test_a_message_postgresql_cancels_to_end_a_deadlock_is_run_again_and_answered(tipline: Harness) -> None:
+    """Another writer holds the tip, the message holds its sender and waits for the tip, then the
+    other writer waits for the sender: PostgreSQL cancels the one that waited first, the message.
+    Intake runs it again once the other is done, rather than answering as in an outage."""
+    reference = tipline.submit_tip()
+    engine = tipline.runtime.engine
+    with engine.connect() as other:
+        other.execute(select(Tip.id).with_for_update(key_share=True))
+        message, said = in_thread("sms", lambda: text_message(tipline, "He drives a blue van, plate starts with 7"))
+        wait_for_lock_waiters(engine, 1)  # the message holds its sender and waits for the tip
+        other.execute(select(Contact.id).with_for_update())  # the cycle; returns once the message is cancelled
+        other.rollback()
+    message.join()
+    status, answer = said["result"]
+    assert status == 200 and len(answer) == 1 and reference in answer[0] and DEFERRED not in answer[0]
+    with tipline.runtime.factory() as session:
+        kinds = session.scalars(select(Message.kind).order_by(Message.seq)).all()
+    assert kinds[-2:] == [MessageKind.TIPSTER, MessageKind.BOT]
 
 
 def test_a_message_on_a_connection_the_server_just_cut_is_answered_not_deferred(tipline: Harness) -> None:

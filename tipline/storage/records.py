@@ -450,14 +450,7 @@ def write_changes(session: Session, *rows: Contact | Conversation | Tip | None) 
         state = instance_state(row)
         if state.session is not session or row in session.deleted:
             continue  # not this session's to write (a deleted row is the flush's)
-        values: dict[str, Any] = {}
-        computed: dict[str, ClauseElement] = {}  # set to a SQL expression (`show`): computed by the UPDATE
-        for key, before in state.committed_state.items():
-            now = state.dict.get(key)
-            if isinstance(now, ClauseElement):
-                computed[key] = now
-            elif before is NO_VALUE or now != before:
-                values[key] = now
+        values, computed = _changes(state)
         plan = _PLANS[type(row)]
         if computed:
             values["row_key"] = state.dict[plan.key]
@@ -474,6 +467,20 @@ def write_changes(session: Session, *rows: Contact | Conversation | Tip | None) 
     elif connection is not None:
         for plan, values in plain:
             connection.execute(plan.update, values)
+
+
+def _changes(state: Any) -> tuple[dict[str, Any], dict[str, ClauseElement]]:
+    """A row's changed columns: plain values, and those set to a SQL expression (`show`), which the
+    UPDATE computes."""
+    values: dict[str, Any] = {}
+    computed: dict[str, ClauseElement] = {}
+    for key, before in state.committed_state.items():
+        now = state.dict.get(key)
+        if isinstance(now, ClauseElement):
+            computed[key] = now
+        elif before is NO_VALUE or now != before:
+            values[key] = now
+    return values, computed
 
 
 _TOGETHER: dict[tuple[tuple[str, frozenset[str]], ...], Any] = {}  # built once per shape: compiled once
