@@ -1,7 +1,8 @@
 """Fault: two writers touch one tipster's rows at the same moment on PostgreSQL, where writers do run
 side by side (on SQLite one write transaction runs at a time). A tipster's message arrives while a
 detective's reply to their tip is being written, while idle expiry submits their draft, while
-retention erases silent senders, or on a connection the server has just cut.
+retention erases silent senders, while the media worker settles their photo, or on a connection the
+server has just cut.
 
 What must hold: nothing is deferred or lost (a deadlock or a dead connection is not an outage), no
 draft is taken over or orphaned, and the tipster's message is answered as usual. Each test holds one
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from tests.support.harness import Harness, inbound_form, replies, sign
-from tests.support.scratch import PG_URL, cut_the_pooled_connection, wait_for_lock_waiters
-from tipline.core.vocabulary import MessageKind, TipStatus
+from tests.support import samples
+from tests.support.harness import Harness, inbound_form, new_sid, photos, replies, sign
+from tests.support.scratch import PG_URL, cut_the_pooled_connection, lock_waiters, wait_for_lock_waiters
+from tipline.core.vocabulary import AttachmentStatus, MessageKind, TipStatus
 from tipline.services import maintenance, outbox, review
-from tipline.storage.models import Contact, Conversation, Message, Tip
+from tipline.storage.models import Contact, Conversation, Message, OutboxItem, Tip
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="SQLite runs one write transaction at a time")
 
@@ -222,3 +225,62 @@ def test_a_reply_to_an_urgent_draft_whose_urgency_was_cleared_meanwhile_is_refus
     assert replied["result"].startswith("TipNotFound"), replied
     with tipline.runtime.factory() as session:
         assert session.scalars(select(Message.kind).where(Message.kind == MessageKind.AGENCY)).all() == []
+
+
+def test_the_copy_of_a_photo_settled_while_its_sender_sends_stop_is_still_deleted(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOP gives the sender a fresh data key and re-seals under it the provider deletions still
+    queued. The media worker settling a photo of an earlier tip queues the deletion of its copies at
+    Twilio. Queued under the old key while STOP ran (STOP did not wait for it), that deletion could
+    no longer be opened: the photo and its message stayed at Twilio."""
+    tipline.submit_tip()
+    sid = new_sid("MM")
+    photo = tipline.twilio.add_media(sid, samples.camera_jpeg(1).data, "image/jpeg")
+    tipline.sms("one more of the van", sid=sid, NumMedia="1", MediaUrl0=photo, MediaContentType0="image/jpeg")
+    tipline.say("new")
+    tipline.say("discard")  # the conversation is no longer on the photo's tip
+    stop_meanwhile(tipline, monkeypatch, tipline.dispatch)  # the worker fetches, cleans and settles the photo
+    assert [a.status for a in photos(tipline)] == [AttachmentStatus.STORED]
+    assert deletions_failed(tipline) == []
+    assert sid in tipline.twilio.deleted
+    assert tipline.twilio.media == {}
+
+
+def test_the_copy_of_a_reply_reported_delivered_while_its_recipient_sends_stop_is_still_deleted(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a detective's reply: Twilio's final report on it queues the deletion of its copy,
+    under the sender's key, which a STOP running meanwhile replaces."""
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sid = tipline.twilio.sent[-1]["_sid"]
+    stop_meanwhile(tipline, monkeypatch, lambda: tipline.status_callback(sid, "delivered").status_code)
+    assert deletions_failed(tipline) == []
+    assert sid in tipline.twilio.deleted
+
+
+def stop_meanwhile(tipline: Harness, monkeypatch: pytest.MonkeyPatch, work: Callable[[], Any]) -> None:
+    """Run `work` until it queues a deletion at the provider, then have the tipster send STOP, and
+    let `work` go on once STOP is done or waits for it."""
+    held = Paused(monkeypatch, outbox, "enqueue_delete", who="reply")
+    worker, _ = in_thread("reply", work)
+    assert held.reached.wait(10)
+    stop, stopped = in_thread("second", lambda: text_message(tipline, "STOP"))
+    deadline = time.monotonic() + 10
+    while stop.is_alive() and lock_waiters(tipline.runtime.engine) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held.go.set()
+    worker.join()
+    stop.join()
+    assert stopped["result"][0] == 200, stopped
+
+
+def deletions_failed(tipline: Harness) -> list[str | None]:
+    """Run every deletion queued (their delay passed); the errors of those that failed."""
+    later = tipline.runtime.ctx.now() + dt.timedelta(hours=1)
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    with tipline.runtime.factory() as session:
+        return list(session.scalars(select(OutboxItem.last_error).where(OutboxItem.last_error.is_not(None))))

@@ -36,17 +36,23 @@ def scratch_database(url: str) -> Iterator[str]:
             connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+_LOCK_WAITERS = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
+
+
+def lock_waiters(engine: Engine) -> int:
+    """How many sessions of the test database wait for a lock (a row another holds) right now."""
+    with engine.connect() as connection:
+        return int(connection.execute(_LOCK_WAITERS).scalar_one())
+
+
 def wait_for_lock_waiters(engine: Engine, count: int, timeout: float = 10.0) -> None:
     """Wait until `count` sessions of the test database wait for a lock (a row another holds)."""
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    )
     deadline = time.monotonic() + timeout
-    with engine.connect() as connection:
-        while connection.execute(query).scalar_one() < count:
-            connection.rollback()  # a fresh snapshot of pg_stat_activity
-            assert time.monotonic() < deadline, f"fewer than {count} sessions came to wait for a lock"
-            time.sleep(0.02)
+    while lock_waiters(engine) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} sessions came to wait for a lock"
+        time.sleep(0.02)
 
 
 def cut_the_pooled_connection(engine: Engine) -> int:

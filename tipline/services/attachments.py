@@ -282,7 +282,8 @@ class MediaWorker:
         now = self.clock()
         with self.factory.begin() as session:
             tip_id = session.scalar(select(Attachment.tip_id).where(Attachment.id == attachment_id))
-            # Lock the tip, then the attachment (the order a re-encrypting rotation takes them too),
+            sender = _lock_sender(session, tip_id) if tip_id is not None else None  # first: see there
+            # Then the tip, then the attachment (the order a re-encrypting rotation takes them too),
             # and use the tip's key as it is now: such a rotation may have replaced it meanwhile.
             tip = session.get(Tip, tip_id, with_for_update=records.ROW_LOCK) if tip_id is not None else None
             attachment = session.get(Attachment, attachment_id, with_for_update=True)
@@ -304,7 +305,7 @@ class MediaWorker:
                 attachment.size = len(image.data)
                 attachment.frames = image.frames
             tip.updated_at = to_minute(now)
-            contact = session.get(Contact, tip.contact_id) if tip.contact_id is not None else None
+            contact = sender if sender is not None and tip.contact_id == sender.id else None
             if contact is not None and job is not None:
                 # The dispatcher that runs this worker performs the queued rows on its next pass.
                 self._after(session, tip, tip_key, contact, attachment, job, now)
@@ -348,3 +349,12 @@ class MediaWorker:
             )
             session.flush()
             outbox.enqueue_send(session, contact, contact_key, text, now, message.id)
+
+
+def _lock_sender(session: Session, tip_id: int) -> Contact | None:
+    """Lock the sender of the tip `tip_id`, before the tip, as intake does: a STOP or FORGET running
+    now gives them a fresh data key and re-seals what is queued under the old one, so deletions
+    queued by the caller must be written before it (it waits for them) or after it (queued under the
+    new key, or not at all: a forgotten sender's tip names no contact any more)."""
+    sender_id = session.scalar(select(Tip.contact_id).where(Tip.id == tip_id))
+    return session.get(Contact, sender_id, with_for_update=records.ROW_LOCK) if sender_id is not None else None

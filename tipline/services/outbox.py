@@ -206,13 +206,22 @@ def record_status(
         ).first()
         if item is None:
             return False
+        # Lock the sender before writing under their data key, as intake does: a STOP or FORGET
+        # running now re-seals the deletions queued under the old key, and must see the one queued
+        # here (it waits for this transaction), or this must see it (after the wait, the row as it
+        # is now; gone if FORGET removed it with the sender).
+        contact = session.get(Contact, item.contact_id, with_for_update=records.ROW_LOCK)
+        item = session.get(OutboxItem, item.id, populate_existing=True)
+        if item is None:
+            return True
+        if contact is not None and item.contact_id != contact.id:
+            contact = None  # handed to a forgotten sender's blank stand-in meanwhile
         known = DeliveryStatus(item.provider_status) if item.provider_status else None
         if known is not None and known.final and not status.final:
             return True  # a late "sent" after "delivered": keep the final word
         item.provider_status = status
         item.last_error = error_code
         _show(session, item, status.shown)
-        contact = session.get(Contact, item.contact_id)
         if contact is not None and status.final and delete_delay is not None and channel.deletes_provider_copies:
             enqueue_delete(
                 session, contact, records.contact_dek(keyring, contact), provider_message_id, now + delete_delay

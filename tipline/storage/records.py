@@ -229,6 +229,9 @@ def show(tip: Tip) -> None:
 # tip, and a reply holding the tip and inserting that row, waited for each other (a deadlock).
 # A statement that deletes the row, or changes a unique column (FORGET and retention clear the
 # sender's pseudonym), takes the stronger lock it needs by itself, and waits for those checks.
+# So whoever seals a row under a sender's data key (an outbox row) locks the sender first: STOP,
+# FORGET and retention replace that key and re-seal what is queued under it, and a row inserted
+# beside them, unseen, would stay sealed under a key that no longer exists.
 ROW_LOCK = {"key_share": True}
 
 
