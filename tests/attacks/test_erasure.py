@@ -109,6 +109,30 @@ def test_forget_leaves_no_byte_of_the_sender_and_no_link_to_the_tip(tipline: Har
         assert session.scalars(select(Contact)).all() == []
 
 
+def test_a_reply_sent_before_forget_and_reported_after_it_is_still_deleted_at_twilio(tipline: Harness) -> None:
+    """Twilio's final report on a detective's reply queues the deletion of its copy (the tipster's
+    number and the reply's text, in Twilio's log). FORGET removed the sent reply's row with the
+    sender, so a report arriving after FORGET found nothing and the copy stayed at Twilio."""
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sid = tipline.twilio.sent[-1]["_sid"]
+    assert "erased" in tipline.say("FORGET")[0]
+    assert tipline.status_callback(sid, "delivered").status_code == 200
+    later = utcnow() + dt.timedelta(hours=1)
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert sid in tipline.twilio.deleted
+    # Handed to the blank stand-in, the row names no thread entry of the tip; once the finished rows
+    # are purged (after a week), no sender row is left
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(OutboxItem.message_id).where(OutboxItem.kind == OutboxKind.SEND)).all() == [None]
+    report = purge(tipline.runtime.intake, retention_days=90, now=utcnow() + dt.timedelta(days=8))
+    assert report.senders_removed == 1
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Contact)).all() == []
+
+
 def test_stop_leaves_no_byte_of_the_address_or_its_key(tipline: Harness) -> None:
     reference, _ = submit(tipline)
     review.reply(tipline.runtime.ctx, reference, "Which van?")  # queued, cancelled by the STOP

@@ -19,7 +19,7 @@ from sqlalchemy.orm.util import identity_key
 
 from tipline.core import crypto
 from tipline.core.crypto import Keyring
-from tipline.core.vocabulary import ErasedReason, KeyPurpose, TipStatus
+from tipline.core.vocabulary import DeliveryStatus, ErasedReason, KeyPurpose, OutboxKind, OutboxStatus, TipStatus
 from tipline.storage.models import (
     Base,
     Contact,
@@ -318,14 +318,30 @@ def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: byt
     """
     for item in session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id)):
         if not item.payload_ct:
-            if owner is not contact:
+            if owner is contact:
+                continue
+            if not _awaits_final_report(item):
                 session.delete(item)  # settled: nothing of it needs to pass to the stand-in
-            continue
-        plain = OUTBOX_PAYLOAD.open(old_key, item.id, item.payload_ct)
-        item.payload_ct = OUTBOX_PAYLOAD.seal(new_key, item.id, plain)
+                continue
+        else:
+            plain = OUTBOX_PAYLOAD.open(old_key, item.id, item.payload_ct)
+            item.payload_ct = OUTBOX_PAYLOAD.seal(new_key, item.id, plain)
         if owner is not contact:
             item.contact_id = owner.id
             item.message_id = None  # no thread entry of any tip stays linked to the forgotten sender
+
+
+def _awaits_final_report(item: OutboxItem) -> bool:
+    """A message sent whose provider has not said yet that it was delivered or failed: that final
+    report queues the deletion of the provider's copy (outbox.record_status), so the row must
+    still be found by it, even once its sender is forgotten."""
+    final = item.provider_status is not None and DeliveryStatus(item.provider_status).final
+    return (
+        item.kind == OutboxKind.SEND
+        and item.status == OutboxStatus.SENT
+        and item.provider_ref is not None
+        and not final
+    )
 
 
 def shred_contact_key(session: Session, keyring: Keyring, contact: Contact, old_key: bytes) -> bytes:
@@ -343,8 +359,10 @@ def forget_contact(session: Session, keyring: Keyring, contact: Contact, old_key
 
     Outbox rows still to be performed (deletions of provider copies) pass, re-sealed under a fresh
     key, to a blank contact with a new id that knows nothing of the sender and refers to no tip
-    (maintenance removes it once its rows are gone). Returns that contact and its key. The caller
-    has erased the address and cleared the pseudonym already.
+    (maintenance removes it once its rows are gone), and so do messages sent whose provider's final
+    report is still to come (it queues the deletion of their copy), linked to no thread entry.
+    Returns that contact and its key. The caller has erased the address and cleared the pseudonym
+    already.
     """
     heir = Contact(
         id=new_id(),
