@@ -89,8 +89,9 @@ def serve_baseline(port: int, threads: int, workers: int) -> None:
 
 
 def serve_floor(port: int, threads: int, workers: int, database: str) -> None:
-    """The least a tip line keeping this product's promises can do per webhook, written as leanly as
-    Python allows, so that the gap between it and tipline is what tipline's own design costs: check
+    """The least a tip line keeping this product's promises can do per webhook, written leanly (raw
+    sqlite3, no ORM, one committer thread a process), so that the gap between it and tipline is
+    what tipline's own design costs: check
     Twilio's signature, remember the delivery once (a primary key), seal the message with AES-GCM
     bound to its row under a keyed pseudonym of the sender, store it durably in SQLite (WAL,
     synchronous=FULL, raw sqlite3), answer with fixed TwiML. No conversation, no thread, no search
