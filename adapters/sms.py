@@ -343,6 +343,32 @@ class TwilioSms:
         except (TwilioException, requests.RequestException) as error:
             raise _listing_error(error) from None
 
+    def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[str]:
+        """The sids of the messages our line sent (REST sends and TwiML replies) that are still in
+        Twilio's Messages log, sent from `since` to `until` (inclusive, to the second, UTC).
+
+        Filtered by `From` (our number), or with a Messaging Service alone by that service: the
+        agency's other numbers and apps are never listed. Raises ChannelError when Twilio fails;
+        nothing here logs a number, a body or an id."""
+        query: dict[str, object] = {
+            "date_sent_after": since.astimezone(dt.UTC),
+            "date_sent_before": until.astimezone(dt.UTC),
+            "page_size": 1000,
+        }
+        if self.settings.from_number:
+            query["from_"] = self.settings.from_number
+        service = None if self.settings.from_number else self.settings.messaging_service_sid
+        try:
+            return [
+                m.sid
+                for m in self.client.messages.stream(**query)
+                if m.sid
+                and (m.direction or "").startswith("outbound")
+                and (service is None or m.messaging_service_sid == service)
+            ]
+        except (TwilioException, requests.RequestException) as error:
+            raise _listing_error(error) from None
+
     def _logged(self, message: MessageInstance) -> LoggedInbound:
         """One listed inbound message as the webhook form Twilio would have posted, parsed."""
         sent_at = message.date_sent or message.date_created or dt.datetime.now(dt.UTC)

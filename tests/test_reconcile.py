@@ -22,7 +22,8 @@ from tipline.cli import cli
 from tipline.config import load_settings
 from tipline.core.vocabulary import AttachmentStatus
 from tipline.services import reconcile, review
-from tipline.storage.models import ProcessedDelivery, ReconcileMark, Tip, utcnow
+from tipline.services.maintenance import purge
+from tipline.storage.models import Contact, ProcessedDelivery, ReconcileMark, Tip, utcnow
 
 OTHER = "+15555550143"
 WHAT = "CANARY-RECON a grey pickup leaves the warehouse on Dock Road at 3 am"
@@ -240,7 +241,8 @@ def test_the_dispatcher_reconciles_on_its_interval_and_not_when_off(tipline: Har
     assert runtime.reconcile_due() == 0
     assert runtime.reconcile_due() == 0  # not due again before the interval
     listings = [r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]
-    assert len(listings) == 1
+    # one listing of what came in to our line, one of what we sent a day ago or more (the sweep)
+    assert [("To" in r.form, "From" in r.form) for r in listings] == [(True, False), (False, True)]
     assert load_settings(env).twilio_reconcile_seconds == 300
 
     # Off: the dispatcher never lists, and a webhook that cannot store a message promises nothing
@@ -249,7 +251,7 @@ def test_the_dispatcher_reconciles_on_its_interval_and_not_when_off(tipline: Har
     runtime.settings = off
     runtime._next_reconcile = 0.0
     assert runtime.reconcile_due() == 0
-    assert len([r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]) == 1
+    assert len([r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]) == 2
     assert reconcile.deferred_replies(off) == ()
     assert "911" in reconcile.deferred_replies(load_settings(env))[0]
 
@@ -277,6 +279,7 @@ def test_the_command_reconciles_and_prints_counts_only(
     result = CliRunner().invoke(cli, ["twilio", "reconcile"])
     assert result.exit_code == 0, result.output
     assert "listed 1, taken in 1, already processed 0" in result.output
+    assert "past their delivery report queued for deletion: 0" in result.output  # the reply is minutes old
     assert sent_to(tipline, TIPSTER)  # the command sent the reply
     second = CliRunner().invoke(cli, ["twilio", "reconcile"])
     assert "taken in 0" in second.output
@@ -328,3 +331,51 @@ def test_the_stand_in_lists_messages_as_twilio_does(tipline: Harness) -> None:
     assert (outbound.sid, outbound.direction, outbound.body) == (sent.sid, "outbound-api", "a reply")
     sms.client.messages(sent.sid).delete()
     assert sms.client.messages.list(to=TIPSTER) == []
+
+
+def sweep(tipline: Harness, now: dt.datetime) -> int:
+    sms = tipline.runtime.sms
+    assert sms is not None
+    return reconcile.sweep_replies(tipline.runtime.ctx, sms, now=now)
+
+
+def test_a_reply_whose_final_report_never_came_is_deleted_at_twilio_a_day_later(tipline: Harness) -> None:
+    """A reply's copy (the tipster's number and the text, in Twilio's log) is deleted once Twilio
+    reports its final status. A carrier that never confirms delivery, or a report that found the
+    tip line down, left it there until Twilio's retention ended."""
+    twilio = tipline.twilio
+    # Given a detective's reply (REST) and a bot's answer (TwiML) whose reports never came
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sent = twilio.sent[-1]["_sid"]
+    answered = twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    # and an inbound message still in the log (not ours to sweep: reconciliation's)
+    twilio.receive(OTHER, LINE_NUMBER, "CANARY-RECON-OTHER someone sells pills at the bus station")
+    # When the sweep runs within the day, the reports may still come: nothing is queued
+    assert sweep(tipline, utcnow()) == 0
+    # When it runs a day later, both copies are queued once, under a stand-in that names no one
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    assert sweep(tipline, later) == 2
+    assert sweep(tipline, later + dt.timedelta(minutes=5)) == 0  # listed again, queued already
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    # Then Twilio's copies of both are deleted; the inbound message is left to reconciliation
+    assert {sent, answered} <= set(twilio.deleted)
+    assert [m["direction"] for m in twilio.logged()] == ["inbound"]
+    assert scan_database(tipline.runtime.engine, [*phone_formats(TIPSTER), sent, answered]) == []
+    # and the stand-in goes once its finished rows are purged, after a week
+    purge(tipline.runtime.intake, retention_days=90, now=later + dt.timedelta(days=8))
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Contact).where(Contact.pseudonym.is_(None))).all() == []
+
+
+def test_the_sweep_lists_only_our_line_and_waits_out_a_twilio_outage(tipline: Harness) -> None:
+    twilio = tipline.twilio
+    twilio._log("SM" + "0" * 32, "+15555550199", TIPSTER, "another line's text", "outbound-api", "sent")
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    twilio.fail_next_list(500)
+    with pytest.raises(reconcile.ChannelError):
+        sweep(tipline, later)
+    assert reconcile.read_mark(tipline.runtime.ctx, reconcile.REPLIES_LOG_NAME) is None  # read again next time
+    assert sweep(tipline, later) == 0  # another number's message is not ours to delete

@@ -863,8 +863,10 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
     the deduplication memory, so that nothing is ever taken in twice), oldest first, through the
     same intake as the webhook: a message already processed changes nothing, so running it again
     is harmless. Replies go out by Twilio's REST API, then photos are fetched and Twilio's copies
-    deleted as for any message. `tipline serve` and `tipline dispatch` also run this every
-    TIPLINE_TWILIO_RECONCILE_SECONDS. Prints counts only.
+    deleted as for any message. Then queues the deletion of the copies of our own messages
+    (replies) still in the log a day after they were sent, whose final delivery report never came.
+    `tipline serve` and `tipline dispatch` also run this every TIPLINE_TWILIO_RECONCILE_SECONDS.
+    Prints counts only.
     """
     from tipline.core.channels import ChannelError
     from tipline.services import processes, reconcile
@@ -875,6 +877,7 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
             _fail("the SMS channel is off: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
         try:
             report = reconcile.reconcile(runtime.ctx, runtime.sms, runtime.intake)
+            swept = reconcile.sweep_replies(runtime.ctx, runtime.sms)
         except ChannelError as error:
             _fail(f"Twilio refused to list messages (error {error.code})")
         except reconcile.DATABASE_DOWN as error:
@@ -891,6 +894,7 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
         f"listed {report.listed}, taken in {report.taken_in}, already processed {report.already}, "
         f"unusable {report.unusable}, failed {report.failed}"
     )
+    click.echo(f"copies of our messages past their delivery report queued for deletion: {swept}")
     click.echo(f"outbox rows attempted: {sent}" if send else "replies queued for the running dispatcher")
     if report.stale_mark:
         click.echo("note: the last reconciliation is older than the deduplication memory; older messages were not read")

@@ -38,7 +38,6 @@ from sqlalchemy.orm import Session
 
 from tipline.core.channels import Channel, StatusReport
 from tipline.core.crypto import Keyring
-from tipline.core.vocabulary import ErasedReason
 from tipline.services import outbox
 from tipline.services.context import ServiceContext
 from tipline.services.intake import Duplicate, remember_once
@@ -87,7 +86,7 @@ def _record(
         if not delete and not gone:
             return False
         if contact is None:
-            contact, key = _stand_in(session, keyring, channel.name, now)
+            contact, key = outbox.stand_in(session, keyring, channel.name, now)
         else:
             key = records.contact_dek(keyring, contact)
         if delete:
@@ -113,15 +112,3 @@ def _find(session: Session, keyring: Keyring, channel: str, address: str) -> Con
     pseudonyms = [keyring.pseudonym(channel, address, v)[1] for v in keyring.pseudonym_versions()]
     query = select(Contact).where(Contact.pseudonym.in_(pseudonyms)).with_for_update(key_share=True)
     return session.scalars(query).first()
-
-
-def _stand_in(session: Session, keyring: Keyring, channel: str, now: dt.datetime) -> tuple[Contact, bytes]:
-    """A blank contact (and its data key) to queue a deletion under, for a recipient no pseudonym
-    names any more (forgotten, or erased since): like FORGET's heir, it knows nothing of anyone."""
-    contact, key = records.new_contact(keyring, channel, (keyring.pseudonym_versions()[0], ""), now)
-    contact.pseudonym = None
-    contact.opted_out = True
-    contact.erased_reason = ErasedReason.FORGET
-    session.add(contact)
-    session.flush()  # the outbox row refers to it
-    return contact, key

@@ -234,6 +234,19 @@ def record_status(
     return True
 
 
+def stand_in(session: Session, keyring: Keyring, channel: str, now: dt.datetime) -> tuple[Contact, bytes]:
+    """A blank contact (and its data key) to queue deletions under that belong to no sender the tip
+    line knows (a recipient forgotten or erased since, a reply found in the provider's log): like
+    FORGET's heir, it knows nothing of anyone, and maintenance removes it once its rows are gone."""
+    contact, key = records.new_contact(keyring, channel, (keyring.pseudonym_versions()[0], ""), now)
+    contact.pseudonym = None
+    contact.opted_out = True
+    contact.erased_reason = ErasedReason.FORGET
+    session.add(contact)
+    session.flush()  # the outbox row refers to it
+    return contact, key
+
+
 def retry_delay(error: ChannelError, attempts: int, cap: dt.timedelta) -> dt.timedelta:
     """How long to wait before trying again: what the provider asked for, else exponential backoff."""
     delay = dt.timedelta(seconds=error.retry_after) if error.retry_after else dt.timedelta(seconds=5 * 2**attempts)
