@@ -7,6 +7,7 @@ Everything runs through the real `twilio` client against the stand-in Twilio (te
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -379,3 +380,13 @@ def test_the_sweep_lists_only_our_line_and_waits_out_a_twilio_outage(tipline: Ha
         sweep(tipline, later)
     assert reconcile.read_mark(tipline.runtime.ctx, reconcile.REPLIES_LOG_NAME) is None  # read again next time
     assert sweep(tipline, later) == 0  # another number's message is not ours to delete
+
+
+def test_the_sweep_deletes_nothing_when_provider_deletion_is_off(tipline: Harness, env: dict[str, str]) -> None:
+    tipline.twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    off = dataclasses.replace(tipline.runtime.ctx, settings=load_settings({**env, "TIPLINE_PROVIDER_DELETE": "0"}))
+    tipline.twilio.requests.clear()
+    sms = tipline.runtime.sms
+    assert sms is not None
+    assert reconcile.sweep_replies(off, sms, now=utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)) == 0
+    assert tipline.twilio.requests == []  # not even listed

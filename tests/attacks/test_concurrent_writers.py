@@ -25,6 +25,7 @@ from tests.support.harness import Harness, inbound_form, new_sid, photos, replie
 from tests.support.scratch import PG_URL, cut_the_pooled_connection, lock_waiters, wait_for_lock_waiters
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, TipStatus
 from tipline.services import maintenance, outbox, review
+from tipline.storage import records
 from tipline.storage.models import Contact, Conversation, Message, OutboxItem, Tip
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="SQLite runs one write transaction at a time")
@@ -259,6 +260,54 @@ def test_the_copy_of_a_reply_reported_delivered_while_its_recipient_sends_stop_i
     stop_meanwhile(tipline, monkeypatch, lambda: tipline.status_callback(sid, "delivered").status_code)
     assert deletions_failed(tipline) == []
     assert sid in tipline.twilio.deleted
+
+
+def test_the_copy_of_a_reply_reported_delivered_while_its_recipient_sends_forget_is_still_deleted(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FORGET hands a sent reply still awaiting its report to a blank stand-in. A report that had
+    read the reply's row and waited for its sender found the sender gone, and queued nothing."""
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sid = tipline.twilio.sent[-1]["_sid"]
+    forgot, reported = collide(  # the report waits for the sender FORGET holds
+        Paused(monkeypatch, records, "forget_contact", who="reply"),
+        lambda: text_message(tipline, "FORGET"),
+        lambda: tipline.status_callback(sid, "delivered").status_code,
+        tipline.runtime.engine,
+    )
+    assert forgot[0] == 200 and reported == 200, (forgot, reported)
+    assert deletions_failed(tipline) == []
+    assert sid in tipline.twilio.deleted
+
+
+def test_a_reply_refused_for_good_while_its_recipient_sends_stop_settles_without_a_deadlock(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio refuses a reply because the number opted out at the carrier, as the tipster's STOP
+    arrives. The dispatcher changed the reply's row, then waited for the sender to erase its
+    address; STOP held the sender and waited for that row to re-seal it: a deadlock."""
+    reference = tipline.submit_tip()
+    tipline.dispatch()  # what is due already: the reply is the next row the dispatcher takes
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.twilio.fail_next(400, 21610)  # the carrier says the number opted out
+    failing = Paused(monkeypatch, outbox.Dispatcher, "_failed", who="reply")
+    stopping = Paused(monkeypatch, records, "shred_contact_key", who="second")
+    dispatcher, dispatched = in_thread("reply", tipline.runtime.dispatcher.run_once)
+    assert failing.reached.wait(10)  # the reply is claimed, its send refused
+    stop, stopped = in_thread("second", lambda: text_message(tipline, "STOP"))
+    assert stopping.reached.wait(10)  # STOP holds the sender, about to re-seal the claimed reply
+    failing.go.set()
+    wait_for_lock_waiters(tipline.runtime.engine, 1)  # the dispatcher waits for the sender
+    stopping.go.set()
+    dispatcher.join()
+    stop.join()
+    assert isinstance(dispatched["result"], int), dispatched
+    assert stopped["result"][0] == 200, stopped
+    with tipline.runtime.factory() as session:
+        reply = session.scalars(select(OutboxItem).where(OutboxItem.kind == "send")).one()
+    assert (reply.status, reply.last_error, reply.payload_ct) == ("failed", "21610", b"")
 
 
 def stop_meanwhile(tipline: Harness, monkeypatch: pytest.MonkeyPatch, work: Callable[[], Any]) -> None:

@@ -177,6 +177,22 @@ def _show(session: Session, item: OutboxItem, delivery: ReplyDelivery, *, keep_r
     message.delivery = delivery
 
 
+def _with_locked_owner(session: Session, item: OutboxItem) -> tuple[OutboxItem | None, Contact | None]:
+    """The row as it is once its owner, the sender, is locked; and that sender (None if gone).
+
+    The sender is locked before anything is written under their data key, as intake does: a STOP
+    or FORGET running now re-seals the rows queued under the old key, and must see what is queued
+    here (it waits for this transaction), or this must see it. A FORGET that went first handed the
+    row to a blank stand-in: the lock follows it there."""
+    for _ in range(3):  # the sender, then (after a FORGET) the stand-in; a third owner is not made
+        contact = session.get(Contact, item.contact_id, with_for_update=records.ROW_LOCK)
+        found = session.get(OutboxItem, item.id, populate_existing=True)
+        if found is None or (contact is not None and found.contact_id == contact.id):
+            return found, contact
+        item = found
+    return item, None
+
+
 def provider_ref(keyring: Keyring, channel: str, provider_message_id: str, version: int | None = None) -> str:
     """The keyed hash under which a sent message's provider id is remembered (for status reports)."""
     return keyring.keyed_hash("provider-message", f"{channel}:{provider_message_id}", version)[1]
@@ -206,16 +222,9 @@ def record_status(
         ).first()
         if item is None:
             return False
-        # Lock the sender before writing under their data key, as intake does: a STOP or FORGET
-        # running now re-seals the deletions queued under the old key, and must see the one queued
-        # here (it waits for this transaction), or this must see it (after the wait, the row as it
-        # is now; gone if FORGET removed it with the sender).
-        contact = session.get(Contact, item.contact_id, with_for_update=records.ROW_LOCK)
-        item = session.get(OutboxItem, item.id, populate_existing=True)
+        item, contact = _with_locked_owner(session, item)
         if item is None:
-            return True
-        if contact is not None and item.contact_id != contact.id:
-            contact = None  # handed to a forgotten sender's blank stand-in meanwhile
+            return True  # removed meanwhile (FORGET drops rows that wait for nothing)
         known = DeliveryStatus(item.provider_status) if item.provider_status else None
         if known is not None and known.final and not status.final:
             return True  # a late "sent" after "delivered": keep the final word
@@ -598,6 +607,11 @@ class Dispatcher:
         erased = False
         with self.ctx.factory.begin() as session:
             item = session.get(OutboxItem, item_id)
+            owner = None
+            if item is not None and error.recipient_gone is not None:
+                # The sender's address is to be erased: lock them before this row, as a STOP or
+                # FORGET running now does (it re-seals this row too); the other order deadlocked.
+                item, owner = _with_locked_owner(session, item)
             if item is None:
                 return
             item.attempts += 1
@@ -610,7 +624,7 @@ class Dispatcher:
                 _settle(item, OutboxStatus.DONE)  # already gone at the provider
                 give_up = False
             elif give_up:
-                erased = self._give_up(session, item, error)
+                erased = self._give_up(session, item, owner, error)
             else:
                 item.status = OutboxStatus.PENDING
                 item.next_attempt_at = now + retry_delay(error, item.attempts, BACKOFF_CAP[OutboxKind(item.kind)])
@@ -618,14 +632,12 @@ class Dispatcher:
             checkpoint(self.ctx.factory)
         log.debug("outbox %s attempt failed with %s%s", item_id[:8], error.code, " (giving up)" if give_up else "")
 
-    def _give_up(self, session: Session, item: OutboxItem, error: ChannelError) -> bool:
-        """Settle a row as failed; True if the provider said the tipster is gone (their address erased)."""
+    def _give_up(self, session: Session, item: OutboxItem, contact: Contact | None, error: ChannelError) -> bool:
+        """Settle a row as failed; True if the provider said the tipster is gone (their address
+        erased). `contact`: the row's sender, locked, when the provider said so."""
         _settle(item, OutboxStatus.FAILED)  # a failed deletion's provider id is dropped too
         _show(session, item, ReplyDelivery.FAILED)
-        if error.recipient_gone is None:
-            return False
-        contact = session.get(Contact, item.contact_id)
-        if contact is None or contact.opted_out:
+        if error.recipient_gone is None or contact is None or contact.opted_out:
             return False
         mark_recipient_gone(session, self.ctx.keyring, contact, error.recipient_gone)
         return True

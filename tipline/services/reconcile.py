@@ -180,7 +180,10 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
     Reads from the last sweep's mark (with an overlap; the first sweep from LOOKBACK_LIMIT back)
     to `now - SWEEP_AFTER`. Each copy is queued once (remembered by keyed hash as deliveries are),
     under a blank stand-in contact: the sweep learns no sender. Returns how many were queued.
-    Raises ChannelError when the provider cannot be listed."""
+    Nothing when provider deletion is off (TIPLINE_PROVIDER_DELETE=0). Raises ChannelError when
+    the provider cannot be listed."""
+    if not ctx.settings.provider_delete:
+        return 0
     now = now or ctx.clock()
     mark, floor = read_mark(ctx, REPLIES_LOG_NAME), now - LOOKBACK_LIMIT
     start = floor if mark is None else max(floor, mark - OVERLAP)
