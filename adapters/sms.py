@@ -347,25 +347,30 @@ class TwilioSms:
         """The sids of the messages our line sent (REST sends and TwiML replies) that are still in
         Twilio's Messages log, sent from `since` to `until` (inclusive, to the second, UTC).
 
-        Filtered by `From` (our number), or with a Messaging Service alone by that service: the
-        agency's other numbers and apps are never listed. Raises ChannelError when Twilio fails;
-        nothing here logs a number, a body or an id."""
+        Ours are what `send` sends (through the Messaging Service when one is set, else from our
+        number, with no service) and the TwiML replies to texts to our line (from our number, or
+        through our service). A message another number, service or app of the agency sent, or one
+        sent during a call, is never listed. Raises ChannelError when Twilio fails; nothing here
+        logs a number, a body or an id."""
+        number, service = self.settings.from_number, self.settings.messaging_service_sid
         query: dict[str, object] = {
             "date_sent_after": since.astimezone(dt.UTC),
             "date_sent_before": until.astimezone(dt.UTC),
             "page_size": 1000,
         }
-        if self.settings.from_number:
-            query["from_"] = self.settings.from_number
-        service = None if self.settings.from_number else self.settings.messaging_service_sid
+        if number and not service:
+            query["from_"] = number  # a service sends from any number of its pool
+
+        def ours(message: MessageInstance) -> bool:
+            by_service = bool(service) and message.messaging_service_sid == service
+            if message.direction == "outbound-api":
+                return by_service if service else message.messaging_service_sid is None
+            if message.direction == "outbound-reply":
+                return by_service or (bool(number) and message.from_ == number)
+            return False
+
         try:
-            return [
-                m.sid
-                for m in self.client.messages.stream(**query)
-                if m.sid
-                and (m.direction or "").startswith("outbound")
-                and (service is None or m.messaging_service_sid == service)
-            ]
+            return [m.sid for m in self.client.messages.stream(**query) if m.sid and ours(m)]
         except (TwilioException, requests.RequestException) as error:
             raise _listing_error(error) from None
 

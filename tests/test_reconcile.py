@@ -373,13 +373,60 @@ def test_a_reply_whose_final_report_never_came_is_deleted_at_twilio_a_day_later(
 
 def test_the_sweep_lists_only_our_line_and_waits_out_a_twilio_outage(tipline: Harness) -> None:
     twilio = tipline.twilio
-    twilio._log("SM" + "0" * 32, "+15555550199", TIPSTER, "another line's text", "outbound-api", "sent")
+    ours = twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    other_number = twilio._log("SM" + "0" * 32, "+15555550199", TIPSTER, "another line's text", "outbound-api", "sent")
+    other_app = twilio._log(
+        "SM" + "1" * 32, LINE_NUMBER, TIPSTER, "another app", "outbound-api", "sent", messaging_service_sid="MG9"
+    )
     later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
     twilio.fail_next_list(500)
     with pytest.raises(reconcile.ChannelError):
         sweep(tipline, later)
-    assert reconcile.read_mark(tipline.runtime.ctx, reconcile.REPLIES_LOG_NAME) is None  # read again next time
-    assert sweep(tipline, later) == 0  # another number's message is not ours to delete
+    assert sweep(tipline, later) == 1  # the whole window is read again: nothing was skipped
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert ours in twilio.deleted
+    assert [m["sid"] for m in twilio.logged()] == [other_number["sid"], other_app["sid"]]  # not ours to delete
+
+
+def test_a_copy_whose_deletion_failed_for_good_is_queued_again_a_day_later(tipline: Harness) -> None:
+    twilio = tipline.twilio
+    reply = twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    assert sweep(tipline, later) == 1
+    twilio.fail_next(401, 20003)  # refused for good (say, a revoked API key)
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert [m["sid"] for m in twilio.logged()] == [reply]  # refused: still at Twilio
+    assert sweep(tipline, later + dt.timedelta(hours=23)) == 0  # within the day: not again
+    again = later + reconcile.SWEEP_AGAIN + dt.timedelta(minutes=1)
+    assert sweep(tipline, again) == 1
+    tipline.runtime.dispatcher.clock = lambda: again
+    tipline.dispatch()
+    assert twilio.logged() == []
+
+
+def test_with_a_messaging_service_the_sweep_takes_that_service_s_messages(
+    env: dict[str, str], twilio_server: FakeTwilio, log_file: Path
+) -> None:
+    """A service sends from any number of its pool: its own messages are ours, whatever their
+    number; another service's, sent from our number, are not."""
+    service = "MG" + "0123456789abcdef" * 2
+    tipline = make_harness({**env, "TWILIO_MESSAGING_SERVICE_SID": service}, twilio_server, log_file)
+    try:
+        pool = twilio_server._log(
+            "SM" + "2" * 32, "+15555550177", TIPSTER, "a reply", "outbound-api", "sent", messaging_service_sid=service
+        )
+        other = twilio_server._log(
+            "SM" + "3" * 32, LINE_NUMBER, TIPSTER, "another app", "outbound-api", "sent", messaging_service_sid="MG9"
+        )
+        assert sweep(tipline, utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)) == 1
+        tipline.runtime.dispatcher.clock = lambda: utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+        tipline.dispatch()
+        assert pool["sid"] in twilio_server.deleted
+        assert [m["sid"] for m in twilio_server.logged()] == [other["sid"]]
+    finally:
+        tipline.runtime.close()
 
 
 def test_the_sweep_deletes_nothing_when_provider_deletion_is_off(tipline: Harness, env: dict[str, str]) -> None:

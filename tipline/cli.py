@@ -877,11 +877,11 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
             _fail("the SMS channel is off: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
         try:
             report = reconcile.reconcile(runtime.ctx, runtime.sms, runtime.intake)
-            swept = reconcile.sweep_replies(runtime.ctx, runtime.sms)
         except ChannelError as error:
             _fail(f"Twilio refused to list messages (error {error.code})")
         except reconcile.DATABASE_DOWN as error:
             _fail(f"the database is unavailable ({type(error).__name__}); run this again once it is back")
+        swept = reconcile.sweep_or_warn(runtime.ctx, runtime.sms)  # its failure is a note: the rest goes on
         if send is None:
             send = not any(p.kind in ("serve", "dispatch", "poll") for p in processes.running(runtime.ctx))
         sent = 0
@@ -894,7 +894,11 @@ def twilio_reconcile(settings: Settings, send: bool | None) -> None:
         f"listed {report.listed}, taken in {report.taken_in}, already processed {report.already}, "
         f"unusable {report.unusable}, failed {report.failed}"
     )
-    click.echo(f"copies of our messages past their delivery report queued for deletion: {swept}")
+    click.echo(
+        f"copies of our messages past their delivery report queued for deletion: {swept}"
+        if swept is not None
+        else "note: our messages' copies could not be swept now (see the log); the next run tries again"
+    )
     click.echo(f"outbox rows attempted: {sent}" if send else "replies queued for the running dispatcher")
     if report.stale_mark:
         click.echo("note: the last reconciliation is older than the deduplication memory; older messages were not read")

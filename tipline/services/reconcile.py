@@ -36,27 +36,32 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from tipline.config import Settings
 from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
 from tipline.core.channels import ChannelError, InboundMessage, LoggedInbound
 from tipline.core.conversation import guess_language
+from tipline.core.crypto import Keyring
 from tipline.services import outbox
 from tipline.services.context import ServiceContext
-from tipline.services.intake import DELIVERY_MEMORY, Duplicate, Intake, Result, remember_once
+from tipline.services.intake import DELIVERY, DELIVERY_MEMORY, Duplicate, Intake, Result, remember_once
+from tipline.storage.db import rowcount
 from tipline.storage.faults import describe
-from tipline.storage.models import Contact, ReconcileMark, to_minute
+from tipline.storage.models import Contact, ProcessedDelivery, ReconcileMark, to_minute
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "sms"  # the ReconcileMark row of Twilio's Messages log
-REPLIES_LOG_NAME = "sms-replies"  # the ReconcileMark row of the sweep of our own messages in it
 # A reply's copy is deleted once Twilio reports its final status. A report that has not come a day
 # after the reply never will (a carrier that does not confirm delivery, a callback that found the
-# tip line down): the sweep then deletes the copy all the same.
+# tip line down): the sweep then deletes the copy all the same, and again a day later if it is
+# still there (its deletion still retried, or failed for good).
 SWEEP_AFTER = dt.timedelta(days=1)
+SWEEP_AGAIN = dt.timedelta(days=1)
 MARK_PRECISION = dt.timedelta(minutes=1)  # the mark is stored to the minute
 OVERLAP = dt.timedelta(minutes=10)  # read again before the mark: > MARK_PRECISION + clock skew
 # The oldest message a run considers: younger than the deduplication memory, with an hour to
@@ -76,8 +81,6 @@ def check_windows() -> None:
         raise RuntimeError("reconciliation windows must satisfy precision <= overlap < lookback < dedupe memory")
     if not FIRST_LOOKBACK <= LOOKBACK_LIMIT:
         raise RuntimeError("the first reconciliation must not look back past the deduplication memory")
-    if not OVERLAP < SWEEP_AFTER < LOOKBACK_LIMIT:
-        raise RuntimeError("the sweep of replies must look at replies younger than the lookback limit")
 
 
 check_windows()
@@ -110,24 +113,24 @@ def window_start(mark: dt.datetime | None, now: dt.datetime) -> tuple[dt.datetim
     return (floor, True) if start < floor else (start, False)
 
 
-def read_mark(ctx: ServiceContext, name: str = LOG_NAME) -> dt.datetime | None:
+def read_mark(ctx: ServiceContext) -> dt.datetime | None:
     with ctx.factory() as session:
-        row = session.get(ReconcileMark, name)
+        row = session.get(ReconcileMark, LOG_NAME)
         return row.mark if row is not None else None
 
 
-def save_mark(ctx: ServiceContext, mark: dt.datetime, name: str = LOG_NAME) -> None:
+def save_mark(ctx: ServiceContext, mark: dt.datetime) -> None:
     """Move the mark forward to `mark` (cut to the minute); never backwards (runs may overlap)."""
     mark = to_minute(mark)
     try:
         with ctx.factory.begin() as session:
-            row = session.get(ReconcileMark, name, with_for_update=True)
+            row = session.get(ReconcileMark, LOG_NAME, with_for_update=True)
             if row is None:
-                session.add(ReconcileMark(log=name, mark=mark))
+                session.add(ReconcileMark(log=LOG_NAME, mark=mark))
             elif row.mark < mark:
                 row.mark = mark
     except IntegrityError:
-        save_mark(ctx, mark, name)  # a concurrent first run inserted the row: move it forward instead
+        save_mark(ctx, mark)  # a concurrent first run inserted the row: move it forward instead
 
 
 def reconcile(
@@ -177,39 +180,47 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
     the provider's log more than SWEEP_AFTER after it was sent: a copy whose final report never
     came would otherwise stay there, with the tipster's number, until the log's retention ends.
 
-    Reads from the last sweep's mark (with an overlap; the first sweep from LOOKBACK_LIMIT back)
-    to `now - SWEEP_AFTER`. Each copy is queued once (remembered by keyed hash as deliveries are),
-    under a blank stand-in contact: the sweep learns no sender. Returns how many were queued.
-    Nothing when provider deletion is off (TIPLINE_PROVIDER_DELETE=0). Raises ChannelError when
-    the provider cannot be listed."""
+    Lists the whole window every time, from TIPLINE_RETENTION_DAYS back (what the tip line keeps no
+    longer, it leaves at the provider no longer either) to `now - SWEEP_AFTER`: copies already
+    deleted are no longer listed, so what is listed is what still needs doing, and a run that
+    failed halfway loses nothing. A copy is queued at most once a day (remembered by keyed hash, as
+    deliveries are): one whose deletion is still being retried, or failed for good, is queued
+    again a day later. Queued under a blank stand-in contact: the sweep learns no sender. Returns
+    how many were queued; nothing when provider deletion is off (TIPLINE_PROVIDER_DELETE=0).
+    Raises ChannelError when the provider cannot be listed."""
     if not ctx.settings.provider_delete:
         return 0
     now = now or ctx.clock()
-    mark, floor = read_mark(ctx, REPLIES_LOG_NAME), now - LOOKBACK_LIMIT
-    start = floor if mark is None else max(floor, mark - OVERLAP)
-    end = now - SWEEP_AFTER
-    if start >= end:
-        return 0
-    listed = source.outbound_between(start.replace(tzinfo=dt.UTC), end.replace(tzinfo=dt.UTC))
+    start = now - dt.timedelta(days=ctx.settings.retention_days)
+    listed = source.outbound_between(start.replace(tzinfo=dt.UTC), (now - SWEEP_AFTER).replace(tzinfo=dt.UTC))
     queued = 0
     if listed:
         keyring = ctx.keyring
         with ctx.factory.begin() as session:
             stand_in: tuple[Contact, bytes] | None = None
             for sid in listed:
-                try:
-                    with session.begin_nested():
-                        remember_once(session, keyring, f"{LOG_NAME}:swept:{sid}", to_minute(now) + DELIVERY_MEMORY)
-                except Duplicate:
-                    continue  # queued by an earlier sweep: its deletion is under way or failed for good
+                if not _due_again(session, keyring, sid, now):
+                    continue  # queued within the day: its deletion is under way
                 stand_in = stand_in or outbox.stand_in(session, keyring, LOG_NAME, now)
                 outbox.enqueue_delete(session, stand_in[0], stand_in[1], sid, now)
                 queued += 1
-    save_mark(ctx, end, REPLIES_LOG_NAME)
     log.info(
         "twilio sweep: %d of our messages in the log past their report, %d queued for deletion", len(listed), queued
     )
     return queued
+
+
+def _due_again(session: Session, keyring: Keyring, sid: str, now: dt.datetime) -> bool:
+    """Whether the copy `sid` may be queued now (not within SWEEP_AGAIN); if so, remember it."""
+    value, until = f"{LOG_NAME}:swept:{sid}", to_minute(now) + SWEEP_AGAIN
+    try:
+        with session.begin_nested():
+            remember_once(session, keyring, value, until)
+        return True
+    except Duplicate:
+        key = keyring.keyed_hash(DELIVERY, value)[1]
+        again = update(ProcessedDelivery).where(ProcessedDelivery.key == key, ProcessedDelivery.expires_at <= now)
+        return rowcount(session.execute(again.values(expires_at=until))) > 0
 
 
 class _Run:
@@ -258,16 +269,26 @@ def periodic(ctx: ServiceContext, source: MessageLog | None, intake: Intake) -> 
     webhook; None when there is no SMS channel. Provider failures are logged, not raised."""
     if source is None:
         return None
+    report = None
     try:
         report = reconcile(ctx, source, intake, grace=PERIODIC_GRACE)
-        sweep_replies(ctx, source)
     except ChannelError as error:
         log.warning("twilio reconcile: Twilio could not be listed (%s)", error.code)
-        return None
     except DATABASE_DOWN as error:
         log.warning("twilio reconcile: database unavailable (%s): %s; next time", type(error).__name__, describe(error))
-        return None
+    sweep_or_warn(ctx, source)
     return report
+
+
+def sweep_or_warn(ctx: ServiceContext, source: MessageLog) -> int | None:
+    """`sweep_replies`, its failures logged (the next run sweeps the whole window again); None then."""
+    try:
+        return sweep_replies(ctx, source)
+    except ChannelError as error:
+        log.warning("twilio sweep: Twilio could not be listed (%s); next time", error.code)
+    except DATABASE_DOWN as error:
+        log.warning("twilio sweep: database unavailable (%s): %s; next time", type(error).__name__, describe(error))
+    return None
 
 
 def receive_or_defer(intake: Intake, message: InboundMessage) -> Result | None:
