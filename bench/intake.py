@@ -78,6 +78,12 @@ def serve_baseline(port: int, threads: int, workers: int) -> None:
     def sms() -> Response:
         return Response(FIXED_TWIML, content_type="text/xml; charset=utf-8")
 
+    sock = listen_then_fork(port, workers)
+    waitress.serve(app, sockets=[sock], threads=threads, _quiet=True)
+
+
+def listen_then_fork(port: int, workers: int) -> socket.socket:
+    """A listening socket, then `workers - 1` forked processes: each returns it, to serve on it."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -85,7 +91,7 @@ def serve_baseline(port: int, threads: int, workers: int) -> None:
     for _ in range(workers - 1):
         if os.fork() == 0:
             break  # a child serves; the parent forks the next one (measure() ends the whole group)
-    waitress.serve(app, sockets=[sock], threads=threads, _quiet=True)
+    return sock
 
 
 def serve_floor(port: int, threads: int, workers: int, database: str) -> None:
@@ -113,13 +119,7 @@ def serve_floor(port: int, threads: int, workers: int, database: str) -> None:
     setup.execute("CREATE TABLE IF NOT EXISTS deliveries (key BLOB PRIMARY KEY)")
     setup.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, sender BLOB, body BLOB)")
     setup.close()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    for _ in range(workers - 1):
-        if os.fork() == 0:
-            break  # a child serves; the parent forks the next one (measure() ends the whole group)
+    sock = listen_then_fork(port, workers)
 
     validator = RequestValidator(AUTH_TOKEN)
     pepper, cipher = b"p" * 32, AESGCM(b"k" * 32)
