@@ -244,6 +244,10 @@ def test_the_dispatcher_reconciles_on_its_interval_and_not_when_off(tipline: Har
     listings = [r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]
     # one listing of what came in to our line, one of what we sent a day ago or more (the sweep)
     assert [("To" in r.form, "From" in r.form) for r in listings] == [(True, False), (False, True)]
+    runtime._next_reconcile = 0.0  # reconciliation is due again; the sweep only once an hour
+    assert runtime.reconcile_due() == 0
+    listings = [r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]
+    assert [("To" in r.form, "From" in r.form) for r in listings][2:] == [(True, False)]
     assert load_settings(env).twilio_reconcile_seconds == 300
 
     # Off: the dispatcher never lists, and a webhook that cannot store a message promises nothing
@@ -252,7 +256,7 @@ def test_the_dispatcher_reconciles_on_its_interval_and_not_when_off(tipline: Har
     runtime.settings = off
     runtime._next_reconcile = 0.0
     assert runtime.reconcile_due() == 0
-    assert len([r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]) == 2
+    assert len([r for r in tipline.twilio.requests if r.path.endswith("/Messages.json")]) == 3
     assert reconcile.deferred_replies(off) == ()
     assert "911" in reconcile.deferred_replies(load_settings(env))[0]
 

@@ -79,6 +79,7 @@ class Runtime:
         self._dispatching: list[tuple[threading.Thread, threading.Event]] = []  # start_dispatcher()'s
         self._metrics: metrics.MetricsServer | None = None
         self._next_reconcile = 0.0  # monotonic: the first dispatcher pass catches up after a restart
+        self._next_sweep = 0.0  # monotonic: when reconciliation next sweeps our own copies too
         # Where outbox work is also announced: under `serve --workers N`, the worker that runs the
         # dispatcher, when it is not this process (tipline/web/server.py, Worker).
         self.wake_elsewhere: Callable[[], None] = lambda: None
@@ -111,7 +112,8 @@ class Runtime:
         return self.rotate_some() + self.reconcile_due()
 
     def reconcile_due(self) -> int:
-        """Every TIPLINE_TWILIO_RECONCILE_SECONDS, take in what the SMS webhook missed (services/reconcile.py).
+        """Every TIPLINE_TWILIO_RECONCILE_SECONDS, take in what the SMS webhook missed (services/reconcile.py);
+        at most every SWEEP_EVERY, sweep our own copies left in Twilio's log too.
 
         Returns 0: what it takes in wakes the dispatcher through intake; it never keeps it busy."""
         seconds = self.settings.twilio_reconcile_seconds
@@ -120,7 +122,10 @@ class Runtime:
         self._next_reconcile = time.monotonic() + seconds
         from tipline.services import reconcile
 
-        reconcile.periodic(self.ctx, self.sms, self.intake)
+        sweep = time.monotonic() >= self._next_sweep
+        if sweep:
+            self._next_sweep = time.monotonic() + reconcile.SWEEP_EVERY.total_seconds()
+        reconcile.periodic(self.ctx, self.sms, self.intake, sweep=sweep)
         return 0
 
     def maintain(self) -> PurgeReport:

@@ -62,6 +62,7 @@ LOG_NAME = "sms"  # the ReconcileMark row of Twilio's Messages log
 # still there (its deletion still retried, or failed for good).
 SWEEP_AFTER = dt.timedelta(days=1)
 SWEEP_AGAIN = dt.timedelta(days=1)
+SWEEP_EVERY = dt.timedelta(hours=1)  # the dispatcher's sweeps: each lists the whole window again
 MARK_PRECISION = dt.timedelta(minutes=1)  # the mark is stored to the minute
 OVERLAP = dt.timedelta(minutes=10)  # read again before the mark: > MARK_PRECISION + clock skew
 # The oldest message a run considers: younger than the deduplication memory, with an hour to
@@ -264,9 +265,10 @@ class _Run:
         return True
 
 
-def periodic(ctx: ServiceContext, source: MessageLog | None, intake: Intake) -> Report | None:
+def periodic(ctx: ServiceContext, source: MessageLog | None, intake: Intake, *, sweep: bool = True) -> Report | None:
     """The dispatcher's run: like `tipline twilio reconcile`, leaving the youngest messages to the
-    webhook; None when there is no SMS channel. Provider failures are logged, not raised."""
+    webhook, and with `sweep`, sweeping our own copies (`sweep_replies`); None when there is no SMS
+    channel. Provider failures are logged, not raised."""
     if source is None:
         return None
     report = None
@@ -276,7 +278,8 @@ def periodic(ctx: ServiceContext, source: MessageLog | None, intake: Intake) -> 
         log.warning("twilio reconcile: Twilio could not be listed (%s)", error.code)
     except DATABASE_DOWN as error:
         log.warning("twilio reconcile: database unavailable (%s): %s; next time", type(error).__name__, describe(error))
-    sweep_or_warn(ctx, source)
+    if sweep:
+        sweep_or_warn(ctx, source)
     return report
 
 
