@@ -21,10 +21,10 @@ from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, TIPSTER, Harness, make_harness, photos, reference_of, replies
 from tipline.cli import cli
 from tipline.config import load_settings
-from tipline.core.vocabulary import AttachmentStatus
+from tipline.core.vocabulary import AttachmentStatus, OutboxKind, OutboxStatus
 from tipline.services import reconcile, review
 from tipline.services.maintenance import purge
-from tipline.storage.models import Contact, ProcessedDelivery, ReconcileMark, Tip, utcnow
+from tipline.storage.models import Contact, OutboxItem, ProcessedDelivery, ReconcileMark, Tip, utcnow
 
 OTHER = "+15555550143"
 WHAT = "CANARY-RECON a grey pickup leaves the warehouse on Dock Road at 3 am"
@@ -402,6 +402,10 @@ def test_a_copy_whose_deletion_failed_for_good_is_queued_again_a_day_later(tipli
     tipline.runtime.dispatcher.clock = lambda: later
     tipline.dispatch()
     assert [m["sid"] for m in twilio.logged()] == [reply]  # refused: still at Twilio
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(OutboxItem.status).where(OutboxItem.kind == OutboxKind.DELETE)).all() == [
+            OutboxStatus.FAILED
+        ]
     assert sweep(tipline, later + dt.timedelta(hours=23)) == 0  # within the day: not again
     again = later + reconcile.SWEEP_AGAIN + dt.timedelta(minutes=1)
     assert sweep(tipline, again) == 1
