@@ -90,6 +90,8 @@ check_windows()
 class MessageLog(Protocol):
     """A provider's log of messages (adapters.sms.TwilioSms)."""
 
+    name: str  # the channel whose log it is
+
     def inbound_since(self, since: dt.datetime, until: dt.datetime | None = None) -> list[LoggedInbound]: ...
 
     def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[str]: ...
@@ -200,9 +202,9 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
         with ctx.factory.begin() as session:
             stand_in: tuple[Contact, bytes] | None = None
             for sid in listed:
-                if not _due_again(session, keyring, sid, now):
+                if not _due_again(session, keyring, f"{source.name}:swept:{sid}", now):
                     continue  # queued within the day: its deletion is under way
-                stand_in = stand_in or outbox.stand_in(session, keyring, LOG_NAME, now)
+                stand_in = stand_in or outbox.stand_in(session, keyring, source.name, now)
                 outbox.enqueue_delete(session, stand_in[0], stand_in[1], sid, now)
                 queued += 1
     log.info(
@@ -211,9 +213,9 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
     return queued
 
 
-def _due_again(session: Session, keyring: Keyring, sid: str, now: dt.datetime) -> bool:
-    """Whether the copy `sid` may be queued now (not within SWEEP_AGAIN); if so, remember it."""
-    value, until = f"{LOG_NAME}:swept:{sid}", to_minute(now) + SWEEP_AGAIN
+def _due_again(session: Session, keyring: Keyring, value: str, now: dt.datetime) -> bool:
+    """Whether the copy `value` names may be queued now (not within SWEEP_AGAIN); if so, remember it."""
+    until = to_minute(now) + SWEEP_AGAIN
     try:
         with session.begin_nested():
             remember_once(session, keyring, value, until)

@@ -316,17 +316,17 @@ def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: byt
     Payloads still kept are those of rows yet to be performed (deletions of provider copies; sends
     were cancelled by the erasure); settled rows' were cleared, and on FORGET those rows go.
     """
+    forgetting = owner is not contact
     for item in session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id)):
-        if not item.payload_ct:
-            if owner is contact:
-                continue
-            if not _awaits_final_report(item):
-                session.delete(item)  # settled: nothing of it needs to pass to the stand-in
-                continue
-        else:
+        if item.payload_ct:
             plain = OUTBOX_PAYLOAD.open(old_key, item.id, item.payload_ct)
             item.payload_ct = OUTBOX_PAYLOAD.seal(new_key, item.id, plain)
-        if owner is not contact:
+        elif not forgetting:
+            continue  # settled, nothing sealed: it stays as it is
+        elif not _awaits_final_report(item):
+            session.delete(item)  # settled: nothing of it needs to pass to the stand-in
+            continue
+        if forgetting:
             item.contact_id = owner.id
             item.message_id = None  # no thread entry of any tip stays linked to the forgotten sender
 
