@@ -1,0 +1,43 @@
+"""The search that proves anonymity: it must find what the program writes, and not chance digits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine, insert
+
+from tests.support.anonymity import phone_formats, scan_database, scan_files
+from tests.support.harness import CARRIER_ZIP, TIPSTER
+
+
+def test_a_zip_code_is_found_where_written_and_not_inside_a_timestamp(tmp_path: Path) -> None:
+    needles = [*phone_formats(TIPSTER), CARRIER_ZIP]
+    # Microseconds that happen to hold the ZIP's digits: CI once failed on such a WAL page
+    (tmp_path / "wal").write_bytes(b"\x00\x01" + b"2026-12-04 19:45:07.5" + CARRIER_ZIP.encode() + b"\x00")
+    assert scan_files(tmp_path, needles) == []
+
+    written = {
+        "form": f"FromZip={CARRIER_ZIP}&Body=hi".encode(),
+        "json": f'{{"FromZip": "{CARRIER_ZIP}"}}'.encode("utf-16-le"),
+        "line": f"zip {CARRIER_ZIP.lower()}\n".encode(),
+        "number": f"call {TIPSTER[2:]}0 now".encode(),  # a phone number is found inside digits too
+    }
+    for name, data in written.items():
+        (tmp_path / name).write_bytes(data)
+    hits = {Path(path).name for path, _ in scan_files(tmp_path, needles)}
+    assert hits == set(written)
+
+
+def test_the_database_scan_skips_chance_digits_in_stored_times(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'scan.db'}")
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("at", DateTime), Column("s", String))
+    table.metadata.create_all(engine)
+    chance = dt.datetime(2026, 12, 4, 19, 45, 7, int("5" + CARRIER_ZIP))
+    with engine.begin() as connection:
+        connection.execute(insert(table), [{"at": chance, "s": "nothing"}])
+    assert scan_database(engine, [CARRIER_ZIP]) == []
+
+    with engine.begin() as connection:
+        connection.execute(insert(table), [{"at": chance, "s": f"zip {CARRIER_ZIP}"}])
+    assert scan_database(engine, [CARRIER_ZIP]) == [("t.s", CARRIER_ZIP)]
