@@ -445,3 +445,34 @@ def test_the_sweep_deletes_nothing_when_provider_deletion_is_off(tipline: Harnes
     assert sms is not None
     assert reconcile.sweep_replies(off, sms, now=utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)) == 0
     assert tipline.twilio.requests == []  # not even listed
+
+
+def test_a_copy_swept_and_then_reported_is_deleted_once_and_the_second_deletion_settles(tipline: Harness) -> None:
+    """A reply's report may come after the sweep took its copy (a carrier days late): its deletion
+    is queued again, Twilio answers 404 (gone already), and that is done, not a failure to retry."""
+    twilio = tipline.twilio
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sent = twilio.sent[-1]["_sid"]
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    assert sweep(tipline, later) == 1
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert twilio.deleted.count(sent) == 1 and sent not in [m["sid"] for m in twilio.logged()]
+
+    tipline.status_callback(sent, "delivered")  # the late report
+    tipline.runtime.dispatcher.clock = lambda: later + dt.timedelta(minutes=5)
+    tipline.dispatch()
+    assert twilio.deleted.count(sent) == 2  # asked again, answered 404
+    with tipline.runtime.factory() as session:
+        deletions = session.execute(
+            select(OutboxItem.status, OutboxItem.last_error).where(OutboxItem.kind == OutboxKind.DELETE)
+        ).all()
+    # every deletion settled done (the tip's messages, the sweep's, the report's), the last one by its 404
+    assert {status for status, _ in deletions} == {OutboxStatus.DONE}
+    assert [error for _, error in deletions if error is not None] == ["20404"]
+    # and nothing is tried again
+    tipline.runtime.dispatcher.clock = lambda: later + dt.timedelta(days=1)
+    tipline.dispatch()
+    assert twilio.deleted.count(sent) == 2

@@ -14,7 +14,8 @@ while we were down"). `GET Messages.json` lists the log newest first with Twilio
 `From`, `DateSent`, `DateSent>` on or after, `DateSent<` on or before; a date or a date-time) and
 paging (`PageSize`, `PageToken`, `next_page_uri`); `GET Messages/{sid}/Media.json` lists a
 message's media. Deleting a message removes it from the log. `fail_next` scripts failures of
-sends, deletions and media downloads; `fail_next_list` those of listings.
+sends, deletions and media downloads; `fail_next_list` those of listings. Deleting a message that
+was deleted already answers 404 (code 20404), as Twilio does.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class FakeTwilio:
     cdn_tokens: dict[str, str] = field(default_factory=dict)  # CDN token -> media path
     cdn_requests: list[dict[str, str]] = field(default_factory=list)  # headers the CDN saw
     log: list[dict[str, Any]] = field(default_factory=list)  # the Messages log, oldest first
+    gone: set[str] = field(default_factory=set)  # messages deleted: deleting one again answers 404
     list_failures: list[tuple[int, int | None]] = field(default_factory=list)  # for listings only
     clock: Any = None  # a callable returning the current UTC time (tests may move it); None: real time
     # (key, secret) of an API key: when set, REST calls must use it and the auth token is refused
@@ -420,14 +422,19 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 fake.requests.append(Request("DELETE", self.path, {}))
             if self._scripted_failure():
                 return
+            if message and message.group(2) in fake.gone:
+                # Twilio's answer to deleting a message it no longer has
+                self._reply(404, {"code": 20404, "message": "not found", "status": 404})
+                return
             with fake.lock:
                 if media:
                     fake.media.pop(self.path.removesuffix(".json"), None)
-                else:
+                elif message:
                     prefix = self.path.removesuffix(".json") + "/Media/"
                     for path in [p for p in fake.media if p.startswith(prefix)]:
                         del fake.media[path]
                     fake.log[:] = [m for m in fake.log if m["uri"] != self.path]
+                    fake.gone.add(message.group(2))
             self._reply(204)
 
     return Handler
