@@ -24,7 +24,7 @@ from tests.support import samples
 from tests.support.harness import Harness, inbound_form, new_sid, photos, replies, sign
 from tests.support.scratch import PG_URL, cut_the_pooled_connection, lock_waiters, wait_for_lock_waiters
 from tipline.core.vocabulary import AttachmentStatus, MessageKind, TipStatus
-from tipline.services import maintenance, outbox, review
+from tipline.services import abuse, maintenance, outbox, review
 from tipline.storage import records
 from tipline.storage.models import Contact, Conversation, Message, OutboxItem, Tip
 
@@ -308,6 +308,32 @@ def test_a_reply_refused_for_good_while_its_recipient_sends_stop_settles_without
     with tipline.runtime.factory() as session:
         reply = session.scalars(select(OutboxItem).where(OutboxItem.kind == "send")).one()
     assert (reply.status, reply.last_error, reply.payload_ct) == ("failed", "21610", b"")
+
+
+def test_a_report_a_week_late_while_retention_purges_its_stand_in_settles_without_a_deadlock(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply sent before FORGET waits for its report under a blank stand-in. Over a week later,
+    maintenance deletes that finished row and then the stand-in; a report arriving in between held
+    the stand-in and waited for the row: a deadlock, and the report got a 500."""
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sid = tipline.twilio.sent[-1]["_sid"]
+    assert text_message(tipline, "FORGET")[0] == 200  # the reply now waits under a stand-in
+    assert deletions_failed(tipline) == []  # the copies of the tipster's messages are gone: only the reply waits
+    later = tipline.runtime.ctx.now() + maintenance.FINISHED_OUTBOX_KEPT + dt.timedelta(days=1)
+    purged, reported = collide(  # the report waits for what the purge holds
+        Paused(monkeypatch, abuse, "forget_new_senders", who="reply"),  # the rows deleted, not yet the stand-in
+        lambda: maintenance.purge(tipline.runtime.intake, retention_days=90, now=later),
+        lambda: tipline.status_callback(sid, "delivered").status_code,
+        tipline.runtime.engine,
+    )
+    assert isinstance(purged, maintenance.PurgeReport), purged
+    assert reported == 200
+    assert purged.outbox_rows_deleted >= 1 and purged.senders_removed == 1
+    with tipline.runtime.factory() as session:
+        assert session.scalars(select(Contact).where(Contact.pseudonym.is_(None))).all() == []
 
 
 def stop_meanwhile(tipline: Harness, monkeypatch: pytest.MonkeyPatch, work: Callable[[], Any]) -> None:
