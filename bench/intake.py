@@ -15,7 +15,9 @@ On SQLite a third server is measured under the same load: the floor (`serve_floo
 tip line keeping this product's promises must do per webhook (signature, a delivery remembered once,
 AES-GCM, a durable commit; nothing else), in lean raw sqlite3. Its share of the baseline is the most
 this stack (Python, waitress, Flask, durable SQLite) can reach on this machine; tipline's share of the
-floor is what tipline's own design costs.
+floor is what tipline's own design costs. A last line says what the CPU alone allows each of them
+(`cpu_ceiling`): the share of the baseline they could reach were nothing else in the way, and the
+server CPU a request at which tipline could reach the target at all.
 
 Then a per-stage profile of one webhook: the real app of a real runtime on an in-process waitress,
 one message at a time, with clocks put around each stage by this script (nothing in tipline is
@@ -521,9 +523,9 @@ def measure(
         # running for a while has long made; made during the load, they would be its p99.
         load(port, conversations(connections), connections)
         before = stored(env) if ready_line else (0, 0)
-        cpu, (idle, ticks) = session_cpu(process.pid), machine_idle()
+        cpu, (idle, ticks), client = session_cpu(process.pid), machine_idle(), time.process_time()
         seconds, latencies, errors = load(port, work, connections)
-        cpu = session_cpu(process.pid) - cpu
+        cpu, client = session_cpu(process.pid) - cpu, time.process_time() - client
         idle, ticks = (now - then for now, then in zip(machine_idle(), (idle, ticks), strict=True))
     finally:
         process.terminate()
@@ -549,15 +551,36 @@ def measure(
         "p99_ms": percentile(latencies, 99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
         "cpu_ms": cpu / len(latencies) * 1000,
+        "client_ms": client / len(latencies) * 1000,  # this script's load threads (the same work for every server)
         "idle": idle / ticks,
     }
     print(
         f"{name:10} {figures['requests']:6d} requests  {figures['rps']:8.1f} req/s  "
         f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
-        f"server CPU {figures['cpu_ms']:.2f} ms/request  machine idle {figures['idle']:.0%}  errors {errors}{kept}",
+        f"server CPU {figures['cpu_ms']:.2f} ms/request  client CPU {figures['client_ms']:.2f}  "
+        f"machine idle {figures['idle']:.0%}  errors {errors}{kept}",
         flush=True,
     )
     return figures
+
+
+def cpu_ceiling(baseline: dict[str, float], tipline: dict[str, float], floor: dict[str, float]) -> str:
+    """What the CPU alone allows: on a machine the load keeps busy, requests/s are the cores over the
+    CPU a request costs (the server's and the load client's), so a server's share of the baseline
+    is at most (baseline server + client CPU) / (its server + client CPU), whatever else holds it
+    back (a commit waiting for the disk, a lock). And the server CPU a request at which the target
+    (0.5) would just be reachable."""
+    per_request = baseline["cpu_ms"] + baseline["client_ms"]
+
+    def share(server: dict[str, float]) -> float:
+        return per_request / (server["cpu_ms"] + server["client_ms"])
+
+    allowed = 2 * per_request - tipline["client_ms"]
+    return (
+        f"CPU ceiling (share of the baseline the CPU per request allows, the machine always busy): "
+        f"tipline {share(tipline):.2f}, floor {share(floor):.2f}; a ratio of 0.5 needs tipline's server CPU "
+        f"<= {allowed:.2f} ms/request (measured {tipline['cpu_ms']:.2f}, the floor's {floor['cpu_ms']:.2f})"
+    )
 
 
 def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -611,6 +634,7 @@ def throughput(args: argparse.Namespace, env: dict[str, str]) -> None:
             f"tipline req/s / floor req/s: {tipline['rps'] / floor['rps']:.2f}",
             flush=True,
         )
+        print(cpu_ceiling(baseline, tipline, floor), flush=True)
         return
     print(f"ratio (tipline req/s / baseline req/s): {tipline['rps'] / baseline['rps']:.2f}", flush=True)
     if args.workers == 1:
