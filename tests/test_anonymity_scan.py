@@ -22,6 +22,11 @@ def test_a_zip_code_is_found_where_written_and_not_inside_a_timestamp(tmp_path: 
         "json": f'{{"FromZip": "{CARRIER_ZIP}"}}'.encode("utf-16-le"),
         "line": f"zip {CARRIER_ZIP.lower()}\n".encode(),
         "number": f"call {TIPSTER[2:]}0 now".encode(),  # a phone number is found inside digits too
+        # Beside other digits: a SQLite record's next column (a timestamp), a percent-encoded space,
+        # a UTF-16 character whose high byte is a digit's (U+3012, the postal mark)
+        "record": b"\x1f" + CARRIER_ZIP.encode() + b"2026-12-04 19:45:07.000000",
+        "url": f"/where?loc=NH%20{CARRIER_ZIP}".encode(),
+        "postal": f"\u3012{CARRIER_ZIP}".encode("utf-16-le"),
     }
     for name, data in written.items():
         (tmp_path / name).write_bytes(data)
