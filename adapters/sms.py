@@ -41,6 +41,7 @@ from tipline.core.channels import (
     ChannelError,
     InboundMessage,
     LoggedInbound,
+    LoggedOutbound,
     MalformedWebhook,
     MediaRef,
     Sent,
@@ -343,15 +344,19 @@ class TwilioSms:
         except (TwilioException, requests.RequestException) as error:
             raise _listing_error(error) from None
 
-    def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[str]:
-        """The sids of the messages our line sent (REST sends and TwiML replies) that are still in
-        Twilio's Messages log, sent from `since` to `until` (inclusive, to the second, UTC).
+    def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[LoggedOutbound]:
+        """The messages our line sent (REST sends and TwiML replies) that are still in Twilio's
+        Messages log, sent from `since` to `until` (inclusive, to the second, UTC).
 
         Ours are what `send` sends (through the Messaging Service when one is set, else from our
         number, with no service) and the TwiML replies to texts to our line (from our number, or
-        through our service). A message another number, service or app of the agency sent, or one
-        sent during a call, is never listed. Raises ChannelError when Twilio fails; nothing here
-        logs a number, a body or an id."""
+        through our service). A message another number or service of the agency sent, or one sent
+        during a call, is never listed. Another application sending by REST from our very number
+        with no service cannot be told apart here: such messages are listed as not `certain`.
+        Each message's own send time is checked against the window too: Twilio documents its
+        DateSent filters by the date, and a reply minutes old must not be taken for a day old.
+        Messages not sent yet (queued, scheduled: no send time) are never listed. Raises
+        ChannelError when Twilio fails; nothing here logs a number, a body or an id."""
         number, service = self.settings.from_number, self.settings.messaging_service_sid
         query: dict[str, object] = {
             "date_sent_after": since.astimezone(dt.UTC),
@@ -361,16 +366,21 @@ class TwilioSms:
         if number and not service:
             query["from_"] = number  # a service sends from any number of its pool
 
-        def ours(message: MessageInstance) -> bool:
+        def ours(message: MessageInstance) -> LoggedOutbound | None:
+            sent = message.date_sent
+            if not message.sid or sent is None or not since <= sent <= until:
+                return None
             by_service = bool(service) and message.messaging_service_sid == service
+            if message.direction == "outbound-api" and service:
+                return LoggedOutbound(message.sid, certain=True) if by_service else None
             if message.direction == "outbound-api":
-                return by_service if service else message.messaging_service_sid is None
-            if message.direction == "outbound-reply":
-                return by_service or (bool(number) and message.from_ == number)
-            return False
+                return LoggedOutbound(message.sid, certain=False) if message.messaging_service_sid is None else None
+            if message.direction == "outbound-reply" and (by_service or (bool(number) and message.from_ == number)):
+                return LoggedOutbound(message.sid, certain=True)
+            return None
 
         try:
-            return [m.sid for m in self.client.messages.stream(**query) if m.sid and ours(m)]
+            return [found for m in self.client.messages.stream(**query) if (found := ours(m)) is not None]
         except (TwilioException, requests.RequestException) as error:
             raise _listing_error(error) from None
 

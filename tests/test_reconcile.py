@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from tests.support import samples
+from tests.support import fake_twilio, samples
 from tests.support.anonymity import phone_formats, scan_database, scan_files
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, TIPSTER, Harness, make_harness, photos, reference_of, replies
@@ -476,3 +476,62 @@ def test_a_copy_swept_and_then_reported_is_deleted_once_and_the_second_deletion_
     tipline.runtime.dispatcher.clock = lambda: later + dt.timedelta(days=1)
     tipline.dispatch()
     assert twilio.deleted.count(sent) == 2
+
+
+def test_with_the_shortest_retention_a_copy_is_still_swept_and_again_after_a_refusal(
+    tipline: Harness, env: dict[str, str]
+) -> None:
+    """TIPLINE_RETENTION_DAYS=1 made the window from a day back to a day back: nothing was listed."""
+    ctx = dataclasses.replace(tipline.runtime.ctx, settings=load_settings({**env, "TIPLINE_RETENTION_DAYS": "1"}))
+    tipline.twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    start = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    hourly = [start + dt.timedelta(hours=h) for h in range(24)]
+    assert sum(reconcile.sweep_replies(ctx, tipline.runtime.sms, now=at) for at in hourly) == 1
+    tipline.twilio.fail_next(401, 20003)  # refused for good
+    tipline.runtime.dispatcher.clock = lambda: start
+    tipline.dispatch()
+    assert len(tipline.twilio.logged("outbound-reply")) == 1  # still at Twilio
+    again = [start + reconcile.SWEEP_AGAIN + dt.timedelta(hours=h) for h in range(24)]
+    assert sum(reconcile.sweep_replies(ctx, tipline.runtime.sms, now=at) for at in again) == 1
+    tipline.runtime.dispatcher.clock = lambda: again[-1]
+    tipline.dispatch()
+    assert tipline.twilio.logged() == []
+
+
+def test_a_reply_younger_than_a_day_is_left_even_if_twilio_filters_by_the_date_alone(
+    tipline: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio documents DateSent< and DateSent> as dates: a sweep just after midnight would then list
+    a reply sent minutes before it, and delete it before its delivery report could come."""
+    exact = fake_twilio._instant
+    monkeypatch.setattr(fake_twilio, "_instant", lambda value: (exact(value[:10])[0], True))  # the date alone
+    now = dt.datetime(2026, 11, 21, 0, 30)
+    young = "SM" + "4" * 32
+    tipline.twilio._log(
+        young, LINE_NUMBER, TIPSTER, "Which car was it?", "outbound-reply", "sent",
+        when=dt.datetime(2026, 11, 20, 23, 50, tzinfo=dt.UTC),
+    )  # fmt: skip
+    assert sweep(tipline, now) == 0
+    assert sweep(tipline, now + dt.timedelta(days=1)) == 1  # a day after it was sent
+    tipline.runtime.dispatcher.clock = lambda: now + dt.timedelta(days=1)
+    tipline.dispatch()
+    assert tipline.twilio.deleted == [young]
+
+
+def test_another_application_s_message_from_our_number_is_left_alone_and_ours_is_not(tipline: Harness) -> None:
+    """With TWILIO_FROM_NUMBER and no Messaging Service, a REST message from our number may be
+    another application's on the same number (the agency's non-emergency notices): only the
+    replies the tip line remembers sending are deleted."""
+    other = tipline.twilio._log(
+        "SM" + "5" * 32, LINE_NUMBER, "+15555550188", "Your report no. 42 was received", "outbound-api", "sent"
+    )["sid"]
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    ours = tipline.twilio.sent[-1]["_sid"]
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    assert sweep(tipline, later) == 1
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert ours in tipline.twilio.deleted and other not in tipline.twilio.deleted
+    assert [m["sid"] for m in tipline.twilio.logged("outbound-api")] == [other]

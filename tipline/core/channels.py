@@ -76,6 +76,22 @@ class LoggedInbound:
 
 
 @dataclass(frozen=True)
+class LoggedOutbound:
+    """One of our line's messages still in the provider's log (for the sweep of copies).
+
+    `certain`: the log alone shows it is ours (sent through our Messaging Service, or a TwiML reply
+    from our number). A REST message from our number through no service could as well have been
+    sent by another application of the agency on the same number: it is ours only if the tip line
+    remembers sending it. Its repr shows nothing of the message."""
+
+    sid: str
+    certain: bool
+
+    def __repr__(self) -> str:
+        return f"LoggedOutbound(certain={self.certain})"
+
+
+@dataclass(frozen=True)
 class Sent:
     """The provider accepted a message; its id lets status callbacks find it."""
 

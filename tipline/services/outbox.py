@@ -198,6 +198,14 @@ def provider_ref(keyring: Keyring, channel: str, provider_message_id: str, versi
     return keyring.keyed_hash("provider-message", f"{channel}:{provider_message_id}", version)[1]
 
 
+def sent_by_us(session: Session, keyring: Keyring, channel: str, provider_message_id: str) -> bool:
+    """Whether the tip line remembers sending this message (its send row, kept for a week after it
+    was queued: maintenance.FINISHED_OUTBOX_KEPT)."""
+    refs = [provider_ref(keyring, channel, provider_message_id, v) for v in keyring.pseudonym_versions()]
+    found = select(OutboxItem.id).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND).limit(1)
+    return session.scalar(found) is not None
+
+
 def record_status(
     ctx: ServiceContext,
     channel: Channel,

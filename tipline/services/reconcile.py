@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from tipline.config import Settings
 from tipline.core.catalog import DEFAULT_LANGUAGE, Text, render
-from tipline.core.channels import ChannelError, InboundMessage, LoggedInbound
+from tipline.core.channels import ChannelError, InboundMessage, LoggedInbound, LoggedOutbound
 from tipline.core.conversation import guess_language
 from tipline.core.crypto import Keyring
 from tipline.services import outbox
@@ -63,6 +63,10 @@ LOG_NAME = "sms"  # the ReconcileMark row of Twilio's Messages log
 SWEEP_AFTER = dt.timedelta(days=1)
 SWEEP_AGAIN = dt.timedelta(days=1)
 SWEEP_EVERY = dt.timedelta(hours=1)  # the dispatcher's sweeps: each lists the whole window again
+# How far back the sweep lists at least, however short TIPLINE_RETENTION_DAYS: a copy whose deletion
+# failed is still listed, and queued again, for days; a REST copy from our number can be told from
+# another application's only while the tip line keeps its send (maintenance.FINISHED_OUTBOX_KEPT).
+SWEEP_WINDOW = dt.timedelta(days=7)
 MARK_PRECISION = dt.timedelta(minutes=1)  # the mark is stored to the minute
 OVERLAP = dt.timedelta(minutes=10)  # read again before the mark: > MARK_PRECISION + clock skew
 # The oldest message a run considers: younger than the deduplication memory, with an hour to
@@ -94,7 +98,7 @@ class MessageLog(Protocol):
 
     def inbound_since(self, since: dt.datetime, until: dt.datetime | None = None) -> list[LoggedInbound]: ...
 
-    def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[str]: ...
+    def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[LoggedOutbound]: ...
 
 
 @dataclass(frozen=True)
@@ -184,31 +188,40 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
     came would otherwise stay there, with the tipster's number, until the log's retention ends.
 
     Lists the whole window every time, from TIPLINE_RETENTION_DAYS back (what the tip line keeps no
-    longer, it leaves at the provider no longer either) to `now - SWEEP_AFTER`: copies already
-    deleted are no longer listed, so what is listed is what still needs doing, and a run that
-    failed halfway loses nothing. A copy is queued at most once a day (remembered by keyed hash, as
-    deliveries are): one whose deletion is still being retried, or failed for good, is queued
-    again a day later. Queued under a blank stand-in contact: the sweep learns no sender. Returns
-    how many were queued; nothing when provider deletion is off (TIPLINE_PROVIDER_DELETE=0).
-    Raises ChannelError when the provider cannot be listed."""
+    longer, it leaves at the provider no longer either; SWEEP_WINDOW at least) to `now -
+    SWEEP_AFTER`: copies already deleted are no longer listed, so what is listed is what still
+    needs doing, and a run that failed halfway loses nothing. A copy is queued at most once a day
+    (remembered by keyed hash, as deliveries are): one whose deletion is still being retried, or
+    failed for good, is queued again a day later. A REST copy the listing cannot tell from another
+    application's on our number is deleted only if the tip line remembers sending it. Queued under
+    a blank stand-in contact: the sweep learns no sender. Returns how many were queued; nothing
+    when provider deletion is off (TIPLINE_PROVIDER_DELETE=0). Raises ChannelError when the
+    provider cannot be listed."""
     if not ctx.settings.provider_delete:
         return 0
     now = now or ctx.clock()
-    start = now - dt.timedelta(days=ctx.settings.retention_days)
+    start = now - max(dt.timedelta(days=ctx.settings.retention_days), SWEEP_WINDOW)
     listed = source.outbound_between(start.replace(tzinfo=dt.UTC), (now - SWEEP_AFTER).replace(tzinfo=dt.UTC))
-    queued = 0
+    queued = unknown = 0
     if listed:
         keyring = ctx.keyring
         with ctx.factory.begin() as session:
             stand_in: tuple[Contact, bytes] | None = None
-            for sid in listed:
-                if not _due_again(session, keyring, f"{source.name}:swept:{sid}", now):
+            for copy in listed:
+                if not copy.certain and not outbox.sent_by_us(session, keyring, source.name, copy.sid):
+                    unknown += 1  # perhaps another application's, on our number: not ours to delete
+                    continue
+                if not _due_again(session, keyring, f"{source.name}:swept:{copy.sid}", now):
                     continue  # queued within the day: its deletion is under way
                 stand_in = stand_in or outbox.stand_in(session, keyring, source.name, now)
-                outbox.enqueue_delete(session, stand_in[0], stand_in[1], sid, now)
+                outbox.enqueue_delete(session, stand_in[0], stand_in[1], copy.sid, now)
                 queued += 1
     log.info(
-        "twilio sweep: %d of our messages in the log past their report, %d queued for deletion", len(listed), queued
+        "twilio sweep: %d of our messages in the log past their report, %d queued for deletion, "
+        "%d from our number not known as ours left alone",
+        len(listed) - unknown,
+        queued,
+        unknown,
     )
     return queued
 
