@@ -21,8 +21,8 @@ from tests.support.fake_twilio import FakeTwilio
 from tests.support.harness import LINE_NUMBER, TIPSTER, Harness, make_harness, photos, reference_of, replies
 from tipline.cli import cli
 from tipline.config import load_settings
-from tipline.core.vocabulary import AttachmentStatus, OutboxKind, OutboxStatus
-from tipline.services import reconcile, review
+from tipline.core.vocabulary import AttachmentStatus, KeyPurpose, OutboxKind, OutboxStatus
+from tipline.services import reconcile, review, rotation
 from tipline.services.maintenance import purge
 from tipline.storage.models import Contact, OutboxItem, ProcessedDelivery, ReconcileMark, Tip, utcnow
 
@@ -535,3 +535,19 @@ def test_another_application_s_message_from_our_number_is_left_alone_and_ours_is
     tipline.dispatch()
     assert ours in tipline.twilio.deleted and other not in tipline.twilio.deleted
     assert [m["sid"] for m in tipline.twilio.logged("outbound-api")] == [other]
+
+
+def test_a_copy_still_there_after_a_pepper_rotation_is_queued_again_a_day_later(tipline: Harness) -> None:
+    """The sweep remembers what it queued by keyed hash under the pepper of the time; after a
+    rotation it asked under the new pepper alone whether a day had passed, and waited until the
+    old row was forgotten."""
+    tipline.twilio.record_reply(TIPSTER, LINE_NUMBER, "Thank you. Where did it happen?")
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    assert sweep(tipline, later) == 1
+    tipline.twilio.fail_next(401, 20003)  # refused for good
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    ctx = tipline.runtime.ctx
+    rotation.run(ctx, rotation.start(ctx, tipline.master_key(), KeyPurpose.PSEUDONYM, False, None))
+    assert sweep(tipline, later + dt.timedelta(hours=23)) == 0  # within the day: not again
+    assert sweep(tipline, later + reconcile.SWEEP_AGAIN + dt.timedelta(minutes=1)) == 1

@@ -234,8 +234,9 @@ def _due_again(session: Session, keyring: Keyring, value: str, now: dt.datetime)
             remember_once(session, keyring, value, until)
         return True
     except Duplicate:
-        key = keyring.keyed_hash(DELIVERY, value)[1]
-        again = update(ProcessedDelivery).where(ProcessedDelivery.key == key, ProcessedDelivery.expires_at <= now)
+        # Remembered under this pepper or, since a rotation, an older one
+        keys = [keyring.keyed_hash(DELIVERY, value, v)[1] for v in keyring.pseudonym_versions()]
+        again = update(ProcessedDelivery).where(ProcessedDelivery.key.in_(keys), ProcessedDelivery.expires_at <= now)
         return rowcount(session.execute(again.values(expires_at=until))) > 0
 
 
