@@ -13,8 +13,12 @@ from tests.support.harness import CARRIER_ZIP, TIPSTER
 
 def test_a_zip_code_is_found_where_written_and_not_inside_a_timestamp(tmp_path: Path) -> None:
     needles = [*phone_formats(TIPSTER), CARRIER_ZIP]
-    # Microseconds that happen to hold the ZIP's digits: CI once failed on such a WAL page
+    # Microseconds that happen to hold the ZIP's digits: CI once failed on such a WAL page; and ids
+    # (uuid4 in hex) or keyed hashes that do
     (tmp_path / "wal").write_bytes(b"\x00\x01" + b"2026-12-04 19:45:07.5" + CARRIER_ZIP.encode() + b"\x00")
+    (tmp_path / "ids").write_bytes(
+        b"\x1d" + b"a3f4" + CARRIER_ZIP.encode() + b"e" * 23 + b"sms" + b"c" * 40 + CARRIER_ZIP.encode() + b"f" * 19
+    )
     assert scan_files(tmp_path, needles) == []
 
     written = {
@@ -27,6 +31,7 @@ def test_a_zip_code_is_found_where_written_and_not_inside_a_timestamp(tmp_path: 
         "record": b"\x1f" + CARRIER_ZIP.encode() + b"2026-12-04 19:45:07.000000",
         "url": f"/where?loc=NH%20{CARRIER_ZIP}".encode(),
         "postal": f"\u3012{CARRIER_ZIP}".encode("utf-16-le"),
+        "beside an id": b"\x1d" + b"a3f4" * 8 + CARRIER_ZIP.encode() + b"sms",
     }
     for name, data in written.items():
         (tmp_path / name).write_bytes(data)

@@ -39,25 +39,46 @@ def _variants(needle: str | bytes) -> list[bytes]:
     return out
 
 
-# A short run of digits (a ZIP code like "00599") turns up by chance in the microseconds of a
-# timestamp as SQLAlchemy writes one ("19:45:07.500599"): a given five digits are in about two of
-# every 100,000 such values, and CI once failed on one in a WAL file. So a short number within the
-# six digits after "HH:MM:SS." is not a hit; anywhere else it is, whatever surrounds it (a SQLite
-# record puts a column's bytes right beside the next one's, a timestamp's "2026-..." included).
+# A short run of digits (a ZIP code like "00599") turns up by chance in what the program writes
+# at random, and CI failed on it:
+# - the microseconds of a timestamp as SQLAlchemy writes one ("19:45:07.500599"): a given five
+#   digits are in about two of every 100,000 such values;
+# - an id (uuid4 in hex, 32 characters) or a keyed hash (64 hex characters): about one id in
+#   37,000 holds a given five digits.
+# So a short number within the six digits after "HH:MM:SS." is not a hit, nor one inside a run of
+# hex digits exactly as long as an id or a keyed hash. Anywhere else it is, whatever surrounds it: a
+# SQLite record puts a column's bytes right beside the next one's, and a number written beside an id
+# makes a longer run than any id.
 SHORT_NUMBER = 6
 _IN_MICROSECONDS = b"".join(rb"(?<![0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{%d})" % n for n in range(SHORT_NUMBER))
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_RANDOM_HEX_LENGTHS = (32, 64)
+
+
+def _short_number(needle: str | bytes) -> bool:
+    return isinstance(needle, str) and needle.isdigit() and len(needle) <= SHORT_NUMBER
 
 
 def _pattern(needle: str | bytes) -> re.Pattern[bytes]:
     forms = b"|".join(re.escape(v) for v in _variants(needle))
-    if isinstance(needle, bytes) or not needle.isdigit() or len(needle) > SHORT_NUMBER:
-        return re.compile(forms)
-    return re.compile(_IN_MICROSECONDS + b"(?:" + forms + b")")
+    return re.compile(_IN_MICROSECONDS + b"(?:" + forms + b")" if _short_number(needle) else forms)
+
+
+def _in_random_hex(data: bytes, start: int, end: int) -> bool:
+    """Whether data[start:end] lies in a run of hex digits as long as an id or a keyed hash."""
+    while start > 0 and data[start - 1] in _HEX:
+        start -= 1
+    while end < len(data) and data[end] in _HEX:
+        end += 1
+    return end - start in _RANDOM_HEX_LENGTHS
 
 
 def occurs(needle: str | bytes, data: bytes) -> bool:
     """Whether needle is in data, as scan_files and scan_database search it."""
-    return _pattern(needle).search(data) is not None
+    matches = _pattern(needle).finditer(data)
+    if not _short_number(needle):
+        return next(matches, None) is not None
+    return any(not _in_random_hex(data, m.start(), m.end()) for m in matches)
 
 
 def scan_files(
