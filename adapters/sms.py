@@ -346,7 +346,7 @@ class TwilioSms:
 
     def outbound_between(self, since: dt.datetime, until: dt.datetime) -> list[LoggedOutbound]:
         """The messages our line sent (REST sends and TwiML replies) that are still in Twilio's
-        Messages log, sent from `since` to `until` (inclusive, to the second, UTC).
+        Messages log, sent from `since` to `until` (inclusive, to the second; naive times are UTC).
 
         Ours are what `send` sends (through the Messaging Service when one is set, else from our
         number, with no service) and the TwiML replies to texts to our line (from our number, or
@@ -358,9 +358,10 @@ class TwilioSms:
         Messages not sent yet (queued, scheduled: no send time) are never listed. Raises
         ChannelError when Twilio fails; nothing here logs a number, a body or an id."""
         number, service = self.settings.from_number, self.settings.messaging_service_sid
+        since, until = (t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC) for t in (since, until))
         query: dict[str, object] = {
-            "date_sent_after": since.astimezone(dt.UTC),
-            "date_sent_before": until.astimezone(dt.UTC),
+            "date_sent_after": since,
+            "date_sent_before": until,
             "page_size": 1000,
         }
         if number and not service:

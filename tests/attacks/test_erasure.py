@@ -32,7 +32,7 @@ from tests.support.harness import TIPSTER, Harness, new_sid, photos, reference_o
 from tests.support.processes import run
 from tests.support.scratch import PG_URL
 from tipline.core.vocabulary import AttachmentStatus, OutboxKind, OutboxStatus
-from tipline.services import intake, review
+from tipline.services import intake, reconcile, review
 from tipline.services.maintenance import purge
 from tipline.storage.models import Contact, OutboxItem, Tip, to_minute, utcnow
 
@@ -131,6 +131,30 @@ def test_a_reply_sent_before_forget_and_reported_after_it_is_still_deleted_at_tw
     assert report.senders_removed == 1
     with tipline.runtime.factory() as session:
         assert session.scalars(select(Contact)).all() == []
+
+
+def test_a_reply_whose_deletion_was_refused_before_forget_is_still_swept_from_twilio(tipline: Harness) -> None:
+    """The sweep deletes a REST copy from our number only if the tip line remembers sending it.
+    FORGET removed a reply's row once its report had come, so a reply whose deletion Twilio had
+    refused stayed in Twilio's log, with the tipster's number, for good."""
+    reference = tipline.submit_tip()
+    review.reply(tipline.runtime.ctx, reference, "Which car was it?")
+    tipline.dispatch()
+    sid = tipline.twilio.sent[-1]["_sid"]
+    assert tipline.status_callback(sid, "delivered").status_code == 200
+    tipline.twilio.fail_next(401, 20003)  # the copy's deletion refused for good (a revoked key, say)
+    tipline.dispatch()
+    assert sid in [m["sid"] for m in tipline.twilio.logged()]
+    assert "erased" in tipline.say("FORGET")[0]
+    later = utcnow() + reconcile.SWEEP_AFTER + dt.timedelta(minutes=1)
+    sms = tipline.runtime.sms
+    assert sms is not None
+    assert reconcile.sweep_replies(tipline.runtime.ctx, sms, now=later) == 1
+    tipline.runtime.dispatcher.clock = lambda: later
+    tipline.dispatch()
+    assert sid not in [m["sid"] for m in tipline.twilio.logged()]
+    with tipline.runtime.factory() as session:  # what FORGET kept of it links to no tip
+        assert session.scalars(select(OutboxItem.message_id).where(OutboxItem.kind == OutboxKind.SEND)).all() == [None]
 
 
 def test_stop_leaves_no_byte_of_the_address_or_its_key(tipline: Harness) -> None:

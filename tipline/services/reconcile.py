@@ -201,7 +201,7 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
         return 0
     now = now or ctx.clock()
     start = now - max(dt.timedelta(days=ctx.settings.retention_days), SWEEP_WINDOW)
-    listed = source.outbound_between(start.replace(tzinfo=dt.UTC), (now - SWEEP_AFTER).replace(tzinfo=dt.UTC))
+    listed = source.outbound_between(start, now - SWEEP_AFTER)  # naive UTC, as every time the tip line keeps
     queued = unknown = 0
     if listed:
         keyring = ctx.keyring
