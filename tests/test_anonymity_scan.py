@@ -51,3 +51,15 @@ def test_the_database_scan_skips_chance_digits_in_stored_times(tmp_path: Path) -
     with engine.begin() as connection:
         connection.execute(insert(table), [{"at": chance, "s": f"zip {CARRIER_ZIP}"}])
     assert scan_database(engine, [CARRIER_ZIP]) == [("t.s", CARRIER_ZIP)]
+
+
+def test_in_sqlite_s_files_an_id_running_on_into_its_neighbours_is_no_hit(tmp_path: Path) -> None:
+    """A record's columns lie side by side: an outbox id holding the ZIP by chance runs on into
+    its kind ("delete") and is still an id. A review found the exact-length rule missed about half
+    of the ids and hashes in the WAL."""
+    chance_id = b"3b7e" + CARRIER_ZIP.encode() + b"c" * 23
+    (tmp_path / "tipline.db-wal").write_bytes(b"\x0bA" + chance_id + b"delete" + b"\x00" * 8)
+    assert scan_files(tmp_path, [CARRIER_ZIP]) == []
+    # Stored beside a timestamp it is a hit, in the same file
+    (tmp_path / "tipline.db-wal").write_bytes(b"\x0bA" + chance_id + b"\x17" + CARRIER_ZIP.encode() + b"2026-12-04")
+    assert scan_files(tmp_path, [CARRIER_ZIP]) == [(str(tmp_path / "tipline.db-wal"), CARRIER_ZIP)]

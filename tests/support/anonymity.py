@@ -46,13 +46,16 @@ def _variants(needle: str | bytes) -> list[bytes]:
 # - an id (uuid4 in hex, 32 characters) or a keyed hash (64 hex characters): about one id in
 #   37,000 holds a given five digits.
 # So a short number within the six digits after "HH:MM:SS." is not a hit, nor one inside a run of
-# hex digits exactly as long as an id or a keyed hash. Anywhere else it is, whatever surrounds it: a
-# SQLite record puts a column's bytes right beside the next one's, and a number written beside an id
-# makes a longer run than any id.
+# hex digits exactly as long as an id or a keyed hash. In SQLite's own files a record puts a
+# column's bytes right beside the next one's, so an id there often runs on into its neighbours
+# ("delete", "2026-..."): inside any hex run of an id's length or more, a short number is not a
+# hit there. A number the program stored would still be found, value by value, by scan_database;
+# and beside an id in any other file (a log, an export) it makes a longer run than any id.
 SHORT_NUMBER = 6
 _IN_MICROSECONDS = b"".join(rb"(?<![0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{%d})" % n for n in range(SHORT_NUMBER))
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _RANDOM_HEX_LENGTHS = (32, 64)
+_SQLITE_FILES = (".db", ".db-wal", ".db-journal", ".db-shm")
 
 
 def _short_number(needle: str | bytes) -> bool:
@@ -64,21 +67,23 @@ def _pattern(needle: str | bytes) -> re.Pattern[bytes]:
     return re.compile(_IN_MICROSECONDS + b"(?:" + forms + b")" if _short_number(needle) else forms)
 
 
-def _in_random_hex(data: bytes, start: int, end: int) -> bool:
-    """Whether data[start:end] lies in a run of hex digits as long as an id or a keyed hash."""
+def _in_random_hex(data: bytes, start: int, end: int, sqlite: bool) -> bool:
+    """Whether data[start:end] lies in a run of hex digits that an id or a keyed hash explains."""
     while start > 0 and data[start - 1] in _HEX:
         start -= 1
     while end < len(data) and data[end] in _HEX:
         end += 1
-    return end - start in _RANDOM_HEX_LENGTHS
+    run = end - start
+    return run >= _RANDOM_HEX_LENGTHS[0] if sqlite else run in _RANDOM_HEX_LENGTHS
 
 
-def occurs(needle: str | bytes, data: bytes) -> bool:
-    """Whether needle is in data, as scan_files and scan_database search it."""
+def occurs(needle: str | bytes, data: bytes, sqlite: bool = False) -> bool:
+    """Whether needle is in data, as scan_files and scan_database search it (`sqlite`: data is a
+    SQLite database, journal or WAL file)."""
     matches = _pattern(needle).finditer(data)
     if not _short_number(needle):
         return next(matches, None) is not None
-    return any(not _in_random_hex(data, m.start(), m.end()) for m in matches)
+    return any(not _in_random_hex(data, m.start(), m.end(), sqlite) for m in matches)
 
 
 def scan_files(
@@ -92,8 +97,9 @@ def scan_files(
     assert files, f"nothing to scan under {root}"
     for path in files:
         data = path.read_bytes()
+        sqlite = path.name.endswith(_SQLITE_FILES)
         for needle in needles:
-            if occurs(needle, data):
+            if occurs(needle, data, sqlite):
                 hits.append((str(path), needle))
     return hits
 
