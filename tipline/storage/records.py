@@ -19,7 +19,7 @@ from sqlalchemy.orm.util import identity_key
 
 from tipline.core import crypto
 from tipline.core.crypto import Keyring
-from tipline.core.vocabulary import ErasedReason, KeyPurpose, OutboxKind, TipStatus
+from tipline.core.vocabulary import DeliveryStatus, ErasedReason, KeyPurpose, OutboxKind, OutboxStatus, TipStatus
 from tipline.storage.models import (
     Base,
     Contact,
@@ -314,8 +314,7 @@ def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: byt
     """Re-seal the contact's outbox payloads under `new_key` and hand every row to `owner`.
 
     Payloads still kept are those of rows yet to be performed (deletions of provider copies; sends
-    were cancelled by the erasure); settled rows' were cleared, and on FORGET those rows go, but
-    for the messages the provider took (see _sent).
+    were cancelled by the erasure); settled rows' were cleared, and on FORGET those rows go.
     """
     forgetting = owner is not contact
     for item in session.scalars(select(OutboxItem).where(OutboxItem.contact_id == contact.id)):
@@ -324,7 +323,7 @@ def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: byt
             item.payload_ct = OUTBOX_PAYLOAD.seal(new_key, item.id, plain)
         elif not forgetting:
             continue  # settled, nothing sealed: it stays as it is
-        elif not _sent(item):
+        elif not _awaits_final_report(item):
             session.delete(item)  # settled: nothing of it needs to pass to the stand-in
             continue
         if forgetting:
@@ -332,12 +331,18 @@ def _carry_over(session: Session, contact: Contact, old_key: bytes, new_key: byt
             item.message_id = None  # no thread entry of any tip stays linked to the forgotten sender
 
 
-def _sent(item: OutboxItem) -> bool:
-    """A message the provider took, whose copy is in its log: a final report still to come queues
-    that copy's deletion (outbox.record_status), and the sweep deletes a copy from our number only
-    if a row like this says we sent it (outbox.sent_by_us; a deletion refused for good, say). So it
-    must still be found, even once its sender is forgotten, until maintenance purges it."""
-    return item.kind == OutboxKind.SEND and item.provider_ref is not None
+def _awaits_final_report(item: OutboxItem) -> bool:
+    """A message sent whose provider has not said yet that it was delivered or failed: that final
+    report queues the deletion of the provider's copy (outbox.record_status), so the row must
+    still be found by it, even once its sender is forgotten. Rows whose report came go: kept
+    under the one stand-in, the replies of a sender's tips would tie those tips together."""
+    final = item.provider_status is not None and DeliveryStatus(item.provider_status).final
+    return (
+        item.kind == OutboxKind.SEND
+        and item.status == OutboxStatus.SENT
+        and item.provider_ref is not None
+        and not final
+    )
 
 
 def shred_contact_key(session: Session, keyring: Keyring, contact: Contact, old_key: bytes) -> bytes:
