@@ -180,12 +180,15 @@ def remember_once(session: Session, keyring: Keyring, value: str, expires_at: dt
 
 def _delivery_row(session: Session, keyring: Keyring, value: str, expires_at: dt.datetime) -> dict[str, object]:
     """The row that remembers `value`; raise Duplicate if it was remembered under an older pepper."""
-    versions = keyring.pseudonym_versions()
-    if len(versions) > 1:
-        older = [keyring.keyed_hash(DELIVERY, value, v)[1] for v in versions[1:]]
-        if session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
-            raise Duplicate()
-    return {"key": keyring.keyed_hash(DELIVERY, value)[1], "expires_at": expires_at}
+    current, *older = delivery_keys(keyring, value)
+    if older and session.scalar(select(ProcessedDelivery.key).where(ProcessedDelivery.key.in_(older)).limit(1)):
+        raise Duplicate()
+    return {"key": current, "expires_at": expires_at}
+
+
+def delivery_keys(keyring: Keyring, value: str) -> list[str]:
+    """The keys `value` is remembered under: the current pepper's first, then older live ones."""
+    return [keyring.keyed_hash(DELIVERY, value, v)[1] for v in keyring.pseudonym_versions()]
 
 
 @dataclass

@@ -75,9 +75,7 @@ def purge(
         # order: whoever writes an outbox row locks its owner first (records.ROW_LOCK). A delivery
         # report arriving a week late held its stand-in and waited for the row deleted here, while
         # this waited for the stand-in: a deadlock, and the report got a 500.
-        session.execute(
-            select(Contact.id).where(*UNREACHABLE_AND_UNUSED[:2]).order_by(Contact.id).with_for_update()
-        ).all()
+        session.execute(select(Contact.id).where(*UNREACHABLE).order_by(Contact.id).with_for_update()).all()
         finished = session.execute(
             delete(OutboxItem).where(
                 OutboxItem.status.in_(FINISHED),
@@ -109,8 +107,5 @@ def purge(
 # A contact no message can find again (no pseudonym), that no tip names and nothing in the outbox
 # needs: a forgotten sender's blank stand-in once its provider deletions are done, or a silent
 # sender who never sent a tip. Its conversation goes with it (ON DELETE CASCADE).
-UNREACHABLE_AND_UNUSED = (
-    Contact.pseudonym.is_(None),
-    ~exists().where(Tip.contact_id == Contact.id),
-    ~exists().where(OutboxItem.contact_id == Contact.id),
-)
+UNREACHABLE = (Contact.pseudonym.is_(None), ~exists().where(Tip.contact_id == Contact.id))
+UNREACHABLE_AND_UNUSED = (*UNREACHABLE, ~exists().where(OutboxItem.contact_id == Contact.id))

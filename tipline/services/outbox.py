@@ -198,12 +198,12 @@ def provider_ref(keyring: Keyring, channel: str, provider_message_id: str, versi
     return keyring.keyed_hash("provider-message", f"{channel}:{provider_message_id}", version)[1]
 
 
-def sent_by_us(session: Session, keyring: Keyring, channel: str, provider_message_id: str) -> bool:
-    """Whether the tip line remembers sending this message (its send row, kept for a week after it
-    was queued: maintenance.FINISHED_OUTBOX_KEPT)."""
+def find_sent(session: Session, keyring: Keyring, channel: str, provider_message_id: str) -> OutboxItem | None:
+    """The send row of a message the tip line sent, by its provider id under any live pepper; None
+    when it never sent it, or no longer remembers (rows are kept a week after they were queued:
+    maintenance.FINISHED_OUTBOX_KEPT)."""
     refs = [provider_ref(keyring, channel, provider_message_id, v) for v in keyring.pseudonym_versions()]
-    found = select(OutboxItem.id).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND).limit(1)
-    return session.scalar(found) is not None
+    return session.scalars(select(OutboxItem).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND)).first()
 
 
 def record_status(
@@ -223,11 +223,8 @@ def record_status(
     """
     keyring = ctx.keyring
     now = ctx.now()
-    refs = [provider_ref(keyring, channel.name, provider_message_id, v) for v in keyring.pseudonym_versions()]
     with ctx.factory.begin() as session:
-        item = session.scalars(
-            select(OutboxItem).where(OutboxItem.provider_ref.in_(refs), OutboxItem.kind == SEND)
-        ).first()
+        item = find_sent(session, keyring, channel.name, provider_message_id)
         if item is None:
             return False
         item, contact = _with_locked_owner(session, item)

@@ -48,7 +48,7 @@ from tipline.core.conversation import guess_language
 from tipline.core.crypto import Keyring
 from tipline.services import outbox
 from tipline.services.context import ServiceContext
-from tipline.services.intake import DELIVERY, DELIVERY_MEMORY, Duplicate, Intake, Result, remember_once
+from tipline.services.intake import DELIVERY_MEMORY, Duplicate, Intake, Result, delivery_keys, remember_once
 from tipline.storage.db import rowcount
 from tipline.storage.faults import describe
 from tipline.storage.models import Contact, ProcessedDelivery, ReconcileMark, to_minute
@@ -208,7 +208,7 @@ def sweep_replies(ctx: ServiceContext, source: MessageLog, *, now: dt.datetime |
         with ctx.factory.begin() as session:
             stand_in: tuple[Contact, bytes] | None = None
             for copy in listed:
-                if not copy.certain and not outbox.sent_by_us(session, keyring, source.name, copy.sid):
+                if not copy.certain and outbox.find_sent(session, keyring, source.name, copy.sid) is None:
                     unknown += 1  # perhaps another application's, on our number: not ours to delete
                     continue
                 if not _due_again(session, keyring, f"{source.name}:swept:{copy.sid}", now):
@@ -234,8 +234,7 @@ def _due_again(session: Session, keyring: Keyring, value: str, now: dt.datetime)
             remember_once(session, keyring, value, until)
         return True
     except Duplicate:
-        # Remembered under this pepper or, since a rotation, an older one
-        keys = [keyring.keyed_hash(DELIVERY, value, v)[1] for v in keyring.pseudonym_versions()]
+        keys = delivery_keys(keyring, value)  # remembered under this pepper or, since a rotation, an older one
         again = update(ProcessedDelivery).where(ProcessedDelivery.key.in_(keys), ProcessedDelivery.expires_at <= now)
         return rowcount(session.execute(again.values(expires_at=until))) > 0
 
